@@ -1,0 +1,1 @@
+"""The ``seriesflow`` command line: operator mode and the services' entry points."""
