@@ -1,0 +1,304 @@
+"""The ``seriesflow`` command line.
+
+Every command turns a :class:`~shared.errors.SeriesflowError` into a one-line message on
+stderr and a non-zero exit status; no traceback reaches the user for bad input.
+
+Exit status: 0 success; 1 bad input or configuration (nothing written, or rules invalid);
+2 usage error; 3 the run finished but some files were skipped or some series could not
+be converted (everything else was written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from shared.dicom.metadata import (
+    METADATA_FILE,
+    SERIES_IMAGES_FILE,
+    json_schema,
+    load_metadata,
+    load_series_images,
+)
+from shared.errors import SeriesflowError
+from shared.operator.parser import ParseSummary, run_parser_operator
+from shared.operator.selector import run_selector_operator
+from shared.operator.settings import OperatorSettings
+from shared.selection import (
+    SelectionRules,
+    explain,
+    load_rules_file,
+    render_explanation,
+    resolve_rules,
+)
+from shared.volumes.convert import ConversionOptions
+from shared.volumes.writer import IMAGE_FORMATS
+
+EXIT_BAD_INPUT = 1
+EXIT_PARTIAL = 3
+
+app = typer.Typer(
+    name="seriesflow",
+    help="Receive DICOM, convert series into volumes, select series with rules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+rules_app = typer.Typer(help="Check and explain selection rules.", no_args_is_help=True)
+sample_app = typer.Typer(
+    help="Write synthetic DICOM studies for demos and tests.", no_args_is_help=True
+)
+app.add_typer(rules_app, name="rules")
+app.add_typer(sample_app, name="sample")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(status)
+
+
+def _settings() -> OperatorSettings:
+    try:
+        return OperatorSettings()
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        _fail(f"invalid environment: {problems}")
+
+
+def _rules(explicit: Path | None, settings: OperatorSettings) -> SelectionRules:
+    source = resolve_rules(explicit, settings.selection_rules_base64, settings.selection_rules_file)
+    return source.parse()
+
+
+InputOption = Annotated[Path, typer.Option("--input", "-i", help="Folder to read.")]
+OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")]
+RulesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--rules",
+        "-r",
+        help="Selection rules file (JSON or YAML). Overrides NVIDIA_CLARA_SELECTION_RULES_BASE64 "
+        "and NVIDIA_CLARA_SELECTION_RULES_FILE.",
+    ),
+]
+
+
+@app.command()
+def process(
+    input_dir: InputOption = Path("/input"),
+    output_dir: OutputOption = Path("/output"),
+    image_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="mhd, nii or nii.gz. Default: NVIDIA_CLARA_IMAGE_FORMAT, else mhd.",
+        ),
+    ] = None,
+    rules: RulesOption = None,
+    min_slices: Annotated[
+        int | None, typer.Option(help="Fewest slices a multi-image stack needs (default 3).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+) -> None:
+    """Parse every DICOM file below INPUT, convert its series, and select (the DICOM Parser)."""
+    settings = _settings()
+    fmt = (image_format or settings.image_format).strip().lower().lstrip(".")
+    if fmt not in IMAGE_FORMATS:
+        _fail(f"--format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}", 2)
+    options = ConversionOptions(
+        image_format=fmt,
+        min_slices=min_slices if min_slices is not None else settings.min_slices,
+    )
+    if options.min_slices < 2:
+        _fail("--min-slices must be at least 2", 2)
+    try:
+        selection_rules = _rules(rules, settings)
+        with _progress(quiet) as progress:
+            summary = run_parser_operator(input_dir, output_dir, options, selection_rules, progress)
+    except SeriesflowError as exc:
+        _fail(exc.reason)
+    if not quiet:
+        _print_summary(summary, output_dir)
+    if summary.instances == 0:
+        _fail(f"no DICOM instances found below {input_dir}")
+    if summary.skipped or summary.not_converted:
+        raise typer.Exit(EXIT_PARTIAL if summary.skipped else 0)
+
+
+class _NoProgress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def _progress(quiet: bool) -> _ProgressContext:
+    return _ProgressContext(enabled=not quiet and err.is_terminal)
+
+
+class _ProgressContext:
+    """A rich progress bar on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _ProgressContext:
+        if self.enabled:
+            self.bar = Progress(
+                TextColumn("{task.description:<10}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            self.bar.start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.bar:
+            return
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total)
+        self.bar.update(self.tasks[phase], completed=done, total=total)
+
+
+def _print_summary(summary: ParseSummary, output_dir: Path) -> None:
+    table = Table(title="seriesflow process", show_header=False, box=None)
+    table.add_row("instances", str(summary.instances))
+    table.add_row("series", str(summary.series))
+    table.add_row("volumes written", str(summary.volumes))
+    table.add_row("series not (fully) converted", str(summary.not_converted))
+    table.add_row("files skipped", str(len(summary.skipped)))
+    table.add_row("selections", ", ".join(summary.selections) or "none")
+    table.add_row("output", str(output_dir))
+    err.print(table)
+    for item in summary.skipped[:20]:
+        err.print(f"  skipped {item.path}: {item.reason}", highlight=False)
+    if len(summary.skipped) > 20:
+        err.print(f"  ... and {len(summary.skipped) - 20} more (see {METADATA_FILE})")
+
+
+@app.command("select")
+def select_command(
+    input_dir: InputOption = Path("/input"),
+    output_dir: OutputOption = Path("/output"),
+    rules: RulesOption = None,
+) -> None:
+    """Select series from a parser's outputs in INPUT (the Series Selector operator)."""
+    settings = _settings()
+    try:
+        selections = run_selector_operator(input_dir, output_dir, _rules(rules, settings))
+    except SeriesflowError as exc:
+        _fail(exc.reason)
+    out.print_json(json.dumps(selections))
+
+
+@rules_app.command("check")
+def rules_check(
+    rules_file: Annotated[Path, typer.Argument(help="Rules file (JSON or YAML).")],
+) -> None:
+    """Validate a rules file; on error, say which rule is wrong."""
+    try:
+        parsed = load_rules_file(rules_file)
+    except SeriesflowError as exc:
+        _fail(exc.reason)
+    names = [s.name for s in parsed.selections]
+    if names:
+        out.print(f"{rules_file}: valid, {len(names)} selection(s): {', '.join(names)}")
+    else:
+        out.print(f"{rules_file}: valid, empty (selects every converted series)")
+
+
+@rules_app.command("explain")
+def rules_explain(
+    metadata: Annotated[Path, typer.Option("--metadata", "-m", help="A dicom-metadata.json file.")],
+    rules: RulesOption = None,
+    series_images: Annotated[
+        Path | None,
+        typer.Option(help="series-images.json (default: beside the metadata file)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    failures_only: Annotated[bool, typer.Option(help="Only conditions that failed.")] = False,
+) -> None:
+    """Say, for each series and each condition, why it matched or did not."""
+    settings = _settings()
+    try:
+        document = load_metadata(metadata)
+        images_path = series_images or metadata.with_name(SERIES_IMAGES_FILE)
+        images = (
+            load_series_images(images_path) if images_path.exists() else document.series_images()
+        )
+        explanation = explain(_rules(rules, settings), document, images)
+    except SeriesflowError as exc:
+        _fail(exc.reason)
+    if as_json:
+        out.print_json(explanation.model_dump_json(by_alias=True))
+    else:
+        print(render_explanation(explanation, failures_only=failures_only))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of dicom-metadata.json."""
+    print(json.dumps(json_schema(), indent=2))
+
+
+@sample_app.command("brain-mr")
+def sample_brain(
+    output: OutputOption,
+    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 1,
+) -> None:
+    """A brain MR study: localizer, T1, T1 post-contrast, T2, FLAIR, MPRAGE and an SR."""
+    from shared.samples import describe, write_brain_mr_study
+
+    paths = write_brain_mr_study(output, seed=seed)
+    err.print(f"wrote {len(paths)} files to {output}")
+    err.print(describe(paths), highlight=False)
+
+
+@sample_app.command("ct")
+def sample_ct(
+    output: OutputOption,
+    slices: Annotated[int, typer.Option(min=1)] = 300,
+    size: Annotated[int, typer.Option(min=8)] = 512,
+    seed: Annotated[int, typer.Option()] = 1,
+) -> None:
+    """One axial CT series, files in shuffled order (the benchmark's input)."""
+    from shared.samples import write_ct_series
+
+    paths = write_ct_series(output, slices=slices, size=size, seed=seed)
+    err.print(f"wrote {len(paths)} files to {output}")
+
+
+def main() -> None:
+    if os.environ.get("SERIESFLOW_DEBUG") != "1":
+        sys.tracebacklimit = 1000
+    app()

@@ -1,0 +1,91 @@
+"""Finding and reading DICOM Part-10 files below a folder.
+
+Reading is tolerant: any file that is not a readable Part-10 instance is returned as a
+:class:`~shared.dicom.metadata.SkippedFile` with the reason, never raised. Headers are read
+with the pixel data deferred, so a study is parsed without holding its pixels in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from shared.dicom.metadata import SkippedFile
+
+_PREAMBLE = 128
+_MAGIC = b"DICM"
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """One DICOM instance read from disk, pixel data not yet loaded."""
+
+    path: Path
+    relative_path: str
+    dataset: Dataset
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.dataset.SeriesInstanceUID)
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.dataset.StudyInstanceUID)
+
+    @property
+    def has_pixel_data(self) -> bool:
+        return any(tag in self.dataset for tag in _PIXEL_DATA_TAGS)
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every regular file below ``root``, in a stable (sorted) order; links are not followed."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def read_instance(path: Path, root: Path) -> InstanceFile | SkippedFile:
+    """Read one file's header; a file that is not a usable DICOM instance is skipped."""
+    relative = path.relative_to(root).as_posix()
+    try:
+        with path.open("rb") as fp:
+            fp.seek(_PREAMBLE)
+            if fp.read(4) != _MAGIC:
+                return SkippedFile(
+                    path=relative, reason="not a DICOM Part 10 file (no 'DICM' prefix)"
+                )
+        dataset = pydicom.dcmread(path, defer_size="64 KB")
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        return SkippedFile(path=relative, reason=f"unreadable DICOM header: {_describe(exc)}")
+    except OSError as exc:
+        return SkippedFile(path=relative, reason=f"cannot read file: {exc.strerror or exc}")
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        return SkippedFile(path=relative, reason="file meta information has no TransferSyntaxUID")
+    for keyword in _REQUIRED_UIDS:
+        try:
+            value = dataset.get(keyword)
+        except Exception as exc:  # a malformed element is reported, not raised
+            return SkippedFile(path=relative, reason=f"unreadable {keyword}: {_describe(exc)}")
+        if not value:
+            return SkippedFile(path=relative, reason=f"no {keyword}: not a storable instance")
+    return InstanceFile(path=path, relative_path=relative, dataset=dataset)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

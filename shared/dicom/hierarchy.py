@@ -1,0 +1,189 @@
+"""Study / series / instance hierarchy and the placement of attributes in it.
+
+Instances are grouped by StudyInstanceUID and SeriesInstanceUID. Attributes are compared by
+their encoded bytes, which is cheap, and each distinct value is turned into the JSON Model
+only once: attributes equal in every instance of a series go to the series, Patient and
+Study module attributes equal in every series go to the study, and only what varies stays
+with the instance.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
+
+from shared.dicom.files import InstanceFile
+from shared.dicom.json_model import JsonAttributes, dataset_to_json
+from shared.dicom.metadata import Instance, SkippedFile
+
+# Patient, Patient Study and General Study module attributes (PS3.3 C.7.1.1, C.7.2.1-2).
+_STUDY_KEYWORDS = [
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "TypeOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "EthnicGroup",
+    "PatientComments",
+    "PatientSpeciesDescription",
+    "PatientBreedDescription",
+    "ResponsiblePerson",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "ProcedureCodeSequence",
+    "ReasonForPerformedProcedureCodeSequence",
+    "AdmittingDiagnosesDescription",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "MedicalAlerts",
+    "Allergies",
+    "Occupation",
+    "SmokingStatus",
+    "AdditionalPatientHistory",
+    "PregnancyStatus",
+    "PatientSexNeutered",
+]
+STUDY_TAGS = frozenset(t for k in _STUDY_KEYWORDS if (t := tag_for_keyword(k)) is not None)
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+@dataclass
+class SeriesInstances:
+    """The instances of one series, in a stable order, and its attribute placement."""
+
+    series_instance_uid: str
+    files: list[InstanceFile]
+    attributes: JsonAttributes = field(default_factory=dict)
+    instances: list[Instance] = field(default_factory=list)
+    common_tags: frozenset[int] = frozenset()
+
+
+@dataclass
+class StudyInstances:
+    study_instance_uid: str
+    series: list[SeriesInstances]
+    attributes: JsonAttributes = field(default_factory=dict)
+
+
+def _signature(files: InstanceFile, tag: int) -> Any:
+    """A cheap, comparable form of an element's value (its bytes while still raw)."""
+    elem = files.dataset.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        return (elem.VR, elem.value)
+    return (elem.VR, repr(elem.value))
+
+
+def _common_tags(files: Sequence[InstanceFile]) -> frozenset[int]:
+    first = files[0]
+    # keys(), not iteration: iterating a Dataset decodes every raw element.
+    candidates = [t for t in first.dataset.keys() if t not in _PIXEL_TAGS]  # noqa: SIM118
+    common = set(candidates)
+    for other in files[1:]:
+        present = other.dataset
+        for tag in list(common):
+            if tag not in present or _signature(other, tag) != _signature(first, tag):
+                common.discard(tag)
+    return frozenset(int(t) for t in common)
+
+
+def _series_sort_key(series: SeriesInstances) -> tuple[int, str]:
+    number = series.files[0].dataset.get("SeriesNumber")
+    try:
+        return (int(number), series.series_instance_uid)
+    except (TypeError, ValueError):
+        return (2**31, series.series_instance_uid)
+
+
+def _instance_sort_key(item: InstanceFile) -> tuple[int, str]:
+    number = item.dataset.get("InstanceNumber")
+    try:
+        return (int(number), item.relative_path)
+    except (TypeError, ValueError):
+        return (2**31, item.relative_path)
+
+
+def group_instances(
+    files: Iterable[InstanceFile],
+) -> tuple[list[StudyInstances], list[SkippedFile]]:
+    """Group instances into studies and series; a repeated SOP Instance UID is skipped."""
+    seen: dict[str, str] = {}
+    skipped: list[SkippedFile] = []
+    by_study: dict[str, dict[str, list[InstanceFile]]] = defaultdict(lambda: defaultdict(list))
+    for item in files:
+        uid = item.sop_instance_uid
+        if uid in seen:
+            skipped.append(
+                SkippedFile(
+                    path=item.relative_path,
+                    reason=f"duplicate SOP Instance UID: the same instance as {seen[uid]}",
+                )
+            )
+            continue
+        seen[uid] = item.relative_path
+        by_study[item.study_instance_uid][item.series_instance_uid].append(item)
+    studies: list[StudyInstances] = []
+    for study_uid, series_map in by_study.items():
+        series = [
+            SeriesInstances(uid, sorted(members, key=_instance_sort_key))
+            for uid, members in series_map.items()
+        ]
+        series.sort(key=_series_sort_key)
+        studies.append(StudyInstances(study_uid, series))
+    studies.sort(
+        key=lambda s: (str(s.series[0].files[0].dataset.get("StudyDate", "")), s.study_instance_uid)
+    )
+    for study in studies:
+        place_attributes(study)
+    return studies, skipped
+
+
+def place_attributes(study: StudyInstances) -> None:
+    """Fill in the study, series and instance attributes (see the module docstring)."""
+    for series in study.series:
+        series.common_tags = _common_tags(series.files)
+    first_series = study.series[0]
+    study_tags = {t for t in first_series.common_tags if t in STUDY_TAGS}
+    for other in study.series[1:]:
+        for tag in list(study_tags):
+            if tag not in other.common_tags or _signature(other.files[0], tag) != _signature(
+                first_series.files[0], tag
+            ):
+                study_tags.discard(tag)
+    study.attributes = dataset_to_json(first_series.files[0].dataset, study_tags)
+    for series in study.series:
+        series_tags = series.common_tags - study_tags
+        series.attributes = dataset_to_json(series.files[0].dataset, series_tags)
+        series.instances = []
+        for item in series.files:
+            own = [
+                t
+                for t in item.dataset.keys()  # noqa: SIM118
+                if t not in series.common_tags and t not in _PIXEL_TAGS
+            ]
+            series.instances.append(
+                Instance(
+                    SOPInstanceUID=item.sop_instance_uid,
+                    path=item.relative_path,
+                    attributes=dataset_to_json(item.dataset, (int(t) for t in own)),
+                )
+            )

@@ -1,0 +1,144 @@
+"""The DICOM Parser operator: a folder of DICOM files in, metadata and volumes out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import __version__
+from shared.dicom.files import InstanceFile, iter_files, read_instance
+from shared.dicom.hierarchy import group_instances
+from shared.dicom.metadata import (
+    METADATA_FILE,
+    SELECTED_IMAGES_FILE,
+    SERIES_IMAGES_FILE,
+    DicomMetadata,
+    Series,
+    SkippedFile,
+    Study,
+)
+from shared.errors import InvalidInputError
+from shared.operator.outputs import write_json_atomic, write_text_atomic
+from shared.selection import SelectionRules, select
+from shared.volumes.convert import ConversionOptions, convert_series
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(phase, done, total)``."""
+
+
+@dataclass
+class ParseSummary:
+    files: int = 0
+    instances: int = 0
+    series: int = 0
+    volumes: int = 0
+    not_converted: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    selections: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _check_folders(input_dir: Path, output_dir: Path) -> None:
+    if not input_dir.is_dir():
+        raise InvalidInputError(f"input folder {input_dir} does not exist or is not a folder")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InvalidInputError(f"output {output_dir} exists and is not a folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def parse_folder(
+    input_dir: Path,
+    output_dir: Path,
+    options: ConversionOptions,
+    progress: ProgressCallback | None = None,
+) -> DicomMetadata:
+    """Read every file below ``input_dir``, convert its series into ``output_dir``.
+
+    Writes the image files and returns the metadata document (not yet written).
+    """
+    _check_folders(input_dir, output_dir)
+    output_resolved = output_dir.resolve()
+    paths = [
+        p
+        for p in iter_files(input_dir)
+        if output_resolved not in p.resolve().parents  # never read our own outputs
+    ]
+    skipped: list[SkippedFile] = []
+    instances: list[InstanceFile] = []
+    for done, path in enumerate(paths, start=1):
+        item = read_instance(path, input_dir)
+        if isinstance(item, SkippedFile):
+            skipped.append(item)
+            log.info("skipped file", extra={"path": item.path, "reason": item.reason})
+        else:
+            instances.append(item)
+        if progress:
+            progress("reading", done, len(paths))
+    grouped, duplicates = group_instances(instances)
+    skipped.extend(duplicates)
+    studies: list[Study] = []
+    total_series = sum(len(s.series) for s in grouped)
+    done_series = 0
+    for study in grouped:
+        series_models: list[Series] = []
+        for series in study.series:
+            volumes, not_converted = convert_series(
+                series.series_instance_uid, series.files, output_dir, options
+            )
+            series_models.append(
+                Series(
+                    SeriesInstanceUID=series.series_instance_uid,
+                    attributes=series.attributes,
+                    volumes=volumes,
+                    notConverted=not_converted,
+                    instances=series.instances,
+                )
+            )
+            done_series += 1
+            if progress:
+                progress("converting", done_series, total_series)
+        studies.append(
+            Study(
+                StudyInstanceUID=study.study_instance_uid,
+                attributes=study.attributes,
+                series=series_models,
+            )
+        )
+    return DicomMetadata(
+        generator=f"seriesflow {__version__}", studies=studies, skippedFiles=skipped
+    )
+
+
+def write_parser_outputs(metadata: DicomMetadata, output_dir: Path) -> dict[str, str]:
+    """Write dicom-metadata.json and series-images.json; return the series-images mapping."""
+    write_text_atomic(output_dir / METADATA_FILE, metadata.to_json() + "\n")
+    series_images = metadata.series_images()
+    write_json_atomic(output_dir / SERIES_IMAGES_FILE, series_images)
+    return series_images
+
+
+def run_parser_operator(
+    input_dir: Path,
+    output_dir: Path,
+    options: ConversionOptions,
+    rules: SelectionRules,
+    progress: ProgressCallback | None = None,
+) -> ParseSummary:
+    """The whole DICOM Parser operator: parse, convert, write, select."""
+    metadata = parse_folder(input_dir, output_dir, options, progress)
+    series_images = write_parser_outputs(metadata, output_dir)
+    selections = select(rules, metadata, series_images)
+    write_json_atomic(output_dir / SELECTED_IMAGES_FILE, selections)
+    all_series = [se for st in metadata.studies for se in st.series]
+    return ParseSummary(
+        files=len(metadata.skippedFiles) + sum(len(se.instances) for se in all_series),
+        instances=sum(len(se.instances) for se in all_series),
+        series=len(all_series),
+        volumes=len(series_images),
+        not_converted=sum(1 for se in all_series if se.notConverted),
+        skipped=list(metadata.skippedFiles),
+        selections=selections,
+    )

@@ -1,0 +1,38 @@
+"""Operator-mode settings, read once from the environment (Clara's variable names)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.volumes.writer import IMAGE_FORMATS, ImageFormat
+
+
+class OperatorSettings(BaseSettings):
+    """What a Clara pipeline sets for the DICOM Parser and Series Selector operators."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    image_format: ImageFormat = Field(default="mhd", alias="NVIDIA_CLARA_IMAGE_FORMAT")
+    selection_rules_file: str | None = Field(
+        default=None, alias="NVIDIA_CLARA_SELECTION_RULES_FILE"
+    )
+    selection_rules_base64: str | None = Field(
+        default=None, alias="NVIDIA_CLARA_SELECTION_RULES_BASE64"
+    )
+    min_slices: int = Field(default=3, ge=2, alias="SERIESFLOW_MIN_SLICES")
+
+    @field_validator("image_format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        if isinstance(value, str):
+            cleaned = value.strip().lower().lstrip(".")
+            if cleaned == "":
+                return "mhd"
+            if cleaned not in IMAGE_FORMATS:
+                raise ValueError(
+                    f"NVIDIA_CLARA_IMAGE_FORMAT must be one of {', '.join(IMAGE_FORMATS)}, "
+                    f"not {value!r}"
+                )
+            return cleaned
+        return value

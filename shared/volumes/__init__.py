@@ -1,0 +1,1 @@
+"""Conversion of DICOM image series into volumes (MetaImage, NIfTI)."""
