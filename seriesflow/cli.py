@@ -11,11 +11,10 @@ be converted (everything else was written).
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import pydicom.config
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -72,7 +71,7 @@ out = Console()
 
 
 def _fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(status)
 
 
@@ -137,7 +136,7 @@ def process(
             summary = run_parser_operator(input_dir, output_dir, options, selection_rules, progress)
     except SeriesflowError as exc:
         _fail(exc.reason)
-    if not quiet:
+    if not quiet and summary.instances:
         _print_summary(summary, output_dir)
     if summary.instances == 0:
         _fail(f"no DICOM instances found below {input_dir}")
@@ -197,7 +196,9 @@ def _print_summary(summary: ParseSummary, output_dir: Path) -> None:
     table.add_row("volumes written", str(summary.volumes))
     table.add_row("series not (fully) converted", str(summary.not_converted))
     table.add_row("files skipped", str(len(summary.skipped)))
-    table.add_row("selections", ", ".join(summary.selections) or "none")
+    names = list(summary.selections)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    table.add_row("selections", shown or "none")
     table.add_row("output", str(output_dir))
     err.print(table)
     for item in summary.skipped[:20]:
@@ -299,6 +300,7 @@ def sample_ct(
 
 
 def main() -> None:
-    if os.environ.get("SERIESFLOW_DEBUG") != "1":
-        sys.tracebacklimit = 1000
+    # Tolerant reading: invalid values are kept as read and reported in the metadata,
+    # not printed as warnings for every element of every file.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     app()

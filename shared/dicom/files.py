@@ -21,6 +21,7 @@ from shared.dicom.metadata import SkippedFile
 _PREAMBLE = 128
 _MAGIC = b"DICM"
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
@@ -74,6 +75,8 @@ def read_instance(path: Path, root: Path) -> InstanceFile | SkippedFile:
         return SkippedFile(path=relative, reason=f"unreadable DICOM header: {_describe(exc)}")
     except OSError as exc:
         return SkippedFile(path=relative, reason=f"cannot read file: {exc.strerror or exc}")
+    if dataset.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_DIRECTORY:
+        return SkippedFile(path=relative, reason="DICOMDIR: a media directory, not an instance")
     if "TransferSyntaxUID" not in dataset.file_meta:
         return SkippedFile(path=relative, reason="file meta information has no TransferSyntaxUID")
     for keyword in _REQUIRED_UIDS:

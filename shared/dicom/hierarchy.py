@@ -87,7 +87,7 @@ class StudyInstances:
 
 def _signature(files: InstanceFile, tag: int) -> Any:
     """A cheap, comparable form of an element's value (its bytes while still raw)."""
-    elem = files.dataset.get_item(tag)
+    elem = files.dataset.get_item(tag, keep_deferred=True)
     if isinstance(elem, RawDataElement):
         return (elem.VR, elem.value)
     return (elem.VR, repr(elem.value))

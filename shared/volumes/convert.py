@@ -26,7 +26,7 @@ from shared.identifiers import is_valid_uid
 from shared.volumes.frames import Frame, frames_of
 from shared.volumes.pixels import load_stack
 from shared.volumes.stacks import Refusal, orientation_label, plan_stack, split_stacks
-from shared.volumes.writer import ImageFormat, write_volume
+from shared.volumes.writer import ImageFormat, make_image, write_image
 
 _LOCALIZER_DESCRIPTION = re.compile(
     r"(?i)(localizer|localiser|scout|survey|surview|topogram|3[- ]?plane|tri-?pilot)"
@@ -128,14 +128,14 @@ def convert_series(
             continue
         repetition = files[stack[0].instance].dataset.get("RepetitionTime")
         time_spacing = float(repetition) / 1000.0 if repetition else 1.0
-        write_volume(
-            output_dir / image_name,
-            voxels,
-            plan.origin,
-            plan.spacing,
-            plan.direction,
-            time_spacing=time_spacing,
+        pixel_type = voxels.dtype.name
+        components = voxels.shape[4] if voxels.ndim == 5 else 1
+        image = make_image(
+            voxels, plan.origin, plan.spacing, plan.direction, time_spacing=time_spacing
         )
+        del voxels  # the image holds its own copy; keep one volume in memory, not two
+        write_image(image, output_dir / image_name)
+        del image
         shape = [plan.frames[0][0].columns, plan.frames[0][0].rows, plan.slice_count]
         if plan.timepoint_count > 1:
             shape.append(plan.timepoint_count)
@@ -151,14 +151,13 @@ def convert_series(
                 orientation=orientation_label(plan.direction),
                 sliceCount=plan.slice_count,
                 timepointCount=plan.timepoint_count,
-                pixelType=voxels.dtype.name,
-                components=voxels.shape[4] if voxels.ndim == 5 else 1,
+                pixelType=pixel_type,
+                components=components,
                 attributes=_stack_attributes(stack[0]) if len(stacks) > 1 else {},
                 instances=instance_uids,
                 notes=plan.notes + notes,
             )
         )
-        del voxels
     return volumes, not_converted
 
 

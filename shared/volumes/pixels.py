@@ -128,7 +128,7 @@ def _read_native_frame(item: InstanceFile, frame: int) -> Array:
     ds = item.dataset
     dtype = stored_dtype(ds)
     rows, cols = int(ds.Rows), int(ds.Columns)
-    elem = ds.get_item(0x7FE00010)
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
     count = rows * cols
     size = count * dtype.itemsize
     if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:

@@ -93,7 +93,7 @@ def _stack_identity(frame: Frame) -> tuple[Any, ...]:
         None if frame.row_cosine is None else (*frame.row_cosine, *(frame.column_cosine or ()))
     )
     spacing = None if frame.pixel_spacing is None else tuple(frame.pixel_spacing)
-    return (frame.stack_key, orientation, spacing)
+    return ((frame.rows, frame.columns, frame.stack_key), orientation, spacing)
 
 
 def _same_stack(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

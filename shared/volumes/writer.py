@@ -16,18 +16,18 @@ ImageFormat = Literal["mhd", "nii", "nii.gz"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("mhd", "nii", "nii.gz")
 
 
-def write_volume(
-    path: Path,
+def make_image(
     voxels: np.ndarray[Any, np.dtype[Any]],
     origin: tuple[float, float, float],
     spacing: tuple[float, float, float],
     direction: tuple[float, ...],
     time_spacing: float = 1.0,
-) -> None:
-    """Write ``voxels`` shaped ``(t, z, y, x[, c])`` with the given geometry.
+) -> sitk.Image:
+    """An ITK image of ``voxels`` shaped ``(t, z, y, x[, c])`` with the given geometry.
 
     A single timepoint gives a 3-D image; several give a 4-D image whose fourth axis has
-    ``time_spacing``. A trailing sample axis gives a vector (RGB) image.
+    ``time_spacing``. A trailing sample axis gives a vector (RGB) image. The voxels are
+    copied, so the caller can free its array before writing.
     """
     is_vector = voxels.ndim == 5
     timepoints = voxels.shape[0]
@@ -44,9 +44,13 @@ def write_volume(
         image.SetDirection(
             (d[0], d[1], d[2], 0.0, d[3], d[4], d[5], 0.0, d[6], d[7], d[8], 0.0, 0, 0, 0, 1.0)
         )
+    return image
+
+
+def write_image(image: sitk.Image, path: Path) -> None:
+    """Write an image; it appears under ``path`` only once it is complete."""
     tmp = path.with_name(path.name + ".partial" + _suffix(path))
     sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"))
-    del image
     _commit(tmp, path)
 
 

@@ -1,0 +1,242 @@
+"""``seriesflow process``, ``select`` and ``rules`` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from typer.testing import CliRunner
+
+from seriesflow.cli import app
+from shared.dicom.metadata import json_schema
+from shared.samples import write_brain_mr_study, write_ct_series
+
+REPO = Path(__file__).resolve().parents[2]
+CLARA_RULES = REPO / "examples" / "rules" / "clara-t1c.json"
+SCHEMA_FILE = REPO / "shared" / "schemas" / "dicom-metadata.schema.json"
+CLARA_ENV = (
+    "NVIDIA_CLARA_IMAGE_FORMAT",
+    "NVIDIA_CLARA_SELECTION_RULES_FILE",
+    "NVIDIA_CLARA_SELECTION_RULES_BASE64",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CLARA_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def brain_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("brain")
+    write_brain_mr_study(root, seed=7)
+    return root
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def process(src: Path, out: Path, *extra: str) -> tuple[int, str]:
+    return run("process", "--input", str(src), "--output", str(out), "--quiet", *extra)
+
+
+def read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def test_clara_example_selects_the_t1c_series_only(brain_study: Path, tmp_path: Path) -> None:
+    code, output = process(brain_study, tmp_path, "--rules", str(CLARA_RULES), "--format", "nii")
+    assert code == 0, output
+    metadata = read(tmp_path / "dicom-metadata.json")
+    assert isinstance(metadata, dict)
+    by_description = {
+        se["attributes"]["0008103E"]["Value"][0]: se
+        for st in metadata["studies"]
+        for se in st["series"]
+    }
+    t1c = by_description["T1c SE AX post-contrast"]["SeriesInstanceUID"]
+    assert read(tmp_path / "selected-images.json") == {"T1C": {t1c: f"{t1c}.nii"}}
+
+
+def test_outputs_have_the_documented_shapes(brain_study: Path, tmp_path: Path) -> None:
+    code, output = process(brain_study, tmp_path, "--format", "nii.gz")
+    assert code == 0, output
+    metadata = read(tmp_path / "dicom-metadata.json")
+    jsonschema.validate(metadata, json.loads(SCHEMA_FILE.read_text()))
+    series_images = read(tmp_path / "series-images.json")
+    assert isinstance(series_images, dict) and len(series_images) == 6
+    for uid, image in series_images.items():
+        assert image == f"{uid}.nii.gz" and (tmp_path / image).is_file()
+    # empty rules: every converted series under its own UID
+    selected = read(tmp_path / "selected-images.json")
+    assert selected == {uid: {uid: image} for uid, image in series_images.items()}
+    assert isinstance(metadata, dict)
+    reasons = {
+        n["code"] for st in metadata["studies"] for se in st["series"] for n in se["notConverted"]
+    }
+    assert reasons == {"localizer", "not_an_image"}
+
+
+def test_committed_schema_is_current() -> None:
+    assert json.loads(SCHEMA_FILE.read_text()) == json_schema(), "run: seriesflow schema"
+
+
+def test_format_comes_from_the_environment_when_not_given(
+    brain_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NVIDIA_CLARA_IMAGE_FORMAT", "nii")
+    assert process(brain_study, tmp_path / "env")[0] == 0
+    assert all(v.endswith(".nii") for v in read(tmp_path / "env" / "series-images.json").values())
+    assert process(brain_study, tmp_path / "flag", "--format", "mhd")[0] == 0
+    images = read(tmp_path / "flag" / "series-images.json")
+    assert isinstance(images, dict)
+    for image in images.values():
+        assert image.endswith(".mhd")
+        assert (tmp_path / "flag" / image).with_suffix(".raw").is_file()
+
+
+def test_default_format_is_mhd(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "ct", slices=3, size=16)
+    assert process(tmp_path / "ct", tmp_path / "out")[0] == 0
+    (image,) = read(tmp_path / "out" / "series-images.json").values()
+    assert image.endswith(".mhd")
+
+
+def test_bad_format_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NVIDIA_CLARA_IMAGE_FORMAT", "png")
+    code, output = process(tmp_path, tmp_path / "out")
+    assert code == 1 and "NVIDIA_CLARA_IMAGE_FORMAT" in output and "Traceback" not in output
+
+
+def test_rules_precedence_flag_then_base64_then_file(
+    brain_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def rules(name: str) -> str:
+        return json.dumps({"selections": [{"name": name, "conditions": {"Modality": "MR"}}]})
+
+    file_rules = tmp_path / "file.json"
+    file_rules.write_text(rules("FROM_FILE"))
+    flag_rules = tmp_path / "flag.json"
+    flag_rules.write_text(rules("FROM_FLAG"))
+    monkeypatch.setenv("NVIDIA_CLARA_SELECTION_RULES_FILE", str(file_rules))
+    assert process(brain_study, tmp_path / "a")[0] == 0
+    assert list(read(tmp_path / "a" / "selected-images.json")) == ["FROM_FILE"]
+    monkeypatch.setenv(
+        "NVIDIA_CLARA_SELECTION_RULES_BASE64", base64.b64encode(rules("FROM_B64").encode()).decode()
+    )
+    assert process(brain_study, tmp_path / "b")[0] == 0
+    assert list(read(tmp_path / "b" / "selected-images.json")) == ["FROM_B64"]
+    assert process(brain_study, tmp_path / "c", "--rules", str(flag_rules))[0] == 0
+    assert list(read(tmp_path / "c" / "selected-images.json")) == ["FROM_FLAG"]
+
+
+def test_bad_rules_name_the_rule_and_write_nothing(brain_study: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"selections": [{"name": "T1C", "conditions": {"Modality": "(?i"}}]}))
+    code, output = process(brain_study, tmp_path / "out", "--rules", str(bad))
+    assert code == 1
+    assert '"T1C"' in output and "Modality" in output
+    assert not (tmp_path / "out").exists()
+    code, output = run("rules", "check", str(bad))
+    assert code == 1 and '"T1C"' in output and "Traceback" not in output
+    assert run("rules", "check", str(CLARA_RULES))[0] == 0
+
+
+def test_select_and_explain_work_from_the_parser_outputs(brain_study: Path, tmp_path: Path) -> None:
+    assert process(brain_study, tmp_path / "parsed")[0] == 0
+    code, output = run(
+        "select",
+        "--input",
+        str(tmp_path / "parsed"),
+        "--output",
+        str(tmp_path / "sel"),
+        "--rules",
+        str(CLARA_RULES),
+    )
+    assert code == 0, output
+    selected = read(tmp_path / "sel" / "selected-images.json")
+    assert isinstance(selected, dict) and list(selected) == ["T1C"]
+    code, output = run(
+        "rules",
+        "explain",
+        "--rules",
+        str(CLARA_RULES),
+        "--metadata",
+        str(tmp_path / "parsed" / "dicom-metadata.json"),
+    )
+    assert code == 0, output
+    assert "T2 FLAIR AX" in output and "does not match" in output and "localizer" in output
+
+
+def test_select_without_parser_outputs_is_a_clear_error(tmp_path: Path) -> None:
+    code, output = run("select", "--input", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert code == 1 and "dicom-metadata.json" in output and "Traceback" not in output
+
+
+def shipped(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom does not ship {name}")
+    return Path(str(path))
+
+
+def test_bad_files_are_reported_and_the_rest_is_converted(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "nested" / "deeper").mkdir(parents=True)
+    for name in ("MR_truncated.dcm", "rtplan_truncated.dcm", "no_meta.dcm"):
+        shutil.copy(shipped(name), src / name)
+    shutil.copy(shipped("CT_small.dcm"), src / "nested" / "deeper" / "IMAGE0001")  # no .dcm
+    (src / "notes.txt").write_text("not dicom")
+    (src / "empty.dcm").write_bytes(b"")
+    (src / "garbage").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 3)
+    code, output = process(src, tmp_path / "out", "--format", "nii")
+    assert code == 3, output
+    metadata = read(tmp_path / "out" / "dicom-metadata.json")
+    assert isinstance(metadata, dict)
+    skipped = {s["path"]: s["reason"] for s in metadata["skippedFiles"]}
+    assert set(skipped) == {"no_meta.dcm", "notes.txt", "empty.dcm", "garbage"}
+    assert all(skipped.values())
+    series = {se["instances"][0]["path"]: se for st in metadata["studies"] for se in st["series"]}
+    assert series["nested/deeper/IMAGE0001"]["volumes"]
+    assert series["MR_truncated.dcm"]["notConverted"][0]["code"] == "unreadable_pixel_data"
+    assert series["rtplan_truncated.dcm"]["notConverted"][0]["code"] == "not_an_image"
+
+
+def test_missing_or_empty_input_is_an_error(tmp_path: Path) -> None:
+    code, output = process(tmp_path / "missing", tmp_path / "out")
+    assert code == 1 and "does not exist" in output
+    (tmp_path / "empty").mkdir()
+    code, output = process(tmp_path / "empty", tmp_path / "out2")
+    assert code == 1 and "no DICOM instances" in output
+
+
+def test_output_inside_input_is_not_read_back(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "ct", slices=3, size=16)
+    assert process(tmp_path / "ct", tmp_path / "ct" / "out", "--format", "nii")[0] == 0
+    code, _ = process(tmp_path / "ct", tmp_path / "ct" / "out", "--format", "nii")
+    assert code == 0  # the second run did not pick up the first run's outputs
+
+
+def test_an_invalid_series_uid_never_reaches_a_file_name(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct", slices=3, size=16)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = "1.2.3/../../evil"
+        ds.save_as(path)
+    code, output = process(tmp_path / "ct", tmp_path / "out", "--format", "nii")
+    assert code == 0, output
+    (name,) = read(tmp_path / "out" / "series-images.json").values()
+    assert name.startswith("2.25.") and "/" not in name
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["dicom-metadata.json", "series-images.json", "selected-images.json", name]
+    )
