@@ -1,3 +1,4 @@
+# mypy: disallow-untyped-calls=False
 """Pixel decoding and value handling, on files pydicom ships and on generated series."""
 
 from __future__ import annotations
