@@ -26,7 +26,7 @@ from shared.identifiers import is_valid_uid
 from shared.volumes.frames import Frame, frames_of
 from shared.volumes.pixels import load_stack
 from shared.volumes.stacks import Refusal, orientation_label, plan_stack, split_stacks
-from shared.volumes.writer import ImageFormat, make_image, write_image
+from shared.volumes.writer import ImageFormat, VolumeBuffer, set_geometry, write_image
 
 _LOCALIZER_DESCRIPTION = re.compile(
     r"(?i)(localizer|localiser|scout|survey|surview|topogram|3[- ]?plane|tri-?pilot)"
@@ -114,8 +114,9 @@ def convert_series(
             )
             continue
         image_name = f"{key}.{options.image_format}"
+        buffer = VolumeBuffer()
         try:
-            voxels, notes = load_stack(files, plan.frames)
+            voxels, notes = load_stack(files, plan.frames, buffer)
         except InvalidInputError as exc:
             not_converted.append(
                 NotConverted(
@@ -126,16 +127,16 @@ def convert_series(
                 )
             )
             continue
-        repetition = files[stack[0].instance].dataset.get("RepetitionTime")
-        time_spacing = float(repetition) / 1000.0 if repetition else 1.0
         pixel_type = voxels.dtype.name
         components = voxels.shape[4] if voxels.ndim == 5 else 1
-        image = make_image(
-            voxels, plan.origin, plan.spacing, plan.direction, time_spacing=time_spacing
-        )
-        del voxels  # the image holds its own copy; keep one volume in memory, not two
+        del voxels  # a view of the image's buffer
+        image = buffer.image
+        assert image is not None
+        repetition = files[stack[0].instance].dataset.get("RepetitionTime")
+        time_spacing = float(repetition) / 1000.0 if repetition else 1.0
+        set_geometry(image, plan.origin, plan.spacing, plan.direction, time_spacing)
         write_image(image, output_dir / image_name)
-        del image
+        del image, buffer
         shape = [plan.frames[0][0].columns, plan.frames[0][0].rows, plan.slice_count]
         if plan.timepoint_count > 1:
             shape.append(plan.timepoint_count)

@@ -1,11 +1,15 @@
-"""Writing volumes with SimpleITK, in DICOM's patient coordinates (LPS).
+"""Volumes as ITK images, written in DICOM's patient coordinates (LPS).
 
 ITK stores LPS geometry as it is in MetaImage and converts it to NIfTI's RAS itself, with
 the direction cosines in the qform and sform, so no header is written by hand here.
+
+Voxels are decoded straight into the ITK image's own buffer (:class:`VolumeBuffer`), so a
+volume is held in memory once, not once by numpy and again by ITK.
 """
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,36 +19,77 @@ import SimpleITK as sitk
 ImageFormat = Literal["mhd", "nii", "nii.gz"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("mhd", "nii", "nii.gz")
 
+_SCALAR_TYPES = {
+    "uint8": sitk.sitkUInt8,
+    "int8": sitk.sitkInt8,
+    "uint16": sitk.sitkUInt16,
+    "int16": sitk.sitkInt16,
+    "uint32": sitk.sitkUInt32,
+    "int32": sitk.sitkInt32,
+    "float32": sitk.sitkFloat32,
+    "float64": sitk.sitkFloat64,
+}
+_VECTOR_TYPES = {
+    "uint8": sitk.sitkVectorUInt8,
+    "int8": sitk.sitkVectorInt8,
+    "uint16": sitk.sitkVectorUInt16,
+    "int16": sitk.sitkVectorInt16,
+    "uint32": sitk.sitkVectorUInt32,
+    "int32": sitk.sitkVectorInt32,
+    "float32": sitk.sitkVectorFloat32,
+}
 
-def make_image(
-    voxels: np.ndarray[Any, np.dtype[Any]],
+
+class VolumeBuffer:
+    """Allocates ITK images and lends their pixel buffers to numpy for writing.
+
+    Use it as the allocator of :func:`shared.volumes.pixels.load_stack`; afterwards
+    :attr:`image` holds the voxels. The array handed out must not outlive the image.
+    """
+
+    def __init__(self) -> None:
+        self.image: sitk.Image | None = None
+
+    def __call__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        """``shape`` is ``(t, z, y, x[, c])``; a single timepoint gives a 3-D image."""
+        vector = len(shape) == 5
+        spatial = shape[:4]
+        dims = spatial[1:] if spatial[0] == 1 else spatial
+        size = [int(v) for v in reversed(dims)]  # ITK orders x, y, z[, t]
+        table = _VECTOR_TYPES if vector else _SCALAR_TYPES
+        if dtype.name not in table:
+            raise ValueError(f"no ITK pixel type for {dtype.name}")
+        if vector:
+            image = sitk.Image(size, table[dtype.name], int(shape[4]))
+        else:
+            image = sitk.Image(size, table[dtype.name])
+        view = sitk.GetArrayViewFromImage(image)  # read-only view of the image's buffer
+        address = view.__array_interface__["data"][0]
+        raw = (ctypes.c_char * view.nbytes).from_address(address)
+        writable: np.ndarray[Any, Any] = np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape)
+        self.image = image
+        return writable
+
+
+def set_geometry(
+    image: sitk.Image,
     origin: tuple[float, float, float],
     spacing: tuple[float, float, float],
     direction: tuple[float, ...],
     time_spacing: float = 1.0,
-) -> sitk.Image:
-    """An ITK image of ``voxels`` shaped ``(t, z, y, x[, c])`` with the given geometry.
-
-    A single timepoint gives a 3-D image; several give a 4-D image whose fourth axis has
-    ``time_spacing``. A trailing sample axis gives a vector (RGB) image. The voxels are
-    copied, so the caller can free its array before writing.
-    """
-    is_vector = voxels.ndim == 5
-    timepoints = voxels.shape[0]
-    if timepoints == 1:
-        image = sitk.GetImageFromArray(voxels[0], isVector=is_vector)
+) -> None:
+    """Set origin, spacing and direction; a 4-D image gets ``time_spacing`` on its 4th axis."""
+    if image.GetDimension() == 3:
         image.SetOrigin(origin)
         image.SetSpacing(spacing)
         image.SetDirection(direction)
-    else:
-        image = sitk.GetImageFromArray(voxels, isVector=is_vector)
-        image.SetOrigin((*origin, 0.0))
-        image.SetSpacing((*spacing, time_spacing))
-        d = direction
-        image.SetDirection(
-            (d[0], d[1], d[2], 0.0, d[3], d[4], d[5], 0.0, d[6], d[7], d[8], 0.0, 0, 0, 0, 1.0)
-        )
-    return image
+        return
+    image.SetOrigin((*origin, 0.0))
+    image.SetSpacing((*spacing, time_spacing))
+    d = direction
+    image.SetDirection(
+        (d[0], d[1], d[2], 0.0, d[3], d[4], d[5], 0.0, d[6], d[7], d[8], 0.0, 0, 0, 0, 1.0)
+    )
 
 
 def write_image(image: sitk.Image, path: Path) -> None:
