@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def test_writes_through_the_view_reach_the_image(
 ) -> None:
     buffer = VolumeBuffer()
     view = buffer(shape, np.dtype(dtype))
-    values = np.arange(view.size).reshape(shape).astype(dtype)
+    values: np.ndarray[Any, Any] = np.arange(view.size).reshape(shape).astype(dtype)
     view[...] = values
     assert buffer.image is not None
     assert buffer.image.GetSize() == size
