@@ -11,6 +11,8 @@ be converted (everything else was written).
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -36,6 +38,7 @@ from shared.dicom.metadata import (
     load_series_images,
 )
 from shared.errors import SeriesflowError
+from shared.logs import configure_logging, job_context
 from shared.operator.parser import ParseSummary, run_parser_operator
 from shared.operator.selector import run_selector_operator
 from shared.operator.settings import OperatorSettings
@@ -88,6 +91,27 @@ def _rules(explicit: Path | None, settings: OperatorSettings) -> SelectionRules:
     return source.parse()
 
 
+CLARA_LOG_DIR = Path("/logs")
+LogsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--logs",
+        help="Folder for JSON-lines logs. Default: SERIESFLOW_LOG_DIR, else /logs if it "
+        "exists (as in Clara), else no log file.",
+    ),
+]
+
+
+def _start_logging(logs: Path | None, settings: OperatorSettings) -> None:
+    folder = logs or (Path(settings.log_dir) if settings.log_dir else None)
+    if folder is None and CLARA_LOG_DIR.is_dir() and os.access(CLARA_LOG_DIR, os.W_OK):
+        folder = CLARA_LOG_DIR
+    try:
+        configure_logging(settings.log_level, folder, phi=settings.log_phi)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot log to {folder}: {exc}")
+
+
 InputOption = Annotated[Path, typer.Option("--input", "-i", help="Folder to read.")]
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")]
 RulesOption = Annotated[
@@ -118,9 +142,11 @@ def process(
         int | None, typer.Option(help="Fewest slices a multi-image stack needs (default 3).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    logs: LogsOption = None,
 ) -> None:
     """Parse every DICOM file below INPUT, convert its series, and select (the DICOM Parser)."""
     settings = _settings()
+    _start_logging(logs, settings)
     fmt = (image_format or settings.image_format).strip().lower().lstrip(".")
     if fmt not in IMAGE_FORMATS:
         _fail(f"--format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}", 2)
@@ -132,7 +158,7 @@ def process(
         _fail("--min-slices must be at least 2", 2)
     try:
         selection_rules = _rules(rules, settings)
-        with _progress(quiet) as progress:
+        with _progress(quiet) as progress, job_context(uuid.uuid4().hex):
             summary = run_parser_operator(input_dir, output_dir, options, selection_rules, progress)
     except SeriesflowError as exc:
         _fail(exc.reason)
@@ -212,11 +238,14 @@ def select_command(
     input_dir: InputOption = Path("/input"),
     output_dir: OutputOption = Path("/output"),
     rules: RulesOption = None,
+    logs: LogsOption = None,
 ) -> None:
     """Select series from a parser's outputs in INPUT (the Series Selector operator)."""
     settings = _settings()
+    _start_logging(logs, settings)
     try:
-        selections = run_selector_operator(input_dir, output_dir, _rules(rules, settings))
+        with job_context(uuid.uuid4().hex):
+            selections = run_selector_operator(input_dir, output_dir, _rules(rules, settings))
     except SeriesflowError as exc:
         _fail(exc.reason)
     out.print_json(json.dumps(selections))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,12 @@ from shared.dicom.metadata import (
     Study,
 )
 from shared.errors import InvalidInputError
+from shared.logs import get_logger, phi_allowed
 from shared.operator.outputs import write_json_atomic, write_text_atomic
 from shared.selection import SelectionRules, select
 from shared.volumes.convert import ConversionOptions, convert_series
 
-log = logging.getLogger(__name__)
+log = get_logger("operator.parser")
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(phase, done, total)``."""
@@ -72,7 +72,8 @@ def parse_folder(
         item = read_instance(path, input_dir)
         if isinstance(item, SkippedFile):
             skipped.append(item)
-            log.info("skipped file", extra={"path": item.path, "reason": item.reason})
+            details = {"reason": item.reason} | ({"path": item.path} if phi_allowed() else {})
+            log.info("file skipped", extra=details)
         else:
             instances.append(item)
         if progress:
@@ -96,6 +97,15 @@ def parse_folder(
                     notConverted=not_converted,
                     instances=series.instances,
                 )
+            )
+            log.info(
+                "series parsed",
+                extra={
+                    "series_instance_uid": series.series_instance_uid,
+                    "instances": len(series.files),
+                    "volumes": len(volumes),
+                    "not_converted": [n.code for n in not_converted],
+                },
             )
             done_series += 1
             if progress:

@@ -21,6 +21,9 @@ class OperatorSettings(BaseSettings):
         default=None, alias="NVIDIA_CLARA_SELECTION_RULES_BASE64"
     )
     min_slices: int = Field(default=3, ge=2, alias="SERIESFLOW_MIN_SLICES")
+    log_dir: str | None = Field(default=None, alias="SERIESFLOW_LOG_DIR")
+    log_level: str = Field(default="INFO", alias="SERIESFLOW_LOG_LEVEL")
+    log_phi: bool = Field(default=False, alias="SERIESFLOW_LOG_PHI")
 
     @field_validator("image_format", mode="before")
     @classmethod

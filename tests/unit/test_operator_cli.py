@@ -240,3 +240,16 @@ def test_an_invalid_series_uid_never_reaches_a_file_name(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["dicom-metadata.json", "series-images.json", "selected-images.json", name]
     )
+
+
+def test_logs_are_json_lines_with_a_job_id_and_no_paths(tmp_path: Path) -> None:
+    src = tmp_path / "DOE^JOHN"  # folder names often carry patient names
+    write_ct_series(src, slices=3, size=16)
+    (src / "notes.txt").write_text("x")
+    code, _ = process(src, tmp_path / "out", "--logs", str(tmp_path / "logs"))
+    assert code == 3
+    lines = (tmp_path / "logs" / "seriesflow.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert {r["message"] for r in records} >= {"file skipped", "series parsed"}
+    assert len({r["job_id"] for r in records}) == 1
+    assert "DOE" not in "\n".join(lines) and "notes.txt" not in "\n".join(lines)
