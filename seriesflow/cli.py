@@ -3,9 +3,9 @@
 Every command turns a :class:`~shared.errors.SeriesflowError` into a one-line message on
 stderr and a non-zero exit status; no traceback reaches the user for bad input.
 
-Exit status: 0 success; 1 bad input or configuration (nothing written, or rules invalid);
-2 usage error; 3 the run finished but some files were skipped or some series could not
-be converted (everything else was written).
+Exit status: 0 success (series that could not be converted are recorded in the metadata);
+1 bad input or configuration (nothing written); 2 usage error; 3 the run finished but some
+files were skipped (listed in dicom-metadata.json).
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ with the pixel data deferred, so a study is parsed without holding its pixels in
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -27,11 +28,17 @@ _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 @dataclass(frozen=True)
 class InstanceFile:
-    """One DICOM instance read from disk, pixel data not yet loaded."""
+    """One DICOM instance read from disk, pixel data not yet loaded.
+
+    ``signatures`` holds, for every element but pixel data, a cheap comparable form of its
+    value (its encoded bytes), taken right after reading and before anything decodes it,
+    so two files' elements can be compared without decoding either.
+    """
 
     path: Path
     relative_path: str
     dataset: Dataset
+    signatures: dict[int, Hashable] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def sop_instance_uid(self) -> str:
@@ -75,6 +82,7 @@ def read_instance(path: Path, root: Path) -> InstanceFile | SkippedFile:
         return SkippedFile(path=relative, reason=f"unreadable DICOM header: {_describe(exc)}")
     except OSError as exc:
         return SkippedFile(path=relative, reason=f"cannot read file: {exc.strerror or exc}")
+    signatures = _signatures(dataset)
     if dataset.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_DIRECTORY:
         return SkippedFile(path=relative, reason="DICOMDIR: a media directory, not an instance")
     if "TransferSyntaxUID" not in dataset.file_meta:
@@ -86,7 +94,20 @@ def read_instance(path: Path, root: Path) -> InstanceFile | SkippedFile:
             return SkippedFile(path=relative, reason=f"unreadable {keyword}: {_describe(exc)}")
         if not value:
             return SkippedFile(path=relative, reason=f"no {keyword}: not a storable instance")
-    return InstanceFile(path=path, relative_path=relative, dataset=dataset)
+    return InstanceFile(path=path, relative_path=relative, dataset=dataset, signatures=signatures)
+
+
+def _signatures(dataset: Dataset) -> dict[int, Hashable]:
+    out: dict[int, Hashable] = {}
+    for tag in dataset.keys():  # noqa: SIM118 - iterating would decode every element
+        if tag in _PIXEL_DATA_TAGS:
+            continue
+        elem = dataset.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement):
+            out[int(tag)] = (elem.VR, elem.value)
+        else:  # sequences are parsed while reading
+            out[int(tag)] = (elem.VR, repr(elem.value))
+    return out
 
 
 def _describe(exc: BaseException) -> str:

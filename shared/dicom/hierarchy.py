@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
 
 from shared.dicom.files import InstanceFile
 from shared.dicom.json_model import JsonAttributes, dataset_to_json
@@ -65,6 +63,7 @@ _STUDY_KEYWORDS = [
 ]
 STUDY_TAGS = frozenset(t for k in _STUDY_KEYWORDS if (t := tag_for_keyword(k)) is not None)
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_MISSING = object()
 
 
 @dataclass
@@ -85,25 +84,14 @@ class StudyInstances:
     attributes: JsonAttributes = field(default_factory=dict)
 
 
-def _signature(files: InstanceFile, tag: int) -> Any:
-    """A cheap, comparable form of an element's value (its bytes while still raw)."""
-    elem = files.dataset.get_item(tag, keep_deferred=True)
-    if isinstance(elem, RawDataElement):
-        return (elem.VR, elem.value)
-    return (elem.VR, repr(elem.value))
-
-
 def _common_tags(files: Sequence[InstanceFile]) -> frozenset[int]:
-    first = files[0]
-    # keys(), not iteration: iterating a Dataset decodes every raw element.
-    candidates = [t for t in first.dataset.keys() if t not in _PIXEL_TAGS]  # noqa: SIM118
-    common = set(candidates)
+    """Tags whose value is the same in every file (compared by their encoded bytes)."""
+    reference = files[0].signatures
+    common = set(reference)
     for other in files[1:]:
-        present = other.dataset
-        for tag in list(common):
-            if tag not in present or _signature(other, tag) != _signature(first, tag):
-                common.discard(tag)
-    return frozenset(int(t) for t in common)
+        signatures = other.signatures
+        common = {t for t in common if signatures.get(t, _MISSING) == reference[t]}
+    return frozenset(common)
 
 
 def _series_sort_key(series: SeriesInstances) -> tuple[int, str]:
@@ -163,12 +151,12 @@ def place_attributes(study: StudyInstances) -> None:
         series.common_tags = _common_tags(series.files)
     first_series = study.series[0]
     study_tags = {t for t in first_series.common_tags if t in STUDY_TAGS}
+    reference = first_series.files[0].signatures
     for other in study.series[1:]:
-        for tag in list(study_tags):
-            if tag not in other.common_tags or _signature(other.files[0], tag) != _signature(
-                first_series.files[0], tag
-            ):
-                study_tags.discard(tag)
+        signatures = other.files[0].signatures
+        study_tags = {
+            t for t in study_tags if t in other.common_tags and signatures[t] == reference[t]
+        }
     study.attributes = dataset_to_json(first_series.files[0].dataset, study_tags)
     for series in study.series:
         series_tags = series.common_tags - study_tags

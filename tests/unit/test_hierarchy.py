@@ -84,3 +84,17 @@ def test_dicomdir_is_skipped_with_its_reason(dicomdir_tests: Path) -> None:
     item = read_instance(dicomdir_tests / "DICOMDIR", dicomdir_tests)
     assert not isinstance(item, InstanceFile)
     assert "DICOMDIR" in item.reason
+
+
+def test_nothing_common_to_a_series_stays_with_its_instances(dicomdir_tests: Path) -> None:
+    # Several studies, so the sort keys decode some elements of some files first.
+    studies, _ = group_instances(read_all(dicomdir_tests))
+    assert len(studies) > 1
+    for study in studies:
+        for series in study.series:
+            if len(series.instances) < 2:
+                continue
+            for tag in series.instances[0].attributes:
+                values = [i.attributes.get(tag) for i in series.instances]
+                assert any(v != values[0] for v in values), (series.series_instance_uid, tag)
+            assert "00200011" in series.attributes or "00200011" in study.attributes
