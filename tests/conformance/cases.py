@@ -1,0 +1,860 @@
+"""What the conformance suite checks, and how: shared by the tests and by the report.
+
+The test data (``SERIESFLOW_TESTDATA``, default ``../shared/testdata`` beside the checkout)
+is described in its README. This module turns it into:
+
+* **runs**: one ``seriesflow process --format nii`` per input folder. Each ``dcm_qa_ts``
+  file runs on its own, because the nine files share one SeriesInstanceUID and one
+  position (they are one Siemens mosaic, saved nine times with a different SeriesNumber
+  and transfer syntax) and would otherwise be one series. Each ``dicom2nifti`` case folder
+  runs on its own too: several of them share a SeriesInstanceUID (``failing/slicecount``
+  is the first two files of ``generic/anatomical/001``, the five ``generic/compressed*``
+  folders hold the same instances). ``dcm_qa_enh`` and ``dcm_qa_nih`` run whole.
+* **checks**, each of which evaluates to an :class:`Outcome`:
+
+  - :class:`ReferenceCheck`: a run's single volume against one reference file;
+  - :class:`SidecarCheck`: a reference of a multi-series run, found through its BIDS
+    sidecar (see :func:`match_sidecar`);
+  - :class:`CrossCheck`: the single volumes of two runs must be equal;
+  - :class:`RefusalCheck`: a series a converter must not stack silently.
+
+:class:`RunStore` runs seriesflow, all runs in parallel, at most once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from shared.dicom.metadata import (
+    METADATA_FILE,
+    SERIES_IMAGES_FILE,
+    DicomMetadata,
+    Series,
+    Volume,
+    load_metadata,
+)
+
+from .compare import Comparison, compare_nifti
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 300.0
+EXIT_SUCCESS = 0
+EXIT_PARTIAL = 3
+"""``seriesflow process`` finished, but skipped some files or left series unconverted (the
+input folders hold README .txt files, and the failing cases are refused): a normal run."""
+
+SERIES_NUMBER = "00200011"
+SERIES_DESCRIPTION = "0008103E"
+
+
+def locate_testdata() -> Path:
+    """Where the test data is: ``SERIESFLOW_TESTDATA``, else ``../shared/testdata``."""
+    configured = os.environ.get("SERIESFLOW_TESTDATA")
+    if configured:
+        return Path(configured).resolve()
+    return (REPO_ROOT.parent / "shared" / "testdata").resolve()
+
+
+# --------------------------------------------------------------------------------------
+# Running seriesflow
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One ``seriesflow process`` invocation."""
+
+    name: str
+    """e.g. ``dcm_qa_nih`` or ``dicom2nifti/generic/rgb/001``."""
+    source: Path
+    """The input folder, or a single file that is staged into a folder of its own."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    spec: RunSpec
+    output: Path
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    metadata: DicomMetadata | None
+    series_images: dict[str, str] | None
+    problems: tuple[str, ...]
+    """Why the run's outputs are unusable or inconsistent; empty when all is well."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe_failure(self) -> str:
+        tail = self.stderr.strip().splitlines()[-15:]
+        return "; ".join(self.problems) + ("\n" + "\n".join(tail) if tail else "")
+
+    def volumes(self) -> list[tuple[Series, Volume]]:
+        if self.metadata is None:
+            return []
+        return [
+            (series, volume)
+            for study in self.metadata.studies
+            for series in study.series
+            for volume in series.volumes
+        ]
+
+    def series(self) -> list[Series]:
+        if self.metadata is None:
+            return []
+        return [series for study in self.metadata.studies for series in study.series]
+
+    def image(self, volume: Volume) -> Path:
+        return self.output / volume.image
+
+
+def _all_series(metadata: DicomMetadata) -> list[Series]:
+    return [series for study in metadata.studies for series in study.series]
+
+
+def seriesflow_command(input_dir: Path, output_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "seriesflow",
+        "process",
+        "--input",
+        str(input_dir),
+        "--output",
+        str(output_dir),
+        "--format",
+        "nii",
+    ]
+
+
+def _check_outputs(output: Path) -> tuple[DicomMetadata | None, dict[str, str] | None, list[str]]:
+    problems: list[str] = []
+    metadata: DicomMetadata | None = None
+    series_images: dict[str, str] | None = None
+    try:
+        metadata = load_metadata(output / METADATA_FILE)
+    except Exception as exc:  # InvalidInputError, or anything else the loader raises
+        problems.append(f"{METADATA_FILE}: {exc}")
+    try:
+        loaded = json.loads((output / SERIES_IMAGES_FILE).read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            series_images = {str(k): str(v) for k, v in loaded.items()}
+        else:
+            problems.append(f"{SERIES_IMAGES_FILE} is not an object")
+    except (OSError, ValueError) as exc:
+        problems.append(f"{SERIES_IMAGES_FILE}: {exc}")
+    if metadata is not None:
+        if series_images is not None and series_images != metadata.series_images():
+            problems.append(f"{SERIES_IMAGES_FILE} disagrees with the volumes in {METADATA_FILE}")
+        for study in metadata.studies:
+            for series in study.series:
+                for volume in series.volumes:
+                    if not (output / volume.image).is_file():
+                        problems.append(f"volume {volume.key}: {volume.image} was not written")
+    return metadata, series_images, problems
+
+
+def run_seriesflow(spec: RunSpec, workdir: Path) -> RunResult:
+    """Run ``seriesflow process`` on one input; never raises for a failed run."""
+    slug = spec.name.replace("/", "__")
+    output = workdir / "out" / slug
+    if spec.source.is_file():
+        input_dir = workdir / "in" / slug
+        input_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(spec.source, input_dir / spec.source.name)
+    else:
+        input_dir = spec.source
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            seriesflow_command(input_dir, output),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode = -1
+        stdout = exc.stdout if isinstance(exc.stdout, str) else ""
+        stderr = f"timed out after {RUN_TIMEOUT_S:.0f} s"
+    seconds = time.perf_counter() - started
+    problems: list[str] = []
+    if returncode not in (EXIT_SUCCESS, EXIT_PARTIAL):
+        problems.append(f"seriesflow process exited with {returncode}")
+    metadata, series_images, output_problems = _check_outputs(output)
+    problems.extend(output_problems)
+    if returncode == EXIT_PARTIAL and metadata is not None:
+        refused = any(series.notConverted for series in _all_series(metadata))
+        if not metadata.skippedFiles and not refused:
+            problems.append(
+                f"exit status {EXIT_PARTIAL} (partial) but nothing is skipped or not converted"
+            )
+    return RunResult(
+        spec=spec,
+        output=output,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        seconds=seconds,
+        metadata=metadata,
+        series_images=series_images,
+        problems=tuple(problems),
+    )
+
+
+class RunStore:
+    """Runs each :class:`RunSpec` once, in parallel, and hands out the results."""
+
+    def __init__(self, specs: Iterable[RunSpec], workdir: Path, jobs: int | None = None) -> None:
+        self._specs = {spec.name: spec for spec in specs}
+        self._workdir = workdir
+        self._pool = ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2)
+        self._futures: dict[str, Future[RunResult]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, names: Iterable[str] | None = None) -> None:
+        """Start these runs (default: all) now, so that they overlap."""
+        for name in self._specs if names is None else names:
+            self._future(name)
+
+    def _future(self, name: str) -> Future[RunResult]:
+        with self._lock:
+            if name not in self._futures:
+                self._futures[name] = self._pool.submit(
+                    run_seriesflow, self._specs[name], self._workdir
+                )
+            return self._futures[name]
+
+    def get(self, name: str) -> RunResult:
+        return self._future(name).result()
+
+    def results(self) -> list[RunResult]:
+        return [self.get(name) for name in self._specs]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------
+# Outcomes
+# --------------------------------------------------------------------------------------
+
+
+class Status(StrEnum):
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    REFUSED = "refused"
+    WRONGLY_CONVERTED = "converted (must be refused)"
+    WRONG_CODE = "refused with an unexpected code"
+    NOT_FOUND = "no volume found"
+    NO_REFERENCE = "no reference"
+    UNVERIFIED = "resampled, unverified"
+    RUN_FAILED = "run failed"
+
+
+_PASSING = {Status.MATCH, Status.REFUSED}
+_SKIPPED = {Status.NO_REFERENCE, Status.UNVERIFIED}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One row of the report, one test's verdict."""
+
+    set_name: str
+    reference: str
+    ours: str
+    status: Status
+    detail: str
+    comparison: Comparison | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status in _PASSING
+
+    @property
+    def skipped(self) -> bool:
+        return self.status in _SKIPPED
+
+
+def _run_failed(check_set: str, reference: str, run: RunResult) -> Outcome:
+    return Outcome(check_set, reference, "-", Status.RUN_FAILED, run.describe_failure())
+
+
+def _compare(
+    set_name: str,
+    reference_label: str,
+    run: RunResult,
+    series: Series,
+    volume: Volume,
+    reference: Path,
+    reference_scale: float | None = None,
+    scale_note: str = "",
+) -> Outcome:
+    comparison = compare_nifti(run.image(volume), reference, reference_scale=reference_scale)
+    detail = comparison.summary()
+    notes = list(comparison.notes)
+    if scale_note:
+        notes.insert(0, scale_note)
+    if notes:
+        detail += "; " + "; ".join(notes)
+    status = Status.MATCH if comparison.ok else Status.MISMATCH
+    return Outcome(set_name, reference_label, volume.key, status, detail, comparison)
+
+
+# --------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferenceCheck:
+    """The run's one volume equals ``reference``."""
+
+    set_name: str
+    check_id: str
+    run: str
+    reference: Path
+    reference_label: str
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    def evaluate(self, store: RunStore) -> Outcome:
+        result = store.get(self.run)
+        if not result.ok:
+            return _run_failed(self.set_name, self.reference_label, result)
+        volumes = result.volumes()
+        if len(volumes) != 1:
+            refusals = _refusals(result)
+            detail = f"{len(volumes)} volumes, expected exactly one"
+            if refusals:
+                detail += "; not converted: " + refusals
+            keys = ", ".join(v.key for _, v in volumes) or "-"
+            return Outcome(self.set_name, self.reference_label, keys, Status.NOT_FOUND, detail)
+        series, volume = volumes[0]
+        return _compare(self.set_name, self.reference_label, result, series, volume, self.reference)
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """The one volume of run ``run`` equals the one volume of run ``baseline``."""
+
+    set_name: str
+    check_id: str
+    run: str
+    baseline: str
+    label: str
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run, self.baseline)
+
+    def evaluate(self, store: RunStore) -> Outcome:
+        ours, base = store.get(self.run), store.get(self.baseline)
+        for result in (ours, base):
+            if not result.ok:
+                return _run_failed(self.set_name, self.label, result)
+        mine, theirs = ours.volumes(), base.volumes()
+        if len(mine) != 1 or len(theirs) != 1:
+            detail = (
+                f"{self.run}: {len(mine)} volumes, {self.baseline}: {len(theirs)} volumes; "
+                "expected one each"
+            )
+            return Outcome(self.set_name, self.label, "-", Status.NOT_FOUND, detail)
+        (series, volume), (_, base_volume) = mine[0], theirs[0]
+        return _compare(self.set_name, self.label, ours, series, volume, base.image(base_volume))
+
+
+def series_attribute(series: Series, volume: Volume | None, tag: str) -> Any:
+    """First value of ``tag`` for a volume: its own attributes, else its series', else the
+    value its instances (all of the series' when ``volume`` is None) agree on."""
+    for attributes in ((volume.attributes if volume else {}), series.attributes):
+        element = attributes.get(tag)
+        if element and element.get("Value"):
+            return element["Value"][0]
+    wanted = set(volume.instances) if volume is not None and volume.instances else None
+    values = {
+        json.dumps(instance.attributes[tag].get("Value"), sort_keys=True)
+        for instance in series.instances
+        if (wanted is None or instance.SOPInstanceUID in wanted) and tag in instance.attributes
+    }
+    if len(values) == 1:
+        value = json.loads(values.pop())
+        if isinstance(value, list) and value:
+            return value[0]
+    return None
+
+
+def series_number(series: Series, volume: Volume | None) -> int | None:
+    """SeriesNumber (an IS: a number or a numeric string in the JSON Model)."""
+    value = series_attribute(series, volume, SERIES_NUMBER)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def is_series_of(sidecar: Sidecar, series: Series, volume: Volume | None) -> bool:
+    """Whether the sidecar describes this series: same SeriesNumber and SeriesDescription."""
+    return (
+        series_number(series, volume) == sidecar.series_number
+        and series_attribute(series, volume, SERIES_DESCRIPTION) == sidecar.series_description
+    )
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def nifti(self) -> Path:
+        return self.path.with_suffix(".nii")
+
+    @property
+    def series_number(self) -> int | None:
+        value = self.data.get("SeriesNumber")
+        return int(value) if value is not None else None
+
+    @property
+    def series_description(self) -> str | None:
+        value = self.data.get("SeriesDescription")
+        return str(value) if value is not None else None
+
+    def philips_display_scale(self) -> tuple[float, str] | None:
+        """The factor that turns this reference's voxels into DICOM display values.
+
+        dcm2niix writes Philips images, by default, with Philips' private "floating point"
+        scaling, FP = DV / (RS * SS), where DV = stored value * RescaleSlope + Intercept is
+        the display value the DICOM standard defines, RS the RescaleSlope and SS the
+        private scale slope (2005,100E). The sidecar says so with
+        ``UsePhilipsFloatNotDisplayScaling: 1``, but dcm2niix does not apply it to every
+        image (a B0 field map keeps display values). Whether it did is read from the NIfTI
+        header: FP scaling leaves ``scl_slope == 1 / SS``. Then DV = FP * RS * SS.
+        """
+        if self.data.get("UsePhilipsFloatNotDisplayScaling") != 1:
+            return None
+        rescale = self.data.get("PhilipsRescaleSlope")
+        private = self.data.get("PhilipsScaleSlope")
+        if not isinstance(rescale, int | float) or not isinstance(private, int | float):
+            return None
+        slope = float(load_header_slope(self.nifti))
+        if abs(slope * float(private) - 1.0) > 1e-4:
+            return None  # display values already
+        factor = float(rescale) * float(private)
+        if abs(factor - 1.0) <= 1e-4:
+            return None  # SS = 1 / RS (Philips field maps): FP and display values coincide
+        note = (
+            f"reference holds Philips FP values (scl_slope 1/SS = {slope:.6g}); compared "
+            f"as display values, x RS*SS = {rescale} * {private}"
+        )
+        return factor, note
+
+
+def load_header_slope(path: Path) -> float:
+    import nibabel as nib
+
+    image: Any = nib.load(str(path))
+    slope = image.dataobj.slope
+    return float(slope)
+
+
+def load_sidecar(path: Path) -> Sidecar:
+    return Sidecar(path, json.loads(path.read_text(encoding="utf-8")))
+
+
+def match_sidecar(run: RunResult, sidecar: Sidecar) -> list[tuple[Series, Volume]]:
+    """Our volumes that may be the reference described by ``sidecar``.
+
+    A reference is named after its series by dcm2niix (``%p_%s``: protocol and series
+    number), and its sidecar carries SeriesNumber and SeriesDescription. A candidate is any
+    volume of a series with the same SeriesNumber *and* SeriesDescription: the number
+    alone is not unique in ``dcm_qa_nih``, whose GE and Siemens studies both have series
+    4, 5 and 6. A series split into several stacks (Philips B0 NS: a magnitude stack and a
+    field map) gives several candidates; :class:`SidecarCheck` then takes the one that
+    compares best with the reference.
+    """
+    found = []
+    for series, volume in run.volumes():
+        if is_series_of(sidecar, series, volume):
+            found.append((series, volume))
+    return found
+
+
+@dataclass(frozen=True)
+class SidecarCheck:
+    """A dcm2niix reference of a multi-series run, matched through its sidecar."""
+
+    set_name: str
+    check_id: str
+    run: str
+    sidecar: Path
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    @property
+    def reference_label(self) -> str:
+        return self.sidecar.with_suffix(".nii").name
+
+    def evaluate(self, store: RunStore) -> Outcome:
+        car = load_sidecar(self.sidecar)
+        label = self.reference_label
+        if not car.nifti.is_file():
+            return Outcome(
+                self.set_name,
+                label,
+                "-",
+                Status.NO_REFERENCE,
+                "only the sidecar is shipped: neither the reference NIfTI nor its DICOM "
+                "input is in the test data",
+            )
+        result = store.get(self.run)
+        if not result.ok:
+            return _run_failed(self.set_name, label, result)
+        candidates = match_sidecar(result, car)
+        if not candidates:
+            series = [s for s in result.series() if is_series_of(car, s, None)]
+            detail = f"no volume of series {car.series_number} '{car.series_description}'" + (
+                "; not converted: " + "; ".join(_describe_refusals(s) for s in series)
+                if series
+                else "; no such series in dicom-metadata.json"
+            )
+            return Outcome(self.set_name, label, "-", Status.NOT_FOUND, detail)
+        scale = car.philips_display_scale()
+        outcomes = [
+            _compare(
+                self.set_name,
+                label,
+                result,
+                series,
+                volume,
+                car.nifti,
+                reference_scale=scale[0] if scale else None,
+                scale_note=scale[1] if scale else "",
+            )
+            for series, volume in candidates
+        ]
+        outcomes.sort(key=_closeness)
+        best = outcomes[0]
+        if len(outcomes) > 1:
+            others = ", ".join(o.ours for o in outcomes[1:])
+            best = Outcome(
+                best.set_name,
+                best.reference,
+                best.ours,
+                best.status,
+                best.detail + f"; closest of {len(outcomes)} stacks of the series (also {others})",
+                best.comparison,
+            )
+        return best
+
+
+def _closeness(outcome: Outcome) -> tuple[int, int, float]:
+    comparison = outcome.comparison
+    if comparison is None:
+        return (2, 0, 0.0)
+    if comparison.max_abs_diff is None:
+        return (1, len(comparison.problems), comparison.max_affine_diff)
+    return (0 if comparison.ok else 1, len(comparison.problems), comparison.max_abs_diff)
+
+
+@dataclass(frozen=True)
+class RefusalCheck:
+    """A series that must be refused (or, where allowed, resampled to match a reference).
+
+    ``expected`` are acceptable notConverted codes. When ``split_codes`` is given, the
+    series may instead be split into stacks that are each refused with one of those codes
+    (e.g. split by orientation, each stack too few slices); at least two stacks must be
+    refused then. A volume is only acceptable when seriesflow says it resampled (a note
+    mentioning resampling) and ``ground_truth`` is a resampling reference that it matches.
+    """
+
+    set_name: str
+    check_id: str
+    run: str
+    expected: tuple[str, ...]
+    why: str
+    split_codes: tuple[str, ...] = ()
+    ground_truth: Path | None = None
+    resampling_reference: bool = False
+    """Whether ``ground_truth`` is what resampling the series produces."""
+
+    @property
+    def resample_reference(self) -> Path | None:
+        return self.ground_truth if self.resampling_reference else None
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    @property
+    def label(self) -> str:
+        wanted = " or ".join(self.expected)
+        if self.split_codes:
+            wanted += f", or split with each stack {' or '.join(self.split_codes)}"
+        return f"{self.check_id}: expects {wanted} ({self.why})"
+
+    def evaluate(self, store: RunStore) -> Outcome:
+        label = self.label
+        result = store.get(self.run)
+        if not result.ok:
+            return _run_failed(self.set_name, label, result)
+        volumes = result.volumes()
+        refusals = [nc for series in result.series() for nc in series.notConverted]
+        if volumes:
+            resampled = [(s, v) for s, v in volumes if any("resampl" in n.lower() for n in v.notes)]
+            keys = ", ".join(v.key for _, v in volumes)
+            if len(resampled) != len(volumes):
+                detail = f"stacked into {len(volumes)} volume(s) without resampling"
+                if self.ground_truth is not None and len(volumes) == 1:
+                    _, v = volumes[0]
+                    comparison = compare_nifti(result.image(v), self.ground_truth)
+                    detail += f"; vs {self.ground_truth.name}: {comparison.summary()}"
+                return Outcome(self.set_name, label, keys, Status.WRONGLY_CONVERTED, detail)
+            if self.resample_reference is None:
+                return Outcome(
+                    self.set_name,
+                    label,
+                    keys,
+                    Status.UNVERIFIED,
+                    "seriesflow resampled the series; there is no reference to check it",
+                )
+            if len(volumes) != 1:
+                detail = f"resampled into {len(volumes)} volumes, the reference is one"
+                return Outcome(self.set_name, label, keys, Status.MISMATCH, detail)
+            series, volume = volumes[0]
+            return _compare(self.set_name, label, result, series, volume, self.resample_reference)
+        codes = [nc.code for nc in refusals]
+        described = _refusals(result)
+        if any(code in self.expected for code in codes):
+            return Outcome(self.set_name, label, "-", Status.REFUSED, described)
+        stacks = {nc.stack for nc in refusals if nc.code in self.split_codes}
+        if self.split_codes and len(stacks) >= 2 and None not in stacks:
+            return Outcome(self.set_name, label, "-", Status.REFUSED, described)
+        wanted = " or ".join(self.expected)
+        if self.split_codes:
+            wanted += f", or >= 2 stacks each {' or '.join(self.split_codes)}"
+        detail = f"expected {wanted}; got: {described or 'no notConverted entry at all'}"
+        return Outcome(self.set_name, label, "-", Status.WRONG_CODE, detail)
+
+
+def _describe_refusals(series: Series) -> str:
+    parts = []
+    for nc in series.notConverted:
+        where = f"stack {nc.stack}: " if nc.stack is not None else ""
+        parts.append(f"{where}{nc.code} ({nc.reason})")
+    return "; ".join(parts)
+
+
+def _refusals(result: RunResult) -> str:
+    return "; ".join(d for d in (_describe_refusals(s) for s in result.series()) if d)
+
+
+Check = ReferenceCheck | SidecarCheck | CrossCheck | RefusalCheck
+
+
+# --------------------------------------------------------------------------------------
+# The catalogue
+# --------------------------------------------------------------------------------------
+
+DCM_QA_TS_BASELINE = 1
+"""dcm_qa_ts/In/1.dcm: explicit VR little endian, uncompressed; the others must equal it."""
+
+COMPRESSED_VARIANTS = ("compressed", "compressed_j2k", "compressed_jpeg", "compressed_jpegls")
+COMPRESSED_BASELINE = "compressed_rle"
+"""RLE lossless, the simplest codec; all five generic/compressed* folders hold the same
+instances (same SOP Instance UIDs, same decoded pixels; ``compressed`` and
+``compressed_j2k`` are byte-identical JPEG 2000 files). Note that they are *not* the same
+image as ``generic/anatomical/001``: same geometry, different pixel data and UIDs."""
+
+RESAMPLING_REFERENCES = frozenset({"sliceincrement/002"})
+"""Failing cases whose ground truth is what resampling produces (dicom2nifti corrected the
+gantry tilt, 512x514 pixels, and filled the missing slice, 5 slices). The slicecount ground
+truth is a plain two-slice stack: it is no resampling reference, only shown for information
+when seriesflow converts that case."""
+
+_GANTRY_TILT_WHY = "slice positions advance along z while the slice normal is tilted"
+FAILING: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    # case: (accepted codes, per-stack codes for a split series, why)
+    "gantrytilting/001": (("gantry_tilt",), (), _GANTRY_TILT_WHY + " by 14 degrees"),
+    "notavolume/001": (("not_a_volume",), (), "all four images at one position"),
+    "slicecount/001": (("too_few_slices",), (), "two slices"),
+    "sliceincrement/001": (
+        ("inconsistent_spacing",),
+        (),
+        "z = 18.1, 23.1, 28.1, 38.1: a slice is missing",
+    ),
+    "sliceincrement/002": (
+        ("inconsistent_spacing", "gantry_tilt"),
+        (),
+        "instance 4 is missing AND the series is tilted by 15.5 degrees "
+        "(" + _GANTRY_TILT_WHY + "); either defect alone forbids plain stacking, so "
+        "whichever seriesflow detects first is a correct refusal",
+    ),
+    "sliceorientation/001": (
+        ("inconsistent_orientation",),
+        ("too_few_slices",),
+        "one SeriesInstanceUID, two orientations (series numbers 202 and 501), two slices each",
+    ),
+}
+
+
+def _reference_cases(root: Path) -> list[Path]:
+    """dicom2nifti case folders that have a ``<case>_ground_truth.nii.gz`` beside them."""
+    cases = []
+    for truth in sorted((root / "dicom2nifti").rglob("*_ground_truth.nii.gz")):
+        relative = truth.relative_to(root / "dicom2nifti")
+        if relative.parts[0] == "failing":
+            continue
+        case = truth.with_name(truth.name.removesuffix("_ground_truth.nii.gz"))
+        if case.is_dir():
+            cases.append(case)
+    return cases
+
+
+def _d2n_set(case: Path, root: Path) -> str:
+    relative = case.relative_to(root / "dicom2nifti")
+    return "dicom2nifti/" + relative.parts[0]
+
+
+@dataclass
+class Catalogue:
+    root: Path
+    runs: list[RunSpec] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    def run_names(self) -> list[str]:
+        return [spec.name for spec in self.runs]
+
+    def checks_of(self, kind: type[Any]) -> list[Any]:
+        return [check for check in self.checks if isinstance(check, kind)]
+
+
+def build_catalogue(root: Path) -> Catalogue:
+    """Every run and check the test data supports (see the module docstring)."""
+    cat = Catalogue(root)
+    runs: dict[str, RunSpec] = {}
+
+    def run(name: str, source: Path) -> str:
+        runs.setdefault(name, RunSpec(name, source))
+        return name
+
+    # dcm_qa_ts: one mosaic in nine transfer syntaxes.
+    ts = root / "dcm_qa_ts"
+    for n in range(1, 10):
+        source = ts / "In" / f"{n}.dcm"
+        if not source.is_file():
+            continue
+        name = run(f"dcm_qa_ts/{n}", source)
+        reference = ts / "Ref" / f"{n}.nii"
+        if reference.is_file():
+            cat.checks.append(ReferenceCheck("dcm_qa_ts", f"{n}", name, reference, f"Ref/{n}.nii"))
+    for n in range(1, 10):
+        if n == DCM_QA_TS_BASELINE or f"dcm_qa_ts/{n}" not in runs:
+            continue
+        if f"dcm_qa_ts/{DCM_QA_TS_BASELINE}" not in runs:
+            break
+        cat.checks.append(
+            CrossCheck(
+                "dcm_qa_ts",
+                f"{n}=={DCM_QA_TS_BASELINE}",
+                f"dcm_qa_ts/{n}",
+                f"dcm_qa_ts/{DCM_QA_TS_BASELINE}",
+                f"In/{n}.dcm == In/{DCM_QA_TS_BASELINE}.dcm",
+            )
+        )
+
+    # dcm_qa_enh and dcm_qa_nih: whole folders, references found through sidecars.
+    for set_name in ("dcm_qa_enh", "dcm_qa_nih"):
+        base = root / set_name
+        if not (base / "In").is_dir():
+            continue
+        name = run(set_name, base / "In")
+        for sidecar in sorted((base / "Ref").glob("*.json")):
+            cat.checks.append(SidecarCheck(set_name, sidecar.stem, name, sidecar))
+
+    # dicom2nifti: one run per case folder.
+    d2n = root / "dicom2nifti"
+    for case in _reference_cases(root):
+        relative = case.relative_to(d2n).as_posix()
+        name = run(f"dicom2nifti/{relative}", case)
+        truth = case.with_name(case.name + "_ground_truth.nii.gz")
+        set_name = _d2n_set(case, root)
+        label = truth.relative_to(root / set_name).as_posix()
+        cat.checks.append(ReferenceCheck(set_name, relative, name, truth, label))
+    generic = d2n / "generic"
+    if (generic / COMPRESSED_BASELINE / "001").is_dir():
+        baseline = f"dicom2nifti/generic/{COMPRESSED_BASELINE}/001"
+        for variant in COMPRESSED_VARIANTS:
+            if not (generic / variant / "001").is_dir():
+                continue
+            cat.checks.append(
+                CrossCheck(
+                    "dicom2nifti/generic",
+                    f"{variant}=={COMPRESSED_BASELINE}",
+                    f"dicom2nifti/generic/{variant}/001",
+                    baseline,
+                    f"{variant}/001 == {COMPRESSED_BASELINE}/001",
+                )
+            )
+    for case_name, (codes, split, why) in FAILING.items():
+        folder = d2n / "failing" / case_name
+        if not folder.is_dir():
+            continue
+        name = run(f"dicom2nifti/failing/{case_name}", folder)
+        truth = folder.with_name(folder.name + "_ground_truth.nii.gz")
+        cat.checks.append(
+            RefusalCheck(
+                "dicom2nifti/failing",
+                case_name,
+                name,
+                codes,
+                why,
+                split_codes=split,
+                ground_truth=truth if truth.is_file() else None,
+                resampling_reference=case_name in RESAMPLING_REFERENCES,
+            )
+        )
+    cat.runs = list(runs.values())
+    return cat
+
+
+def unreferenced_volumes(
+    catalogue: Catalogue, store: RunStore, run_name: str
+) -> list[tuple[str, str]]:
+    """Our volumes of ``run_name`` that no reference was matched to: (key, what it is)."""
+    checks = [c for c in catalogue.checks_of(SidecarCheck) if c.run == run_name]
+    sidecars = [load_sidecar(check.sidecar) for check in checks]
+    taken = {outcome.ours for outcome in (check.evaluate(store) for check in checks)}
+    rows = []
+    for series, volume in store.get(run_name).volumes():
+        if volume.key in taken:
+            continue
+        number = series_number(series, volume)
+        description = series_attribute(series, volume, SERIES_DESCRIPTION)
+        shape = "x".join(str(n) for n in volume.shape)
+        what = f"series {number} '{description}', {shape}"
+        if any(is_series_of(car, series, volume) for car in sidecars):
+            what += " (another stack of a series that has a reference)"
+        rows.append((volume.key, what))
+    return rows

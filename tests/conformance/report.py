@@ -1,0 +1,221 @@
+"""Write ``docs/conformance.md``: seriesflow against every reference in the test data.
+
+Run from the repository root::
+
+    .venv/bin/python -m tests.conformance.report            # or
+    .venv/bin/python tests/conformance/report.py [--output PATH] [--jobs N]
+
+It runs seriesflow exactly as ``test_testdata.py`` does (same runs, same checks, from
+``cases.py``) and tabulates every outcome, one table per set. The exit status is 0 when
+the report was written, whatever the outcomes; 2 when the test data is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "tests.conformance"
+
+from .cases import (
+    REPO_ROOT,
+    Catalogue,
+    Outcome,
+    RunResult,
+    RunStore,
+    Status,
+    build_catalogue,
+    locate_testdata,
+    seriesflow_command,
+    unreferenced_volumes,
+)
+from .compare import AFFINE_ATOL, RTOL
+
+DEFAULT_OUTPUT = REPO_ROOT / "docs" / "conformance.md"
+_MAX_DETAIL = 600
+
+SET_NOTES: dict[str, str] = {
+    "dcm_qa_ts": (
+        "One Siemens MOSAIC image (384x384 = 6x6 tiles of 64x64, 35 slices) saved nine "
+        "times. The nine files share one SeriesInstanceUID and one position, and differ "
+        "only in SeriesNumber (1-9), SOPInstanceUID and transfer syntax, so each is "
+        "converted in a run of its own. Transfer syntaxes: 1 explicit LE, 2 implicit LE, "
+        "3 explicit big endian, 4 RLE, 5 and 6 JPEG lossless process 14 SV1 "
+        "(1.2.840.10008.1.2.4.70; the testdata README counts 6 as JPEG-LS, but its "
+        "header says otherwise), 7 and 8 JPEG-LS lossless, 9 JPEG 2000 lossless. Each "
+        "file is checked against `Ref/N.nii` and against file 1."
+    ),
+    "dcm_qa_enh": (
+        "Enhanced multi-frame MR. References are matched through their dcm2niix sidecar: "
+        "our volumes of the series with the same SeriesNumber *and* SeriesDescription; "
+        "when the series has several stacks the one that compares best is reported. "
+        "`Philips_WIP_B0_NS_801` is one file of 64 frames: 32 magnitude frames "
+        "(reference `_e1`) and 32 B0 field-map frames (`_e2_fieldmaphz`). The `_e1` "
+        "reference holds Philips 'floating point' values (dcm2niix's default), "
+        "FP = DV / (RS x SS); it is compared as display values DV (RescaleSlope/Intercept, "
+        "the DICOM standard, which seriesflow and dicom2nifti apply) by multiplying it by "
+        "RS x SS from its sidecar. Only sidecars are shipped for the Canon and the "
+        "Philips T1W3D and resting-state series, without their input."
+    ),
+    "dcm_qa_nih": (
+        "A GE study (series 4-7: 15 slices x 10 volumes of EPI, one file per slice) and a "
+        "Siemens study (series 3-6: two MOSAIC volumes of 5 slices each). Series numbers "
+        "4-6 exist in both studies, so references are matched on SeriesNumber and "
+        "SeriesDescription."
+    ),
+    "dicom2nifti/generic": (
+        "`generic/compressed*` are one series (same SOP Instance UIDs, identical decoded "
+        "pixels) in JPEG 2000 (`compressed` and `compressed_j2k` are byte-identical), "
+        "JPEG lossless, JPEG-LS and RLE; each must equal its ground truth and the RLE "
+        "variant. Contrary to the testdata README they are *not* the same image as "
+        "`generic/anatomical/001`: same geometry, different pixel data and UIDs, so that "
+        "comparison is not made."
+    ),
+    "dicom2nifti/failing": (
+        "Series a converter must not stack silently. Each must be refused with the code "
+        "listed, or (sliceincrement/002 only, whose ground truth is dicom2nifti's "
+        "resampling: tilt corrected to 514 rows, missing slice filled in) resampled to "
+        "match it, with a note saying so. `slicecount/001_ground_truth` is a plain "
+        "two-slice stack, not a resampling, and is only quoted when seriesflow converts "
+        "the case."
+    ),
+}
+
+
+def _cell(text: str) -> str:
+    text = " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    if len(text) > _MAX_DETAIL:  # keep both ends: the start says what, the end says why
+        half = (_MAX_DETAIL - 5) // 2
+        text = text[:half] + " ... " + text[-half:]
+    return text.replace("|", "\\|")
+
+
+def _result(outcome: Outcome) -> str:
+    if outcome.status is Status.MATCH:
+        return "match"
+    if outcome.status is Status.REFUSED:
+        return "refused (as required)"
+    if outcome.status is Status.NO_REFERENCE:
+        return "no reference"
+    return f"**{outcome.status.value}**"
+
+
+def _summary(outcomes: Sequence[Outcome]) -> str:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status.value] = counts.get(outcome.status.value, 0) + 1
+    passed = sum(o.passed for o in outcomes)
+    failed = sum(not o.passed and not o.skipped for o in outcomes)
+    parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"{passed} passed, {failed} failed ({parts})"
+
+
+def _run_rows(results: Sequence[RunResult]) -> list[str]:
+    rows = ["| Run | Seconds | Volumes | Not converted | Outcome |", "|---|---:|---:|---:|---|"]
+    for result in results:
+        volumes = len(result.volumes())
+        refused = sum(len(s.notConverted) for s in result.series())
+        status = "ok" if result.ok else "**" + _cell(result.describe_failure()) + "**"
+        rows.append(
+            f"| `{result.spec.name}` | {result.seconds:.1f} | {volumes} | {refused} | {status} |"
+        )
+    return rows
+
+
+def render(
+    catalogue: Catalogue,
+    outcomes: Sequence[Outcome],
+    results: Sequence[RunResult],
+    wall_seconds: float,
+) -> str:
+    sets: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        sets.setdefault(outcome.set_name, []).append(outcome)
+    command = " ".join(seriesflow_command(Path("IN"), Path("OUT"))[1:])
+    lines = [
+        "# Conformance with reference converters",
+        "",
+        "Generated by `python -m tests.conformance.report` from the test data in "
+        "`SERIESFLOW_TESTDATA` (see `../shared/testdata/README.md`); the same checks run as "
+        "`pytest -m conformance`. Do not edit by hand.",
+        "",
+        f"Each input is converted with `python {command}`. A volume matches its reference "
+        "when, after both are reoriented to the closest canonical (RAS+) orientation with "
+        "nibabel and trailing axes of length 1 are dropped, the shapes are equal, the "
+        "voxels (with `scl_slope`/`scl_inter` applied) are identical when both sides hold "
+        f"integers and otherwise within rtol {RTOL} of the value plus {RTOL} of the "
+        f"reference's range, and the 4x4 affines agree within {AFFINE_ATOL} mm. RGB is "
+        "compared per channel (a reference's alpha channel is ignored).",
+        "",
+        "## Summary",
+        "",
+        "| Set | Checks | Result |",
+        "|---|---:|---|",
+    ]
+    for set_name, rows in sets.items():
+        lines.append(f"| {set_name} | {len(rows)} | {_summary(rows)} |")
+    lines += ["", f"**All sets:** {_summary(outcomes)}.", ""]
+    for set_name, rows in sets.items():
+        lines += [f"## {set_name}", ""]
+        if set_name in SET_NOTES:
+            lines += [SET_NOTES[set_name], ""]
+        lines += ["| Reference | Our volume | Result | Details |", "|---|---|---|---|"]
+        for o in rows:
+            ours = f"`{o.ours}`" if o.ours != "-" else "-"
+            lines.append(f"| {_cell(o.reference)} | {ours} | {_result(o)} | {_cell(o.detail)} |")
+        lines += ["", f"**Summary:** {_summary(rows)}.", ""]
+    lines += [
+        "## Runs",
+        "",
+        f"{len(results)} runs of seriesflow, in parallel; {wall_seconds:.1f} s wall time in all.",
+        "",
+        *_run_rows(results),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate_all(catalogue: Catalogue, store: RunStore) -> list[Outcome]:
+    """Every check's outcome, plus a 'no reference' row for each unreferenced volume."""
+    outcomes = [check.evaluate(store) for check in catalogue.checks]
+    for run_name in ("dcm_qa_enh", "dcm_qa_nih"):
+        if run_name not in catalogue.run_names() or not store.get(run_name).ok:
+            continue
+        for key, what in unreferenced_volumes(catalogue, store, run_name):
+            outcomes.append(Outcome(run_name, "-", key, Status.NO_REFERENCE, f"ours only: {what}"))
+    return outcomes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: CPUs)")
+    args = parser.parse_args(argv)
+    root = locate_testdata()
+    if not root.is_dir():
+        print(f"test data not found at {root} (set SERIESFLOW_TESTDATA)", file=sys.stderr)
+        return 2
+    catalogue = build_catalogue(root)
+    with tempfile.TemporaryDirectory(prefix="seriesflow-conformance-") as tmp:
+        store = RunStore(catalogue.runs, Path(tmp), args.jobs)
+        started = time.perf_counter()
+        store.start()
+        results = store.results()
+        wall = time.perf_counter() - started
+        outcomes = evaluate_all(catalogue, store)
+        store.close()
+    text = render(catalogue, outcomes, results, wall)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(f"{args.output}: {_summary(outcomes)}; runs took {wall:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
