@@ -3,15 +3,17 @@
 Every command turns a :class:`~shared.errors.SeriesflowError` into a one-line message on
 stderr and a non-zero exit status; no traceback reaches the user for bad input.
 
-Exit status: 0 success (series that could not be converted are recorded in the metadata);
-1 bad input or configuration (nothing written); 2 usage error; 3 the run finished but some
-files were skipped (listed in dicom-metadata.json).
+Exit status: 0 done (files that are not DICOM, and series that do not form a volume, are
+recorded in the metadata); 1 bad input, settings or output folder; 2 usage error; 3 done,
+but some DICOM data was damaged: a Part-10 file that could not be read, or pixel data that
+could not be decoded (listed in dicom-metadata.json); 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -53,7 +55,7 @@ from shared.volumes.convert import ConversionOptions
 from shared.volumes.writer import IMAGE_FORMATS
 
 EXIT_BAD_INPUT = 1
-EXIT_PARTIAL = 3
+EXIT_DAMAGED = 3
 
 app = typer.Typer(
     name="seriesflow",
@@ -162,12 +164,14 @@ def process(
             summary = run_parser_operator(input_dir, output_dir, options, selection_rules, progress)
     except SeriesflowError as exc:
         _fail(exc.reason)
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}: {exc.filename or output_dir}")
     if not quiet and summary.instances:
         _print_summary(summary, output_dir)
     if summary.instances == 0:
         _fail(f"no DICOM instances found below {input_dir}")
-    if summary.skipped or summary.not_converted:
-        raise typer.Exit(EXIT_PARTIAL if summary.skipped else 0)
+    if summary.damaged:
+        raise typer.Exit(EXIT_DAMAGED)
 
 
 class _NoProgress:
@@ -222,6 +226,7 @@ def _print_summary(summary: ParseSummary, output_dir: Path) -> None:
     table.add_row("volumes written", str(summary.volumes))
     table.add_row("series not (fully) converted", str(summary.not_converted))
     table.add_row("files skipped", str(len(summary.skipped)))
+    table.add_row("damaged DICOM data", str(summary.damaged))
     names = list(summary.selections)
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     table.add_row("selections", shown or "none")
@@ -328,7 +333,14 @@ def sample_ct(
     err.print(f"wrote {len(paths)} files to {output}")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # Outputs are written under temporary names and renamed, so stopping here leaves no
+    # half-written file under a final name.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # Tolerant reading: invalid values are kept as read and reported in the metadata,
     # not printed as warnings for every element of every file.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -44,3 +44,7 @@ class RulesError(PermanentError):
     def __init__(self, reason: str, location: str = "") -> None:
         super().__init__(f"{location}: {reason}" if location else reason)
         self.location = location
+
+
+class OutputError(PermanentError):
+    """An output could not be written (no space, no permission)."""

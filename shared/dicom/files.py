@@ -75,25 +75,43 @@ def read_instance(path: Path, root: Path) -> InstanceFile | SkippedFile:
             fp.seek(_PREAMBLE)
             if fp.read(4) != _MAGIC:
                 return SkippedFile(
-                    path=relative, reason="not a DICOM Part 10 file (no 'DICM' prefix)"
+                    path=relative,
+                    code="not_dicom",
+                    reason="not a DICOM Part 10 file (no 'DICM' prefix)",
                 )
         dataset = pydicom.dcmread(path, defer_size="64 KB")
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        return SkippedFile(path=relative, reason=f"unreadable DICOM header: {_describe(exc)}")
+        return SkippedFile(
+            path=relative, code="damaged", reason=f"unreadable DICOM header: {_describe(exc)}"
+        )
     except OSError as exc:
-        return SkippedFile(path=relative, reason=f"cannot read file: {exc.strerror or exc}")
+        return SkippedFile(
+            path=relative, code="unreadable", reason=f"cannot read file: {exc.strerror or exc}"
+        )
     signatures = _signatures(dataset)
     if dataset.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_DIRECTORY:
-        return SkippedFile(path=relative, reason="DICOMDIR: a media directory, not an instance")
+        return SkippedFile(
+            path=relative, code="dicomdir", reason="DICOMDIR: a media directory, not an instance"
+        )
     if "TransferSyntaxUID" not in dataset.file_meta:
-        return SkippedFile(path=relative, reason="file meta information has no TransferSyntaxUID")
+        return SkippedFile(
+            path=relative,
+            code="damaged",
+            reason="file meta information has no TransferSyntaxUID",
+        )
     for keyword in _REQUIRED_UIDS:
         try:
             value = dataset.get(keyword)
         except Exception as exc:  # a malformed element is reported, not raised
-            return SkippedFile(path=relative, reason=f"unreadable {keyword}: {_describe(exc)}")
+            return SkippedFile(
+                path=relative, code="damaged", reason=f"unreadable {keyword}: {_describe(exc)}"
+            )
         if not value:
-            return SkippedFile(path=relative, reason=f"no {keyword}: not a storable instance")
+            return SkippedFile(
+                path=relative,
+                code="not_an_instance",
+                reason=f"no {keyword}: not a storable instance",
+            )
     return InstanceFile(path=path, relative_path=relative, dataset=dataset, signatures=signatures)
 
 

@@ -123,6 +123,7 @@ def group_instances(
             skipped.append(
                 SkippedFile(
                     path=item.relative_path,
+                    code="duplicate",
                     reason=f"duplicate SOP Instance UID: the same instance as {seen[uid]}",
                 )
             )

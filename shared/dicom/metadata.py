@@ -32,6 +32,9 @@ SELECTED_IMAGES_FILE = "selected-images.json"
 JsonAttributes = dict[str, dict[str, Any]]
 
 Orientation = Literal["AXIAL", "CORONAL", "SAGITTAL", "OBLIQUE"]
+SkipCode = Literal["not_dicom", "dicomdir", "not_an_instance", "duplicate", "damaged", "unreadable"]
+DAMAGE_CODES = frozenset({"damaged", "unreadable", "unreadable_pixel_data"})
+"""Skipped-file and not-converted codes that mean DICOM data was lost, not just ignored."""
 
 _ATTRIBUTES_DOC = "DICOM JSON Model object (PS3.18 Annex F), without bulk data"
 
@@ -44,6 +47,10 @@ class SkippedFile(_Model):
     """A file below the input folder that is not part of any series."""
 
     path: str = Field(description="Path relative to the input folder")
+    code: SkipCode = Field(
+        description="not_dicom, dicomdir, not_an_instance, duplicate: expected in a folder "
+        "of DICOM files; damaged, unreadable: DICOM data that could not be read"
+    )
     reason: str
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from shared import __version__
 from shared.dicom.files import InstanceFile, iter_files, read_instance
 from shared.dicom.hierarchy import group_instances
 from shared.dicom.metadata import (
+    DAMAGE_CODES,
     METADATA_FILE,
     SELECTED_IMAGES_FILE,
     SERIES_IMAGES_FILE,
@@ -37,6 +39,7 @@ class ParseSummary:
     series: int = 0
     volumes: int = 0
     not_converted: int = 0
+    damaged: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
     selections: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -46,7 +49,14 @@ def _check_folders(input_dir: Path, output_dir: Path) -> None:
         raise InvalidInputError(f"input folder {input_dir} does not exist or is not a folder")
     if output_dir.exists() and not output_dir.is_dir():
         raise InvalidInputError(f"output {output_dir} exists and is not a folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot create output folder {output_dir}: {exc.strerror}"
+        ) from exc
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"output folder {output_dir} is not writable")
 
 
 def parse_folder(
@@ -149,6 +159,8 @@ def run_parser_operator(
         series=len(all_series),
         volumes=len(series_images),
         not_converted=sum(1 for se in all_series if se.notConverted),
+        damaged=sum(1 for f in metadata.skippedFiles if f.code in DAMAGE_CODES)
+        + sum(1 for se in all_series for n in se.notConverted if n.code in DAMAGE_CODES),
         skipped=list(metadata.skippedFiles),
         selections=selections,
     )

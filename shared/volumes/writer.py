@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
+from shared.errors import OutputError
+
 ImageFormat = Literal["mhd", "nii", "nii.gz"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("mhd", "nii", "nii.gz")
 
@@ -95,8 +97,14 @@ def set_geometry(
 def write_image(image: sitk.Image, path: Path) -> None:
     """Write an image; it appears under ``path`` only once it is complete."""
     tmp = path.with_name(path.name + ".partial" + _suffix(path))
-    sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"))
-    _commit(tmp, path)
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"))
+        _commit(tmp, path)
+    except (RuntimeError, OSError) as exc:
+        for leftover in (tmp, tmp.with_suffix(".raw")):
+            leftover.unlink(missing_ok=True)
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise OutputError(f"cannot write {path}: {detail}") from exc
 
 
 def _suffix(path: Path) -> str:

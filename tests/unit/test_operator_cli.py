@@ -200,12 +200,17 @@ def test_bad_files_are_reported_and_the_rest_is_converted(tmp_path: Path) -> Non
     (src / "empty.dcm").write_bytes(b"")
     (src / "garbage").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 3)
     code, output = process(src, tmp_path / "out", "--format", "nii")
-    assert code == 3, output
+    assert code == 3, output  # damaged DICOM data: the truncated MR and the garbage file
     metadata = read(tmp_path / "out" / "dicom-metadata.json")
     assert isinstance(metadata, dict)
-    skipped = {s["path"]: s["reason"] for s in metadata["skippedFiles"]}
-    assert set(skipped) == {"no_meta.dcm", "notes.txt", "empty.dcm", "garbage"}
-    assert all(skipped.values())
+    skipped = {s["path"]: (s["code"], s["reason"]) for s in metadata["skippedFiles"]}
+    assert {path: code for path, (code, _) in skipped.items()} == {
+        "no_meta.dcm": "not_dicom",
+        "notes.txt": "not_dicom",
+        "empty.dcm": "not_dicom",
+        "garbage": "damaged",
+    }
+    assert all(reason for _, reason in skipped.values())
     series = {se["instances"][0]["path"]: se for st in metadata["studies"] for se in st["series"]}
     assert series["nested/deeper/IMAGE0001"]["volumes"]
     assert series["MR_truncated.dcm"]["notConverted"][0]["code"] == "unreadable_pixel_data"
@@ -247,9 +252,26 @@ def test_logs_are_json_lines_with_a_job_id_and_no_paths(tmp_path: Path) -> None:
     write_ct_series(src, slices=3, size=16)
     (src / "notes.txt").write_text("x")
     code, _ = process(src, tmp_path / "out", "--logs", str(tmp_path / "logs"))
-    assert code == 3
+    assert code == 0  # a stray text file is reported, not an error
     lines = (tmp_path / "logs" / "seriesflow.log").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert {r["message"] for r in records} >= {"file skipped", "series parsed"}
     assert len({r["job_id"] for r in records}) == 1
     assert "DOE" not in "\n".join(lines) and "notes.txt" not in "\n".join(lines)
+
+
+def test_stray_non_dicom_files_do_not_fail_the_run(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "in", slices=3, size=16)
+    (tmp_path / "in" / "README.txt").write_text("export notes")
+    code, output = process(tmp_path / "in", tmp_path / "out")
+    assert code == 0, output
+    skipped = read(tmp_path / "out" / "dicom-metadata.json")["skippedFiles"]
+    assert [(s["path"], s["code"]) for s in skipped] == [("README.txt", "not_dicom")]
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "in", slices=3, size=16)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, output = process(tmp_path / "in", blocker / "out")
+    assert code == 1 and "Traceback" not in output and "out" in output

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from shared.errors import OutputError
 from shared.volumes.writer import VolumeBuffer, set_geometry, write_image
 
 
@@ -50,3 +51,12 @@ def test_written_file_has_the_geometry(tmp_path: Path, fmt: str) -> None:
     assert back.GetSpacing() == pytest.approx((0.5, 0.6, 2.0))
     assert back.GetDirection() == pytest.approx(direction)
     assert not list(tmp_path.glob("*partial*"))
+
+
+def test_a_failed_write_is_an_output_error_and_leaves_nothing(tmp_path: Path) -> None:
+    buffer = VolumeBuffer()
+    buffer((1, 2, 3, 4), np.dtype(np.int16))
+    assert buffer.image is not None
+    with pytest.raises(OutputError, match="cannot write"):
+        write_image(buffer.image, tmp_path / "missing-folder" / "v.nii")
+    assert list(tmp_path.iterdir()) == []

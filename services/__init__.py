@@ -1,0 +1,1 @@
+"""The services of service mode (see services/README.md)."""
