@@ -169,10 +169,15 @@ def _store(
     slope, intercept = enc.slopes[n], enc.intercepts[n]
     if out.dtype.kind == "f":
         out[index] = image.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    elif slope == 1.0:
-        out[index] = image.astype(np.int64) + int(intercept)
-    else:
-        out[index] = image.astype(np.int64) * int(slope) + int(intercept)
+        return
+    # Integer output: the type was chosen so that the result fits; compute in int32 when
+    # the output fits in it, which is every case but uint32.
+    work = np.int64 if out.dtype.itemsize >= 4 else np.int32
+    scaled = image.astype(work)
+    if slope != 1.0:
+        scaled *= work(int(slope))
+    scaled += work(int(intercept))
+    out[index] = scaled
 
 
 def _read_frames(
