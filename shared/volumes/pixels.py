@@ -172,11 +172,11 @@ def _store(
         return
     # Integer output: the type was chosen so that the result fits; compute in int32 when
     # the output fits in it, which is every case but uint32.
-    work = np.int64 if out.dtype.itemsize >= 4 else np.int32
-    scaled = image.astype(work)
+    work = np.dtype(np.int64 if out.dtype.itemsize >= 4 else np.int32)
+    scaled: Array = image.astype(work)
     if slope != 1.0:
-        scaled *= work(int(slope))
-    scaled += work(int(intercept))
+        np.multiply(scaled, int(slope), out=scaled)
+    np.add(scaled, int(intercept), out=scaled)
     out[index] = scaled
 
 
