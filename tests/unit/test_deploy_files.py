@@ -343,7 +343,7 @@ def test_dockerfile_environment_and_oci_labels() -> None:
     assert _substitute(labels["org.opencontainers.image.version"], args) == VERSION, (
         "ARG VERSION's default follows pyproject.toml's version"
     )
-    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
 
 
 def test_dockerfile_copies_only_what_exists_and_the_context_lets_through() -> None:
