@@ -13,7 +13,7 @@ import re
 from shared.errors import InvalidIdentifierError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+=@,()\[\]-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+=@,()\[\]-]{0,127}$")
 
 
 def is_valid_uid(value: str) -> bool:
@@ -33,6 +33,6 @@ def validate_name(value: str, what: str = "name") -> str:
     if not isinstance(value, str) or ".." in value or not _NAME.match(value):
         raise InvalidIdentifierError(
             f"{what} {value!r} must start with a letter or digit and hold only letters, "
-            "digits, spaces and ._+=@,()[]- (at most 128 characters, no '..')"
+            "digits, spaces and _.+=@,()[]- (at most 128 characters, no '..')"
         )
     return value

@@ -1,0 +1,35 @@
+"""Settings every service reads from its environment, built once at start.
+
+Each service derives its own settings class from :class:`ServiceSettings`; the names are
+the ones every deployment sets (``SERIESFLOW_*``). Secrets are :class:`SecretStr` so they
+never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERIESFLOW_", extra="ignore")
+
+    config: Path | None = Field(
+        default=None, description="YAML configuration; the Clara DICOM Adapter's file loads as-is"
+    )
+    pipelines: Path | None = Field(default=None, description="Folder of pipeline definitions")
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: SecretStr = SecretStr("seriesflow")
+    s3_secret_key: SecretStr = SecretStr("seriesflow-secret")
+    s3_bucket: str = "seriesflow"
+    s3_secure: bool = False
+    s3_region: str | None = None
+    log_level: str = "INFO"
+    log_dir: Path | None = None
+    log_phi: bool = False
+    delivery_limit: int = Field(default=5, ge=1, description="Deliveries before dead-lettering")
+    retry_backoff_seconds: float = Field(default=1.0, ge=0.0)
+    retry_backoff_max_seconds: float = Field(default=30.0, ge=0.0)

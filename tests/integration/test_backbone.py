@@ -1,0 +1,128 @@
+"""The backbone against real RabbitMQ and a real S3 server: publish, consume, retry,
+dead-letter with the reason, replay, and the store's key handling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from shared.broker import Broker, Delivery
+from shared.errors import PermanentError, TransientError
+from shared.events import Envelope, JobReceived, event_id, new_id
+from shared.settings import ServiceSettings
+from shared.store import ObjectNotFoundError, ObjectStore
+
+
+def received(pipeline: str, count: int) -> Envelope:
+    job = new_id()
+    body = JobReceived(
+        pipeline=pipeline,
+        manifest_key=f"jobs/{job}/manifest.json",
+        instance_count=count,
+        called_ae_title="SERIESFLOW",
+        calling_ae_title="MODALITY",
+    )
+    return Envelope.wrap(body, job_id=job, producer="test", event_id=event_id(job, "received"))
+
+
+def consume_until(
+    broker: Broker,
+    service: str,
+    keys: list[str],
+    handler: Callable[[Envelope, Delivery], None],
+    until: Callable[[], bool],
+    timeout: float = 15.0,
+) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=broker.consume, args=(service, keys, handler, stop))
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert until(), "condition not reached in time"
+
+
+def test_events_flow_and_failures_are_dead_lettered_with_reason(settings: ServiceSettings) -> None:
+    publisher = Broker(settings, "test")
+    publisher.connect(attempts=3)
+    keys = ["job.received.#"]
+    publisher.declare_service_queue("parser", keys)
+    ok, bad, flaky = received("p1", 1), received("p1", 2), received("p1", 3)
+    for env in (ok, bad, flaky):
+        publisher.publish(env)
+    seen: list[tuple[int, int]] = []
+
+    def handler(env: Envelope, delivery: Delivery) -> None:
+        count = env.body.instance_count  # type: ignore[union-attr]
+        seen.append((count, delivery.delivery_count))
+        if count == 2:
+            raise PermanentError("manifest lists no instances")
+        if count == 3:
+            raise TransientError("store unavailable")
+
+    consumer = Broker(settings, "parser")
+    consume_until(
+        consumer, "parser", keys, handler, lambda: publisher.stats("parser").dead_letters == 2
+    )
+    assert (1, 0) in seen
+    assert [d for c, d in seen if c == 3] == list(range(settings.delivery_limit))
+    stats = publisher.stats("parser")
+    assert (stats.messages, stats.dead_letters) == (0, 2)
+    reasons = {}
+    for _ in range(2):
+        _, props, body = publisher.channel.basic_get("seriesflow.parser.dead", auto_ack=False)
+        reasons[Envelope.from_bytes(body).event_id] = props.headers["x-seriesflow-reason"]
+        assert props.headers["x-seriesflow-routing-key"] == "job.received.p1"
+    assert reasons == {
+        bad.event_id: "manifest lists no instances",
+        flaky.event_id: "store unavailable",
+    }
+    publisher.close()
+    publisher.connect()
+    assert publisher.replay_dead_letters("parser") == 2
+    assert publisher.stats("parser").messages == 2
+    publisher.close()
+
+
+def test_a_malformed_message_is_dead_lettered_not_retried(settings: ServiceSettings) -> None:
+    broker = Broker(settings, "test")
+    broker.connect(attempts=3)
+    broker.declare_service_queue("selector", ["job.parsed.#"])
+    broker.channel.basic_publish("seriesflow", "job.parsed.x", b"not json")
+    calls: list[Envelope] = []
+    consume_until(
+        Broker(settings, "selector"),
+        "selector",
+        ["job.parsed.#"],
+        lambda env, d: calls.append(env),
+        lambda: broker.stats("selector").dead_letters == 1,
+    )
+    assert calls == []
+    broker.close()
+
+
+def test_store_round_trip_and_errors(settings: ServiceSettings) -> None:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    store.ensure_bucket()  # idempotent
+    store.put_json("jobs/x/manifest.json", {"a": 1})
+    assert store.get_json("jobs/x/manifest.json") == {"a": 1}
+    assert store.exists("jobs/x/manifest.json")
+    assert not store.exists("jobs/x/missing")
+    with pytest.raises(ObjectNotFoundError):
+        store.get_bytes("jobs/x/missing")
+    assert list(store.list("jobs/")) == ["jobs/x/manifest.json"]
+    assert store.delete_prefix("jobs/") == 1
+
+
+def test_an_unreachable_store_is_a_transient_error(settings: ServiceSettings) -> None:
+    down = settings.model_copy(update={"s3_endpoint": "127.0.0.1:9"})
+    with pytest.raises(TransientError):
+        ObjectStore(down, timeout=1).put_bytes("a", b"x")
