@@ -8,7 +8,6 @@ of its own. Servers bind to 127.0.0.1 and are stopped by the tests that start th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
