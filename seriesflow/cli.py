@@ -32,6 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from seriesflow.service_commands import register as register_service_commands
 from shared.dicom.metadata import (
     METADATA_FILE,
     SERIES_IMAGES_FILE,
@@ -331,6 +332,9 @@ def sample_ct(
 
     paths = write_ct_series(output, slices=slices, size=size, seed=seed)
     err.print(f"wrote {len(paths)} files to {output}")
+
+
+register_service_commands(app)
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,13 @@ class ObjectStore:
             for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive):
                 if obj.object_name is not None:
                     yield obj.object_name
+
+    def list_with_times(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """Keys below ``prefix`` with their last-modified times."""
+        with _errors(f"list {prefix}"):
+            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if obj.object_name is not None and obj.last_modified is not None:
+                    yield obj.object_name, obj.last_modified
 
     def delete(self, key: str) -> None:
         with _errors(f"delete {key}"):
