@@ -157,7 +157,7 @@ def deployment(settings: ServiceSettings, tmp_path: Path) -> Iterator[Deployment
 
 
 def observed(broker: Broker) -> list[Envelope]:
-    events = []
+    events: list[Envelope] = []
     while True:
         method, _, body = broker.channel.basic_get("seriesflow.observer", auto_ack=True)
         if method is None:
