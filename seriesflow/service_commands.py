@@ -123,7 +123,7 @@ def status(
     settings = _settings(ServiceSettings)
     try:
         with Broker(settings, "status") as broker:
-            broker.connect(attempts=3)
+            broker.connect(attempts=2)
             stats = queue_stats(broker)
         store = ObjectStore(settings)
         latest = latest_jobs(store, jobs)
@@ -160,7 +160,7 @@ def replay(
     settings = _settings(ServiceSettings)
     try:
         broker = Broker(settings, "replay")
-        broker.connect(attempts=3)
+        broker.connect(attempts=2)
         if dead_letters is not None:
             count = broker.replay_dead_letters(dead_letters)
             out.print(f"re-published {count} dead letter(s) of {dead_letters}")

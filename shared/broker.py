@@ -27,11 +27,13 @@ re-established with backoff; unacknowledged messages are redelivered by RabbitMQ
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
@@ -51,6 +53,7 @@ _CONNECTION_ERRORS = (
     ConnectionError,
 )
 log = get_logger("broker")
+T = TypeVar("T")
 
 
 def queue_name(service: str) -> str:
@@ -132,11 +135,31 @@ class Broker:
         self._channel = None
 
     def __enter__(self) -> Broker:
-        self.connect()
         return self
 
     def __exit__(self, *args: object) -> None:
         self.close()
+
+    def run_alongside(self, work: Callable[[], T]) -> T:
+        """Run ``work`` in a worker thread while this thread services the connection.
+
+        A handler doing long work (a conversion, an export) would otherwise starve the
+        connection's heartbeats; RabbitMQ would close it and redeliver the message while
+        the first delivery is still being worked on.
+        """
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return work()
+        context = contextvars.copy_context()  # keeps the job's log context
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.producer}-work") as pool:
+            future = pool.submit(context.run, work)
+            try:
+                while not future.done():
+                    connection.process_data_events(time_limit=0.05)
+            except BaseException:
+                wait([future])  # let the work end (and clean up) before giving up
+                raise
+            return future.result()
 
     # -- topology ---------------------------------------------------------------------
 

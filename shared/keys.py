@@ -1,6 +1,7 @@
 """The object store's key layout. Keys are built here, and only from validated identifiers.
 
     incoming/<association_id>/<SOPInstanceUID>.dcm    instances as received
+    incoming/<association_id>/association.json       the receiver's record of a release
     jobs/<job_id>/manifest.json                       the job: pipeline, AE titles, instances
     jobs/<job_id>/output/<file>                       parser and selector outputs
     jobs/<job_id>/events/<stage>.json                 every event the job produced (replay)
@@ -39,6 +40,10 @@ def incoming_prefix(association_id: str) -> str:
 
 def incoming_instance(association_id: str, sop_instance_uid: str) -> str:
     return incoming_prefix(association_id) + f"{validate_uid(sop_instance_uid)}.dcm"
+
+
+def association_record(association_id: str) -> str:
+    return incoming_prefix(association_id) + "association.json"
 
 
 def job_prefix(job_id: str) -> str:

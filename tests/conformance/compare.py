@@ -115,7 +115,7 @@ def _pad(array: npt.NDArray[Any], ndim: int) -> npt.NDArray[Any]:
 def load_volume(path: Path) -> LoadedVolume:
     """Read a NIfTI file as a :class:`LoadedVolume`."""
     image: Any = nib.load(str(path))
-    canonical: Any = nib.as_closest_canonical(image)  # type: ignore[no-untyped-call]
+    canonical: Any = nib.as_closest_canonical(image)
     stored = canonical.get_data_dtype()
     raw = np.asanyarray(canonical.dataobj)  # applies scl_slope / scl_inter
     notes: list[str] = []

@@ -106,6 +106,8 @@ def start_seaweedfs(workdir: Path) -> S3Server:
         f"-s3.port={ports['s3']}",
         f"-s3.port.grpc={grpc['s3']}",
         f"-s3.config={config}",
+        "-s3.port.iceberg=0",  # extra catalog servers on fixed ports: off, so that
+        "-s3.port.lance=0",  # several SeaweedFS instances can run side by side
         "-master.volumeSizeLimitMB=64",
         "-volume.max=0",
         "-metricsPort=0",

@@ -7,7 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_selection_support import (
+
+from shared.dicom.metadata import DicomMetadata
+from shared.selection import DEFAULT_RULES_FILE, load_rules_file, parse_rules, select
+
+from .selection_support import (
     BRAIN,
     CLARA_T1C_RULES,
     KNEE,
@@ -18,9 +22,6 @@ from test_selection_support import (
     make_study,
     uid,
 )
-
-from shared.dicom.metadata import DicomMetadata
-from shared.selection import DEFAULT_RULES_FILE, load_rules_file, parse_rules, select
 
 REPO = Path(__file__).resolve().parents[2]
 

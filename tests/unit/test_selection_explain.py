@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from test_selection_support import BRAIN, CLARA_T1C_RULES, KNEE, brain_mr, uid
-
 from shared.selection import (
     ConditionCheck,
     SelectionExplanation,
@@ -14,6 +12,8 @@ from shared.selection import (
     render_explanation,
     select,
 )
+
+from .selection_support import BRAIN, CLARA_T1C_RULES, KNEE, brain_mr, uid
 
 
 def clara_explanation() -> SelectionExplanation:

@@ -6,7 +6,12 @@ import json
 from typing import Any
 
 import pytest
-from test_selection_support import (
+
+from shared.dicom.metadata import DicomMetadata
+from shared.selection import parse_rules, rules_from_data, select
+from shared.selection.engine import evaluate
+
+from .selection_support import (
     BRAIN,
     KNEE,
     ROOT,
@@ -16,10 +21,6 @@ from test_selection_support import (
     make_study,
     uid,
 )
-
-from shared.dicom.metadata import DicomMetadata
-from shared.selection import parse_rules, rules_from_data, select
-from shared.selection.engine import evaluate
 
 
 def matched_keys(selection: dict[str, Any], metadata: DicomMetadata | None = None) -> list[str]:

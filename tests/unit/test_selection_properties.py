@@ -7,10 +7,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_selection_support import ROOT, make_metadata, make_series, make_study
 
 from shared.selection import explain, rules_from_data, select
 from shared.selection.engine import evaluate
+
+from .selection_support import ROOT, make_metadata, make_series, make_study
 
 # DICOM values never hold a backslash: it separates values.
 texts = st.text(

@@ -1,0 +1,194 @@
+"""Parsing one job: download its instances, run the operator-mode parser, upload the outputs.
+
+The parsing and conversion are exactly operator mode's
+(:func:`shared.operator.parser.parse_folder` and :func:`write_parser_outputs`); only the
+transport differs. A job is parsed in a temporary folder that is always removed:
+
+    <tmp>/input/<SOPInstanceUID>.dcm     the manifest's instances
+    <tmp>/output/                        images, series-images.json, dicom-metadata.json
+
+Files are named by validated SOP Instance UIDs only (an invalid one gives
+``instance-<n>.dcm``; a repeated one ``<uid>-<n>.dcm``, which the parser then reports as a
+duplicate). Outputs go to ``jobs/<job_id>/output/<name>``: images first, then
+``series-images.json``, and ``dicom-metadata.json`` last, so its presence means every
+output is there. Output names are deterministic, so parsing again gives the same objects.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import keys
+from shared.dicom.metadata import METADATA_FILE, SELECTED_IMAGES_FILE, SERIES_IMAGES_FILE
+from shared.errors import OutputError, PermanentError, TransientError
+from shared.events import JobParsed
+from shared.identifiers import is_valid_uid
+from shared.logs import get_logger
+from shared.manifest import InstanceRef, JobManifest
+from shared.operator.parser import parse_folder, write_parser_outputs
+from shared.pipelines import Pipeline
+from shared.store import ObjectNotFoundError, ObjectStore
+from shared.volumes.convert import ConversionOptions
+
+log = get_logger("parser")
+
+DOCUMENTS = (SERIES_IMAGES_FILE, METADATA_FILE)
+"""Uploaded after the images, in this order: dicom-metadata.json marks a complete output."""
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    metadata_key: str
+    series_images_key: str
+    image_keys: list[str]
+    instances: int
+    volumes: int
+    skipped: int
+
+    def body(self, pipeline: str) -> JobParsed:
+        return JobParsed(
+            pipeline=pipeline,
+            metadata_key=self.metadata_key,
+            series_images_key=self.series_images_key,
+            image_keys=self.image_keys,
+        )
+
+
+def instance_file_names(instances: Sequence[InstanceRef]) -> list[str]:
+    """A safe local file name per instance, in manifest order (see the module docstring)."""
+    seen: Counter[str] = Counter()
+    names: list[str] = []
+    for index, ref in enumerate(instances, start=1):
+        uid = ref.sop_instance_uid
+        stem = uid if is_valid_uid(uid) else f"instance-{index:06d}"
+        count = seen[stem]
+        seen[stem] += 1
+        names.append(f"{stem}.dcm" if count == 0 else f"{stem}-{count}.dcm")
+    return names
+
+
+def check_instance_key(key: str, job_id: str) -> str:
+    """An instance key from a manifest, if it points where instances live; else permanent."""
+    allowed = ("incoming/", keys.job_prefix(job_id))
+    if (
+        not isinstance(key, str)
+        or not key.startswith(allowed)
+        or ".." in key
+        or "//" in key
+        or any(ord(c) < 32 or ord(c) == 127 for c in key)
+    ):
+        raise PermanentError(f"manifest lists an instance key outside the job's instances: {key!r}")
+    return key
+
+
+def upload_plan(file_names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(images, documents): the order outputs are uploaded in.
+
+    Images are every file but the two documents (hidden temporary files excluded), sorted;
+    documents are series-images.json then dicom-metadata.json, those that exist.
+    """
+    names = set(file_names)
+    images = sorted(n for n in names if n not in DOCUMENTS and not n.startswith("."))
+    documents = [n for n in DOCUMENTS if n in names]
+    return images, documents
+
+
+def stale_output_keys(existing: Iterable[str], written: Iterable[str]) -> list[str]:
+    """Output keys a previous, different parse left behind (selected-images.json is kept)."""
+    keep = set(written)
+    return sorted(
+        k for k in existing if k not in keep and not k.endswith("/" + SELECTED_IMAGES_FILE)
+    )
+
+
+def _run_all(workers: int, tasks: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` on a thread pool; the first failure is raised after all have ended."""
+    if not tasks:
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+        futures = [pool.submit(task) for task in tasks]
+    errors = [error for f in futures if (error := f.exception()) is not None]
+    if errors:
+        raise errors[0]
+
+
+def download_instances(
+    store: ObjectStore, manifest: JobManifest, folder: Path, workers: int = 8
+) -> None:
+    """Download the manifest's instances into ``folder``; a missing one is permanent."""
+    names = instance_file_names(manifest.instances)
+
+    def fetch(ref: InstanceRef, name: str) -> Callable[[], None]:
+        key = check_instance_key(ref.key, manifest.job_id)
+
+        def task() -> None:
+            try:
+                store.get_file(key, folder / name)
+            except ObjectNotFoundError as exc:
+                uid = ref.sop_instance_uid if is_valid_uid(ref.sop_instance_uid) else "?"
+                raise PermanentError(
+                    f"instance {uid} of the job is missing from the store"
+                ) from exc
+
+        return task
+
+    _run_all(workers, [fetch(r, n) for r, n in zip(manifest.instances, names, strict=True)])
+
+
+def upload_outputs(
+    store: ObjectStore, job_id: str, output_dir: Path, workers: int = 8
+) -> tuple[list[str], list[str]]:
+    """Upload every output file; returns (image keys, document keys), in upload order."""
+    images, documents = upload_plan(p.name for p in output_dir.iterdir() if p.is_file())
+
+    def put(name: str) -> Callable[[], None]:
+        key = keys.output(job_id, name)
+        content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+        return lambda: store.put_file(key, output_dir / name, content_type)
+
+    _run_all(workers, [put(n) for n in images])
+    for name in documents:
+        put(name)()
+    return [keys.output(job_id, n) for n in images], [keys.output(job_id, n) for n in documents]
+
+
+def parse_job(
+    store: ObjectStore,
+    manifest: JobManifest,
+    pipeline: Pipeline,
+    *,
+    min_slices: int = 3,
+    work_dir: Path | None = None,
+    workers: int = 8,
+) -> ParseResult:
+    """Parse a job's instances with ``pipeline``'s image format and store the outputs."""
+    job_id = manifest.job_id
+    options = ConversionOptions(image_format=pipeline.image_format, min_slices=min_slices)
+    with tempfile.TemporaryDirectory(prefix="seriesflow-parser-", dir=work_dir) as tmp:
+        input_dir, output_dir = Path(tmp) / "input", Path(tmp) / "output"
+        input_dir.mkdir()
+        output_dir.mkdir()
+        download_instances(store, manifest, input_dir, workers)
+        try:
+            metadata = parse_folder(input_dir, output_dir, options)
+            series_images = write_parser_outputs(metadata, output_dir)
+        except OutputError as exc:
+            # The local work folder, not the job, is at fault (full disk): try again later.
+            raise TransientError(f"cannot write the parser's outputs: {exc.reason}") from exc
+        image_keys, document_keys = upload_outputs(store, job_id, output_dir, workers)
+    existing = store.list(keys.output_prefix(job_id))
+    for key in stale_output_keys(existing, image_keys + document_keys):
+        store.delete(key)
+    return ParseResult(
+        metadata_key=keys.output(job_id, METADATA_FILE),
+        series_images_key=keys.output(job_id, SERIES_IMAGES_FILE),
+        image_keys=image_keys,
+        instances=sum(len(se.instances) for st in metadata.studies for se in st.series),
+        volumes=len(series_images),
+        skipped=len(metadata.skippedFiles),
+    )

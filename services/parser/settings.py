@@ -1,0 +1,28 @@
+"""The parser service's settings (``SERIESFLOW_*``, on top of every service's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class ParserSettings(ServiceSettings):
+    min_slices: int = Field(
+        default=3, ge=2, description="Fewest slices a stack needs to become a volume"
+    )
+    work_dir: Path | None = Field(
+        default=None, description="Where jobs are parsed, in a temporary folder each"
+    )
+    transfer_workers: int = Field(
+        default=8, ge=1, le=64, description="Parallel downloads and uploads per job"
+    )
+
+
+def parser_settings(settings: ServiceSettings) -> ParserSettings:
+    """``settings`` as ParserSettings (fields it lacks come from the environment)."""
+    if isinstance(settings, ParserSettings):
+        return settings
+    return ParserSettings(**settings.model_dump())

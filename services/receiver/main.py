@@ -1,0 +1,190 @@
+"""The receiver's entry points: :class:`Receiver` (start / stop) and :func:`run`.
+
+``seriesflow receiver`` calls :func:`run`, which blocks until ``stop`` is set (SIGTERM).
+Tests and embedders use :class:`Receiver` directly: ``start()`` returns once the SCP is
+listening.
+"""
+
+# mypy: disallow-untyped-calls=False
+
+from __future__ import annotations
+
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from services.receiver import handlers, scp
+from services.receiver.association import AssociationPolicy
+from services.receiver.cleanup import SweepResult, sweep
+from services.receiver.handlers import ReceiverContext
+from services.receiver.release import JobService
+from services.receiver.settings import receiver_settings
+from shared.config import SeriesflowConfig, load_config
+from shared.errors import InvalidIdentifierError, InvalidInputError
+from shared.identifiers import validate_name
+from shared.logs import get_logger
+from shared.settings import ServiceSettings
+from shared.store import ObjectStore
+
+log = get_logger("receiver")
+
+
+def pipelines_by_ae_title(config: SeriesflowConfig) -> dict[str, str]:
+    """Each of our AE titles and its pipeline; a title without one is a configuration error."""
+    pipelines: dict[str, str] = {}
+    for entry in config.dicom.scp.ae_titles:
+        pipeline = config.pipeline_for(entry.ae_title)
+        if pipeline is None:
+            raise InvalidInputError(
+                f"dicom > scp > ae-titles: AE title {entry.ae_title!r} has no pipeline; give "
+                f"it 'pipeline: <name>' or add a pipeline-mappings entry with "
+                f"'clara-ae-title: {entry.ae_title}'"
+            )
+        try:
+            pipelines[entry.ae_title] = validate_name(pipeline, "pipeline")
+        except InvalidIdentifierError as exc:
+            raise InvalidInputError(
+                f"dicom > scp > ae-titles: AE title {entry.ae_title!r}: {exc.reason}"
+            ) from exc
+    return pipelines
+
+
+class Receiver:
+    """The receiver service in this process: DICOM SCP, job release, sweeps."""
+
+    def __init__(self, settings: ServiceSettings, config: SeriesflowConfig | None = None) -> None:
+        self.settings = receiver_settings(settings)
+        self.config = config if config is not None else load_config(self.settings.config)
+        self.scp_config = self.config.dicom.scp
+        ae_titles = {a.ae_title: a for a in self.scp_config.ae_titles}
+        self.store = ObjectStore(self.settings)
+        self.jobs = JobService(
+            self.settings, self.store, ae_titles, pipelines_by_ae_title(self.config)
+        )
+        self.context = ReceiverContext(
+            ae_titles=ae_titles,
+            policy=AssociationPolicy.from_config(self.scp_config),
+            store=self.store,
+            jobs=self.jobs,
+        )
+        self._stop = threading.Event()
+        self._ae: Any = None
+        self._server: Any = None
+        self._housekeeper: threading.Thread | None = None
+        self._bucket_ready = False
+
+    @property
+    def port(self) -> int:
+        """The port the SCP listens on."""
+        if self._server is None:
+            raise RuntimeError("the receiver is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def ae(self) -> Any:
+        """The pynetdicom AE (its ``active_associations``, for inspection)."""
+        return self._ae
+
+    def start(self) -> None:
+        """Connect to the store, start the job threads and listen; returns at once."""
+        self._stop.clear()
+        self._ensure_bucket(self.settings.store_attempts_at_start)
+        self.jobs.start()
+        self._ae = scp.build_ae(self.scp_config, self.settings)
+        try:
+            self._server = scp.start_server(self._ae, self.scp_config, self.context)
+        except Exception:
+            self.jobs.stop()
+            raise
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="receiver-housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+        log.info(
+            "receiver listening",
+            extra={
+                "host": self.scp_config.host,
+                "port": self.port,
+                "ae_titles": sorted(self.context.ae_titles),
+            },
+        )
+
+    def stop(self) -> None:
+        """Stop listening (open associations are aborted), finish queued job work, stop."""
+        self._stop.set()
+        if self._ae is not None:
+            self._ae.shutdown()
+        handlers.end_quietly_ended(self.context)
+        if self._housekeeper is not None:
+            self._housekeeper.join(10)
+        self.jobs.stop()
+        log.info("receiver stopped")
+
+    def __enter__(self) -> Receiver:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def sweep(self) -> SweepResult:
+        """One sweep of ``incoming/`` now (see :mod:`services.receiver.cleanup`)."""
+        return sweep(
+            self.store,
+            self.jobs,
+            self.scp_config.incoming_ttl,
+            self.settings.recovery_grace_seconds,
+        )
+
+    def _ensure_bucket(self, attempts: int) -> bool:
+        delay = self.settings.retry_backoff_seconds or 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                self.store.ensure_bucket()
+                self._bucket_ready = True
+                return True
+            except Exception as exc:
+                log.warning(
+                    "object store unreachable; C-STORE is refused until it is back",
+                    extra={"reason": getattr(exc, "reason", type(exc).__name__)},
+                )
+                if attempt < attempts and self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, self.settings.retry_backoff_max_seconds or 30.0)
+        return False
+
+    def _housekeep(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            handlers.end_quietly_ended(self.context)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + self.settings.orphan_sweep_seconds
+                try:
+                    if self._bucket_ready or self._ensure_bucket(1):
+                        self.sweep()
+                except Exception as exc:
+                    log.warning(
+                        "sweep of incoming/ failed; trying again later",
+                        extra={"reason": getattr(exc, "reason", type(exc).__name__)},
+                    )
+                    next_sweep = now + min(self.settings.orphan_sweep_seconds, 30.0)
+            self._stop.wait(self.settings.association_check_seconds)
+
+
+def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
+    """Run the receiver until ``stop`` is set."""
+    stop = stop or threading.Event()
+    receiver = Receiver(settings)
+    receiver.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        receiver.stop()

@@ -1,0 +1,352 @@
+"""From released associations to published jobs, durably and in order.
+
+When an association is released, its record (:class:`AssociationRecord`) is written
+beside its instances. Then, at once (``timeout: 0``) or when its group falls quiet, the
+job is released by one worker thread, each step idempotent and retried with backoff until
+it succeeds (a broker or store outage delays jobs, it never loses them):
+
+1. every record of the job is stamped with the job ID;
+2. the manifest is written at ``jobs/<job_id>/manifest.json``;
+3. ``job.received.<pipeline>`` is stored at ``jobs/<job_id>/events/received.json`` and
+   published with confirms (an already stored event is re-published as it is);
+4. the records are marked published; copies of an instance the job does not use
+   (``overwrite-same-instance``) are deleted.
+
+A process that dies anywhere in between leaves records that say how far it got;
+:mod:`services.receiver.cleanup` finds them and finishes the job under the same job ID.
+Instances of an aborted association are deleted.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.receiver.association import OpenAssociation
+from services.receiver.job import AssociationRecord, Job, JobGrouper, job_id_for
+from services.receiver.settings import ReceiverSettings
+from services.replay import RECEIVED, load_event, record_and_publish
+from shared import keys
+from shared.broker import Broker
+from shared.config import AETitleConfig
+from shared.events import Envelope, JobReceived, event_id
+from shared.logs import get_logger, job_context
+from shared.store import ObjectStore
+
+PRODUCER = "receiver"
+_KEEPALIVE_SECONDS = 5.0
+log = get_logger("receiver.jobs")
+
+
+@dataclass(frozen=True)
+class _WriteRecord:
+    record: AssociationRecord
+    timeout: float
+
+
+@dataclass(frozen=True)
+class _DeleteAssociation:
+    association_id: str
+
+
+_Work = Job | _WriteRecord | _DeleteAssociation
+
+
+class JobService:
+    """Turns released associations into jobs; one worker thread does the store and broker work.
+
+    ``ae_titles`` maps each of our AE titles to its configuration and ``pipelines`` to its
+    pipeline. Associations this process handles are *known*: the orphan sweep leaves them
+    alone.
+    """
+
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        store: ObjectStore,
+        ae_titles: dict[str, AETitleConfig],
+        pipelines: dict[str, str],
+        broker_factory: Callable[[], Broker] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ae_titles = ae_titles
+        self.pipelines = pipelines
+        self.grouper = JobGrouper()
+        self._broker = (broker_factory or (lambda: Broker(settings, PRODUCER)))()
+        self._connected = False
+        self._queue: queue.Queue[_Work] = queue.Queue()
+        self._stop = threading.Event()
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=self._work, name="receiver-jobs", daemon=True),
+            threading.Thread(target=self._schedule, name="receiver-groups", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish queued work (one attempt each), then stop. Groups still waiting for
+        their timeout stay in the store as records and are released after a restart."""
+        self._stop.set()
+        with self.grouper.changed:
+            self.grouper.changed.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._broker.close()
+
+    # -- associations this process handles ---------------------------------------------
+
+    def remember(self, association_id: str) -> None:
+        with self._known_lock:
+            self._known.add(association_id)
+
+    def is_known(self, association_id: str) -> bool:
+        with self._known_lock:
+            return association_id in self._known
+
+    # -- entry points (association threads) -----------------------------------------------
+
+    def instance_stored(self, association: OpenAssociation) -> None:
+        config = self.ae_titles.get(association.called_ae_title)
+        if config is not None and config.timeout > 0:
+            self.grouper.activity(association.group)
+
+    def association_released(self, association: OpenAssociation) -> None:
+        with association.lock:
+            instances = list(association.instances.values())
+        config = self.ae_titles[association.called_ae_title]
+        if not instances:
+            log.info(
+                "association released without instances: no job",
+                extra={"association": association.association_id},
+            )
+            return
+        record = AssociationRecord(
+            association_id=association.association_id,
+            called_ae_title=association.called_ae_title,
+            calling_ae_title=association.calling_ae_title,
+            calling_host=association.calling_host,
+            released_at=datetime.now(UTC),
+            instances=instances,
+            job_id=job_id_for([association.association_id]) if config.timeout == 0 else None,
+        )
+        log.info(
+            "association released",
+            extra={
+                "association": association.association_id,
+                "called_ae_title": association.called_ae_title,
+                "calling_ae_title": association.calling_ae_title,
+                "instances": len(instances),
+            },
+        )
+        try:
+            self._write_record(record)
+        except Exception as exc:
+            log.warning(
+                "association record not written yet, retrying in the background",
+                extra={"association": record.association_id, "error": type(exc).__name__},
+            )
+            self._queue.put(_WriteRecord(record, config.timeout))
+            return
+        self._released(record, config.timeout)
+
+    def association_aborted(self, association: OpenAssociation) -> None:
+        with association.lock:
+            count = len(association.instances)
+        log.warning(
+            "association aborted: its instances start no job and are deleted",
+            extra={"association": association.association_id, "instances": count},
+        )
+        if count:
+            self._queue.put(_DeleteAssociation(association.association_id))
+
+    def adopt(self, records: Iterable[AssociationRecord]) -> int:
+        """Release jobs for records another (dead) process left unpublished; how many jobs."""
+        by_job: dict[str, list[AssociationRecord]] = {}
+        by_group: dict[tuple[str, str], list[AssociationRecord]] = {}
+        for record in records:
+            self.remember(record.association_id)
+            if record.job_id:
+                by_job.setdefault(record.job_id, []).append(record)
+            else:
+                by_group.setdefault(record.group, []).append(record)
+        jobs = [self._job(group, job_id) for job_id, group in by_job.items()]
+        jobs += [self._job(group) for group in by_group.values()]
+        for job in jobs:
+            if job is not None:
+                log.info("recovering job", extra={"job": job.job_id, "pipeline": job.pipeline})
+                self._queue.put(job)
+        return sum(job is not None for job in jobs)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _released(self, record: AssociationRecord, timeout: float) -> None:
+        if timeout > 0:
+            self.grouper.add(record, timeout)
+            return
+        job = self._job([record])
+        if job is not None:
+            self._queue.put(job)
+
+    def _job(self, records: list[AssociationRecord], job_id: str = "") -> Job | None:
+        called = records[0].called_ae_title
+        pipeline = self.pipelines.get(called)
+        if pipeline is None:
+            log.error(
+                "released association's AE title is no longer configured: no job",
+                extra={"called_ae_title": called, "associations": len(records)},
+            )
+            return None
+        config = self.ae_titles[called]
+        return Job(pipeline, records, config.overwrite_same_instance, job_id)
+
+    def _write_record(self, record: AssociationRecord) -> None:
+        self.store.put_json(
+            keys.association_record(record.association_id), record.model_dump(mode="json")
+        )
+
+    def _schedule(self) -> None:
+        while not self._stop.is_set():
+            self.grouper.wait(self._stop)
+            for records in self.grouper.due():
+                job = self._job(records)
+                if job is not None:
+                    self._queue.put(job)
+
+    def _work(self) -> None:
+        try:
+            self._connect()
+        except Exception as exc:
+            log.warning(
+                "broker unreachable; jobs are published when it is back",
+                extra={"reason": getattr(exc, "reason", type(exc).__name__)},
+            )
+        idle = 0.0
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                idle += 0.2
+                if idle >= _KEEPALIVE_SECONDS:
+                    self._keep_alive()
+                    idle = 0.0
+                continue
+            idle = 0.0
+            self._retrying(item)
+
+    def _retrying(self, item: _Work) -> None:
+        delay = self.settings.retry_backoff_seconds or 0.5
+        while True:
+            try:
+                self._do(item)
+                return
+            except Exception as exc:
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                if self._stop.is_set():
+                    log.error(
+                        "stopping with work not done; it is finished after a restart",
+                        extra={"work": type(item).__name__, "reason": reason},
+                    )
+                    return
+                log.warning(
+                    "job work failed, will retry",
+                    extra={"work": type(item).__name__, "reason": reason, "in_seconds": delay},
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.settings.retry_backoff_max_seconds or 30.0)
+
+    def _do(self, item: _Work) -> None:
+        if isinstance(item, Job):
+            self._release(item)
+        elif isinstance(item, _WriteRecord):
+            self._write_record(item.record)
+            self._released(item.record, item.timeout)
+        else:
+            deleted = self.store.delete_prefix(keys.incoming_prefix(item.association_id))
+            log.info(
+                "aborted association's instances deleted",
+                extra={"association": item.association_id, "objects": deleted},
+            )
+
+    def _release(self, job: Job) -> None:
+        with job_context(job.job_id):
+            for record in job.records:
+                if record.job_id != job.job_id:
+                    record.job_id = job.job_id
+                    self._write_record(record)
+            manifest = job.manifest()
+            manifest_key = keys.manifest(job.job_id)
+            self.store.put_json(manifest_key, manifest.model_dump(mode="json"))
+            self._publish(job, manifest_key, len(manifest.instances))
+            for record in job.records:
+                if not record.published:
+                    record.published = True
+                    self._write_record(record)
+            for key in job.unused_keys():
+                try:
+                    self.store.delete(key)
+                except Exception:
+                    log.warning("unused copy of an instance not deleted", extra={"key": key})
+            log.info(
+                "job released",
+                extra={
+                    "pipeline": job.pipeline,
+                    "instances": len(manifest.instances),
+                    "associations": len(job.records),
+                },
+            )
+
+    def _publish(self, job: Job, manifest_key: str, count: int) -> None:
+        self._connect()
+        event_key = keys.event(job.job_id, RECEIVED)
+        try:
+            stored = load_event(self.store, event_key)
+            if stored is not None:
+                self._broker.publish(stored)
+                return
+            first = job.records[0]
+            envelope = Envelope.wrap(
+                JobReceived(
+                    pipeline=job.pipeline,
+                    manifest_key=manifest_key,
+                    instance_count=count,
+                    called_ae_title=first.called_ae_title,
+                    calling_ae_title=first.calling_ae_title,
+                ),
+                job_id=job.job_id,
+                producer=PRODUCER,
+                event_id=event_id(job.job_id, RECEIVED),
+            )
+            record_and_publish(self.store, self._broker, event_key, envelope)
+        except Exception:
+            self._connected = False
+            raise
+
+    def _connect(self) -> None:
+        if not self._connected:
+            self._broker.close()
+            self._broker.connect(attempts=1)
+            self._connected = True
+
+    def _keep_alive(self) -> None:
+        """Let pika answer heartbeats while no job is released."""
+        if not self._connected:
+            return
+        try:
+            self._broker.channel.connection.process_data_events(time_limit=0)
+        except Exception:
+            self._connected = False
+            self._broker.close()

@@ -1,0 +1,45 @@
+"""The receiver's settings (``SERIESFLOW_*``, on top of every service's)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class ReceiverSettings(ServiceSettings):
+    dicom_network_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="An association idle this long is aborted"
+    )
+    dicom_acse_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait for an association request or release"
+    )
+    dicom_dimse_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait for the rest of a DIMSE message"
+    )
+    association_check_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often associations that ended without release or abort are looked for",
+    )
+    orphan_sweep_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often incoming/ is swept for orphans and unpublished jobs",
+    )
+    recovery_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A released association another process left unpublished is adopted "
+        "this long after its AE title's timeout has passed",
+    )
+    store_attempts_at_start: int = Field(
+        default=3, ge=1, description="Tries to reach the object store before listening anyway"
+    )
+
+
+def receiver_settings(settings: ServiceSettings) -> ReceiverSettings:
+    """``settings`` as ReceiverSettings (fields it lacks come from the environment)."""
+    if isinstance(settings, ReceiverSettings):
+        return settings
+    return ReceiverSettings(**settings.model_dump())

@@ -1,0 +1,49 @@
+"""Entry point of the selector service.
+
+``run(settings, stop)`` blocks: it loads the pipeline registry once, connects the object
+store (creating the bucket if needed) and RabbitMQ, retrying both until they answer or
+``stop`` is set, then consumes ``job.parsed.#`` on the quorum queue
+``seriesflow.selector`` until ``stop`` is set. :class:`SelectorService` runs it in a thread
+(tests, embedding); ``seriesflow selector`` runs it as a process, stopping on SIGTERM or
+SIGINT after the message in hand.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from services.runtime import ServiceThread, connect_broker, connect_store
+from services.selector.handlers import BINDINGS, SERVICE, SelectorHandler
+from services.selector.settings import selector_settings
+from shared.logs import get_logger
+from shared.pipelines import PipelineRegistry
+from shared.settings import ServiceSettings
+
+log = get_logger("selector")
+
+
+def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
+    """Run the selector until ``stop`` is set (a bad pipeline folder fails at once)."""
+    config = selector_settings(settings)
+    stop = stop or threading.Event()
+    registry = PipelineRegistry.load(config.pipelines)
+    store = connect_store(config, stop)
+    if store is None:
+        return
+    broker = connect_broker(config, SERVICE, stop)
+    if broker is None:
+        return
+    handler = SelectorHandler(store, broker, registry, config)
+    log.info("selector started", extra={"pipelines": [p.name for p in registry.all()]})
+    try:
+        broker.consume(SERVICE, BINDINGS, handler, stop)
+    finally:
+        broker.close()
+        log.info("selector stopped")
+
+
+class SelectorService(ServiceThread):
+    """The selector in a background thread: ``start()``, ``stop()``, or ``with``."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        super().__init__(SERVICE, run, settings)
