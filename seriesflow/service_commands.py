@@ -26,7 +26,9 @@ SERVICE_SETTINGS = {
     "parser": "ParserSettings",
     "selector": "SelectorSettings",
     "exporter": "ExporterSettings",
+    "config_api": "ConfigApiSettings",
 }
+COMMANDS = {name.replace("_", "-"): name for name in SERVICE_SETTINGS}
 
 err = Console(stderr=True)
 out = Console()
@@ -61,10 +63,12 @@ def _settings(cls: type[ServiceSettings]) -> ServiceSettings:
         raise  # unreachable
 
 
-def run_service(name: str) -> None:
+def run_service(name: str, **overrides: Any) -> None:
     settings_module = importlib.import_module(f"services.{name}.settings")
     settings_cls: type[ServiceSettings] = getattr(settings_module, SERVICE_SETTINGS[name])
     settings = _settings(settings_cls)
+    if overrides:
+        settings = settings.model_copy(update=overrides)
     configure_logging(settings.log_level, settings.log_dir, stream=True, phi=settings.log_phi)
     main: Any = importlib.import_module(f"services.{name}.main")
     stop = _stop_event()
@@ -75,10 +79,13 @@ def run_service(name: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for name in SERVICE_SETTINGS:
-        app.command(name, help=f"Run the {name} service (settings from SERIESFLOW_*).")(
+    for command, name in COMMANDS.items():
+        if name == "config_api":
+            continue
+        app.command(command, help=f"Run the {command} service (settings from SERIESFLOW_*).")(
             _make_runner(name)
         )
+    app.command("config-api")(config_api)
     app.command("up")(up)
     app.command("status")(status)
     app.command("replay")(replay)
@@ -90,6 +97,27 @@ def _make_runner(name: str) -> Any:
 
     runner.__name__ = name
     return runner
+
+
+def config_api(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default SERIESFLOW_API_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port (default SERIESFLOW_API_PORT, else 5000)."),
+    ] = None,
+) -> None:
+    """Run the REST API for AE titles, sources, destinations, pipelines and jobs.
+
+    Without SERIESFLOW_API_TOKEN(S) it serves loopback only, and refuses any other address.
+    """
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    run_service("config_api", **overrides)
 
 
 def up(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from shared.logs import get_logger
 
-SERVICES = ("receiver", "parser", "selector", "exporter")
+SERVICES = ("receiver", "parser", "selector", "exporter", "config-api")
 log = get_logger("supervisor")
 
 

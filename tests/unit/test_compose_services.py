@@ -13,7 +13,7 @@ from shared.config import load_config
 from shared.pipelines import PipelineRegistry
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("receiver", "parser", "selector", "exporter")
+SERVICES = ("receiver", "parser", "selector", "exporter", "config-api")
 
 
 def compose() -> dict[str, Any]:
@@ -32,6 +32,8 @@ def test_every_service_runs_a_real_command_after_the_backbone() -> None:
             "minio": {"condition": "service_healthy"},
         }
         assert service["environment"]["SERIESFLOW_CONFIG"] == "/etc/seriesflow/config.yaml"
+    api = services["config-api"]
+    assert api["environment"]["SERIESFLOW_API_TOKEN"].startswith("${SERIESFLOW_API_TOKEN:?")
 
 
 def test_compose_configuration_and_pipelines_load_and_agree() -> None:

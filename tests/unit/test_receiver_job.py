@@ -11,7 +11,6 @@ from services.receiver.job import (
     JobGrouper,
     job_id_for,
     merge_instances,
-    record_key,
 )
 from shared import keys
 from shared.manifest import InstanceRef
@@ -152,7 +151,7 @@ def test_wait_returns_at_a_new_group_or_when_stopped() -> None:
 
 
 def test_records_live_beside_their_instances() -> None:
-    assert record_key(A) == f"incoming/{A}/association.json"
+    assert keys.association_record(A) == f"incoming/{A}/association.json"
     data = record(A, "1.1").model_dump(mode="json")
     again = AssociationRecord.model_validate(data)
     assert again.job_id is None and not again.published

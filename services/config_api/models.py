@@ -1,0 +1,219 @@
+"""Request and response bodies of seriesflow's own API (``/api/v1``), in camelCase JSON.
+
+Each resource converts to and from the *spec* the repository stores, which uses the
+configuration file's keys (``ae-title``, ``host-ip``…).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.config_api.repository import StoredObject
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    revision: str = Field(description="Give it back (If-Match or 'revision') to update")
+    createdAt: str
+    updatedAt: str
+    updatedBy: str
+
+
+def _meta(stored: StoredObject) -> dict[str, str]:
+    return {
+        "revision": stored.revision,
+        "createdAt": stored.created_at,
+        "updatedAt": stored.updated_at,
+        "updatedBy": stored.updated_by,
+    }
+
+
+# -- AE titles ------------------------------------------------------------------------
+
+
+class AETitleIn(_In):
+    name: str | None = Field(default=None, description="Defaults to the AE title")
+    aeTitle: str = Field(description="At most 16 characters, no backslash")
+    pipeline: str | None = Field(default=None, description="Pipeline name or Clara pipeline ID")
+    timeout: float = Field(default=0, description="Seconds of silence before a job starts")
+    overwriteSameInstance: bool = False
+    ignoredSopClasses: list[str] = Field(default_factory=list)
+    revision: str | None = Field(default=None, description="For updates (or If-Match)")
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "ae-title": self.aeTitle,
+            "pipeline": self.pipeline,
+            "timeout": self.timeout,
+            "overwrite-same-instance": self.overwriteSameInstance,
+            "ignored-sop-classes": self.ignoredSopClasses,
+        }
+
+
+class AETitleOut(_Out):
+    name: str
+    aeTitle: str
+    pipeline: str | None
+    timeout: float
+    overwriteSameInstance: bool
+    ignoredSopClasses: list[str]
+
+    @classmethod
+    def of(cls, stored: StoredObject) -> AETitleOut:
+        spec = stored.spec
+        return cls(
+            name=stored.name,
+            aeTitle=spec["ae-title"],
+            pipeline=spec.get("pipeline"),
+            timeout=spec.get("timeout", 0),
+            overwriteSameInstance=spec.get("overwrite-same-instance", False),
+            ignoredSopClasses=list(spec.get("ignored-sop-classes") or ()),
+            **_meta(stored),
+        )
+
+
+# -- sources --------------------------------------------------------------------------
+
+
+class SourceIn(_In):
+    name: str | None = Field(default=None, description="Defaults to the AE title")
+    aeTitle: str
+    hostIp: str = Field(description="IP address or host name")
+    revision: str | None = None
+
+    def spec(self) -> dict[str, Any]:
+        return {"ae-title": self.aeTitle, "host-ip": self.hostIp}
+
+
+class SourceOut(_Out):
+    name: str
+    aeTitle: str
+    hostIp: str
+
+    @classmethod
+    def of(cls, stored: StoredObject) -> SourceOut:
+        return cls(
+            name=stored.name,
+            aeTitle=stored.spec["ae-title"],
+            hostIp=stored.spec["host-ip"],
+            **_meta(stored),
+        )
+
+
+# -- destinations ---------------------------------------------------------------------
+
+
+class DestinationIn(_In):
+    name: str | None = Field(default=None, description="Required when creating")
+    aeTitle: str
+    hostIp: str
+    port: int
+    revision: str | None = None
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return {"name": name, "ae-title": self.aeTitle, "host-ip": self.hostIp, "port": self.port}
+
+
+class DestinationOut(_Out):
+    name: str
+    aeTitle: str
+    hostIp: str
+    port: int
+
+    @classmethod
+    def of(cls, stored: StoredObject) -> DestinationOut:
+        return cls(
+            name=stored.name,
+            aeTitle=stored.spec["ae-title"],
+            hostIp=stored.spec["host-ip"],
+            port=stored.spec["port"],
+            **_meta(stored),
+        )
+
+
+# -- pipelines ------------------------------------------------------------------------
+
+
+class PipelineOut(_Out):
+    name: str
+    definition: dict[str, Any] = Field(description="The pipeline document (docs/pipelines.md)")
+
+    @classmethod
+    def of(cls, stored: StoredObject) -> PipelineOut:
+        return cls(name=stored.name, definition=stored.spec, **_meta(stored))
+
+
+# -- rules, echo, jobs ----------------------------------------------------------------
+
+
+class RulesValid(BaseModel):
+    valid: bool
+    source: str
+    selections: list[str]
+    emptyRules: bool
+
+
+class ExplainIn(_In):
+    jobId: str = Field(description="A job whose parser outputs are stored")
+    rules: dict[str, Any] | None = Field(default=None, description="Rules to try")
+    pipeline: str | None = Field(default=None, description="Or: a stored pipeline's rules")
+
+
+class ExplainOut(BaseModel):
+    jobId: str
+    explanation: dict[str, Any]
+    text: str
+
+
+class EchoOut(BaseModel):
+    destination: str
+    aeTitle: str
+    hostIp: str
+    port: int
+    success: bool
+    status: str | None = Field(description="DIMSE status of the C-ECHO, e.g. 0x0000")
+    message: str
+
+
+class JobSummary(BaseModel):
+    jobId: str
+    stage: str
+    updated: str
+    exports: int
+
+
+class JobEvent(BaseModel):
+    stage: str
+    updated: str
+    type: str | None
+    createdAt: str | None
+    body: dict[str, Any] | None
+
+
+class JobError(BaseModel):
+    stage: str
+    reason: str
+
+
+class JobDetail(BaseModel):
+    jobId: str
+    stage: str
+    manifest: bool
+    events: list[JobEvent]
+    outputs: list[str]
+    errors: list[JobError]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    status: int
+    message: str
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,37 @@
+"""The config API's settings (``SERIESFLOW_*``, on top of every service's)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class ConfigApiSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SERIESFLOW_", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field(
+        default="127.0.0.1",
+        validation_alias="SERIESFLOW_API_HOST",
+        description="Address to listen on; anything but loopback needs a token",
+    )
+    port: int = Field(default=5000, ge=1, le=65535, validation_alias="SERIESFLOW_API_PORT")
+    api_token: SecretStr | None = Field(
+        default=None, description="One bearer token (its name in the audit log: 'default')"
+    )
+    api_tokens: SecretStr | None = Field(
+        default=None, description="Named bearer tokens: 'name1:token1,name2:token2'"
+    )
+    api_echo_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds a C-ECHO of a destination may take"
+    )
+
+
+def config_api_settings(settings: ServiceSettings) -> ConfigApiSettings:
+    """``settings`` as ConfigApiSettings (fields it lacks come from the environment)."""
+    if isinstance(settings, ConfigApiSettings):
+        return settings
+    return ConfigApiSettings(**settings.model_dump())
