@@ -153,7 +153,10 @@ def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -
         log.warning("instance refused", extra={**extra, "reason": exc.reason})
         return exc.status
     extra["sop_instance_uid"] = sop_instance_uid
-    config = context.ae_titles[association.called_ae_title]
+    config = context.ae_titles.get(association.called_ae_title)
+    if config is None or context.jobs.pipelines.get(association.called_ae_title) is None:
+        log.warning("instance refused: the called AE title has no pipeline", extra=extra)
+        return statuses.NOT_AUTHORIZED
     if sop_class_uid in config.ignored_sop_classes:
         log.info(
             "instance of an ignored SOP class: not stored",

@@ -14,6 +14,7 @@ import time
 from types import TracebackType
 from typing import Any
 
+from services.config_api.live import load_live_config
 from services.receiver import handlers, scp
 from services.receiver.association import AssociationPolicy
 from services.receiver.cleanup import SweepResult, sweep
@@ -30,11 +31,22 @@ from shared.store import ObjectStore
 log = get_logger("receiver")
 
 
-def pipelines_by_ae_title(config: SeriesflowConfig) -> dict[str, str]:
-    """Each of our AE titles and its pipeline; a title without one is a configuration error."""
+def pipelines_by_ae_title(config: SeriesflowConfig, strict: bool = True) -> dict[str, str]:
+    """Each of our AE titles and its pipeline.
+
+    ``strict`` (the configuration file at start): a title without a pipeline is an error.
+    Otherwise (configuration changed through the API) such a title is left out: it answers
+    C-ECHO, and C-STORE to it is refused (Not authorized) until it gets a pipeline.
+    """
     pipelines: dict[str, str] = {}
     for entry in config.dicom.scp.ae_titles:
         pipeline = config.pipeline_for(entry.ae_title)
+        if pipeline is None and not strict:
+            log.warning(
+                "AE title has no pipeline: C-STORE to it is refused",
+                extra={"ae_title": entry.ae_title},
+            )
+            continue
         if pipeline is None:
             raise InvalidInputError(
                 f"dicom > scp > ae-titles: AE title {entry.ae_title!r} has no pipeline; give "
@@ -44,6 +56,12 @@ def pipelines_by_ae_title(config: SeriesflowConfig) -> dict[str, str]:
         try:
             pipelines[entry.ae_title] = validate_name(pipeline, "pipeline")
         except InvalidIdentifierError as exc:
+            if not strict:
+                log.warning(
+                    "AE title's pipeline name is not valid: C-STORE to it is refused",
+                    extra={"ae_title": entry.ae_title},
+                )
+                continue
             raise InvalidInputError(
                 f"dicom > scp > ae-titles: AE title {entry.ae_title!r}: {exc.reason}"
             ) from exc
@@ -56,6 +74,8 @@ class Receiver:
     def __init__(self, settings: ServiceSettings, config: SeriesflowConfig | None = None) -> None:
         self.settings = receiver_settings(settings)
         self.config = config if config is not None else load_config(self.settings.config)
+        self.static_config = self.config
+        self._config_fingerprint: tuple[tuple[str, object], ...] = ()
         self.scp_config = self.config.dicom.scp
         ae_titles = {a.ae_title: a for a in self.scp_config.ae_titles}
         self.store = ObjectStore(self.settings)
@@ -159,11 +179,53 @@ class Receiver:
                 delay = min(delay * 2, self.settings.retry_backoff_max_seconds or 30.0)
         return False
 
+    def apply_config(self, config: SeriesflowConfig) -> None:
+        """Use ``config``'s AE titles and sources from now on (live reconfiguration).
+
+        New associations see the new AE titles and sources at once; open associations
+        keep going. The listening address, port and limits stay as started.
+        """
+        scp_config = config.dicom.scp
+        ae_titles = {a.ae_title: a for a in scp_config.ae_titles}
+        pipelines = pipelines_by_ae_title(config, strict=False)
+        policy = AssociationPolicy.from_config(scp_config)
+        # Each assignment replaces a whole object, so a reader sees the old or the new one.
+        self.jobs.ae_titles = ae_titles
+        self.jobs.pipelines = pipelines
+        self.context.ae_titles = ae_titles
+        self.context.policy = policy
+        self.config = config
+        log.info("configuration applied", extra={"ae_titles": sorted(ae_titles)})
+
+    def _watch_config(self) -> None:
+        """Apply the configuration the REST API stores, when it changed."""
+        fingerprint = tuple(
+            sorted(
+                item
+                for item in self.store.list_with_times("config/")
+                if not item[0].startswith("config/audit/")
+            )
+        )
+        if fingerprint == self._config_fingerprint:
+            return
+        self._config_fingerprint = fingerprint
+        self.apply_config(load_live_config(self.store, self.static_config))
+
     def _housekeep(self) -> None:
         next_sweep = 0.0
+        next_config = 0.0
         while not self._stop.is_set():
             handlers.end_quietly_ended(self.context)
             now = time.monotonic()
+            if now >= next_config:
+                next_config = now + self.settings.live_config_seconds
+                try:
+                    self._watch_config()
+                except Exception as exc:
+                    log.warning(
+                        "stored configuration not read; keeping the current one",
+                        extra={"reason": getattr(exc, "reason", type(exc).__name__)},
+                    )
             if now >= next_sweep:
                 next_sweep = now + self.settings.orphan_sweep_seconds
                 try:
@@ -175,7 +237,9 @@ class Receiver:
                         extra={"reason": getattr(exc, "reason", type(exc).__name__)},
                     )
                     next_sweep = now + min(self.settings.orphan_sweep_seconds, 30.0)
-            self._stop.wait(self.settings.association_check_seconds)
+            self._stop.wait(
+                min(self.settings.association_check_seconds, self.settings.live_config_seconds)
+            )
 
 
 def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:

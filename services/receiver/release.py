@@ -125,7 +125,9 @@ class JobService:
     def association_released(self, association: OpenAssociation) -> None:
         with association.lock:
             instances = list(association.instances.values())
-        config = self.ae_titles[association.called_ae_title]
+        config = self.ae_titles.get(association.called_ae_title) or AETitleConfig.model_validate(
+            {"ae-title": association.called_ae_title}
+        )
         if not instances:
             log.info(
                 "association released without instances: no job",
@@ -208,8 +210,9 @@ class JobService:
                 extra={"called_ae_title": called, "associations": len(records)},
             )
             return None
-        config = self.ae_titles[called]
-        return Job(pipeline, records, config.overwrite_same_instance, job_id)
+        config = self.ae_titles.get(called)
+        overwrite = config.overwrite_same_instance if config is not None else False
+        return Job(pipeline, records, overwrite, job_id)
 
     def _write_record(self, record: AssociationRecord) -> None:
         self.store.put_json(

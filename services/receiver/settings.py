@@ -17,6 +17,11 @@ class ReceiverSettings(ServiceSettings):
     dicom_dimse_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Longest wait for the rest of a DIMSE message"
     )
+    live_config_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the configuration the REST API stores is checked for changes",
+    )
     association_check_seconds: float = Field(
         default=1.0,
         gt=0,

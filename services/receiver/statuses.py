@@ -21,3 +21,7 @@ Affected SOP Instance UID breaks the UID construction rules, so it cannot name a
 
 PROCESSING_FAILURE = 0x0110
 """Failure: Processing failure (PS3.7 C): an unexpected error in the receiver."""
+
+NOT_AUTHORIZED = 0x0124
+"""Refused: Not authorized (PS3.7 C): the called AE title has no pipeline (any more), so
+an instance sent to it would belong to no job."""
