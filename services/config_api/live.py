@@ -11,6 +11,8 @@ longer validates is skipped and logged, never applied half.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from services.config_api.repository import ConfigRepository
@@ -69,3 +71,47 @@ def load_live_pipelines(store: ObjectStore) -> list[Pipeline]:
         if pipeline is not None:
             pipelines.append(pipeline)
     return pipelines
+
+
+class LiveConfig:
+    """The configuration in force: the static file with the store's objects over it.
+
+    :meth:`current` re-reads the store only when something under ``config/`` changed (a
+    listing of keys and modification times, at most once every ``check_seconds``), so it
+    is cheap to call per association or per export. Thread-safe.
+    """
+
+    def __init__(
+        self, store: ObjectStore, static: SeriesflowConfig, check_seconds: float = 1.0
+    ) -> None:
+        self.store = store
+        self.static = static
+        self.check_seconds = check_seconds
+        self._config = static
+        self._fingerprint: tuple[tuple[str, object], ...] = ()
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+
+    def current(self) -> SeriesflowConfig:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked < self.check_seconds:
+                return self._config
+            self._checked = now
+            try:
+                fingerprint = tuple(
+                    sorted(
+                        item
+                        for item in self.store.list_with_times("config/")
+                        if not item[0].startswith("config/audit/")
+                    )
+                )
+                if fingerprint != self._fingerprint:
+                    self._config = load_live_config(self.store, self.static)
+                    self._fingerprint = fingerprint
+            except SeriesflowError as exc:
+                log.warning(
+                    "stored configuration not read; keeping the current one",
+                    extra={"reason": exc.reason},
+                )
+            return self._config

@@ -14,7 +14,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from services.config_api.live import load_live_config
+from services.config_api.live import LiveConfig
 from services.receiver import handlers, scp
 from services.receiver.association import AssociationPolicy
 from services.receiver.cleanup import SweepResult, sweep
@@ -74,11 +74,10 @@ class Receiver:
     def __init__(self, settings: ServiceSettings, config: SeriesflowConfig | None = None) -> None:
         self.settings = receiver_settings(settings)
         self.config = config if config is not None else load_config(self.settings.config)
-        self.static_config = self.config
-        self._config_fingerprint: tuple[tuple[str, object], ...] = ()
         self.scp_config = self.config.dicom.scp
         ae_titles = {a.ae_title: a for a in self.scp_config.ae_titles}
         self.store = ObjectStore(self.settings)
+        self.live = LiveConfig(self.store, self.config, self.settings.live_config_seconds)
         self.jobs = JobService(
             self.settings, self.store, ae_titles, pipelines_by_ae_title(self.config)
         )
@@ -199,17 +198,9 @@ class Receiver:
 
     def _watch_config(self) -> None:
         """Apply the configuration the REST API stores, when it changed."""
-        fingerprint = tuple(
-            sorted(
-                item
-                for item in self.store.list_with_times("config/")
-                if not item[0].startswith("config/audit/")
-            )
-        )
-        if fingerprint == self._config_fingerprint:
-            return
-        self._config_fingerprint = fingerprint
-        self.apply_config(load_live_config(self.store, self.static_config))
+        config = self.live.current()
+        if config is not self.config:
+            self.apply_config(config)
 
     def _housekeep(self) -> None:
         next_sweep = 0.0

@@ -6,18 +6,27 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
 from services.config_api.app import create_app
+from services.exporter.main import ExporterService
 from services.receiver.main import Receiver
+from shared import keys
+from shared.broker import Broker
 from shared.config import SeriesflowConfig, parse_config
+from shared.events import Envelope, ExportRequested, event_id, new_id
+from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
 from .infra import free_port
+from .processes import StoreSCP, wait_until
 
+BASE = "http://localhost:5000"
 APPLY_WITHIN_SECONDS = 2.0  # issue 4: a new AE title answers C-ECHO within 2 s of the POST
 
 
@@ -96,3 +105,49 @@ def test_a_new_source_is_allowed_without_a_restart(running: tuple[Receiver, Test
     assert response.status_code == 201, response.text
     elapsed = seconds_until(True, lambda: echo(receiver.port, "STATIC", calling="NEWMODALITY"))
     assert elapsed <= APPLY_WITHIN_SECONDS
+
+
+def test_a_new_destination_is_used_by_the_next_export(
+    settings: ServiceSettings, static_config: SeriesflowConfig, tmp_path: Path
+) -> None:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    files = write_ct_series(tmp_path / "ct", slices=3, size=16)
+    association = new_id()
+    instance_keys = []
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        key = keys.incoming_instance(association, uid)
+        store.put_bytes(key, path.read_bytes())
+        instance_keys.append(key)
+    destination = StoreSCP(tmp_path / "pacs", "NEWPACS").start()
+    exporter = ExporterService(settings).start()
+    client = TestClient(create_app(settings, store, None, static_config), base_url=BASE)
+    broker = Broker(settings, "test")
+    broker.connect(attempts=3)
+    try:
+        response = client.post(
+            "/api/v1/destinations",
+            json={
+                "name": "newpacs",
+                "aeTitle": "NEWPACS",
+                "hostIp": "127.0.0.1",
+                "port": destination.port,
+            },
+        )
+        assert response.status_code == 201, response.text
+        job = new_id()
+        body = ExportRequested(
+            export_id=event_id(job, "export", "T1C", "newpacs"),
+            destination="newpacs",
+            pipeline="p",
+            selection="T1C",
+            instance_keys=instance_keys,
+        )
+        broker.publish(Envelope.wrap(body, job_id=job, producer="test", event_id=body.export_id))
+        wait_until(lambda: len(destination.files()) == len(files), 60, "the export")
+        assert broker.stats("exporter").dead_letters == 0
+    finally:
+        broker.close()
+        exporter.stop()
+        destination.stop()

@@ -1,0 +1,433 @@
+"""Export benchmark: the exporter service against dcmtk ``storescu`` sending the same files.
+
+Run from the repository root (needs RabbitMQ on 127.0.0.1:5672; starts SeaweedFS):
+
+    .venv/bin/python bench/bench_export.py [--runs 5] [--slices 300] [--size 512]
+
+Both send one generated CT series (``shared.samples.write_ct_series``) to the same
+destination, one dcmtk ``storescp`` writing to disk with ``TCP_NODELAY=1``:
+
+* **storescu** (``TCP_NODELAY=1``, ``--required``: only the contexts the files need) reads
+  the files from a local folder;
+* **seriesflow**: the exporter runs as its own process (``seriesflow exporter``), started
+  once; the files are already in the object store, as the receiver leaves them. Timed from
+  publishing ``export.requested`` to receiving ``export.completed``, so the broker, the
+  state kept in the store, the downloads and the association are all inside the time.
+  Every run is a new export, so every file is sent.
+
+Runs are interleaved (the order alternates) after one uncounted warm-up of each; before
+every run the destination's folder is emptied and flushed (``sync``). Each run's file count
+at the destination is checked. Throughput is files per second from the median time; the
+target is seriesflow >= 0.5 x storescu. Results go to ``bench/results/export.json``. A
+missed target is a measurement: the exit status is 0 unless something could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import yaml
+from pydantic import SecretStr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from services.exporter.association import StoreAssociation, plan_associations  # noqa: E402
+from services.exporter.meta import HEAD_BYTES, FileMeta, parse_file_meta  # noqa: E402
+from services.exporter.status import StoreOutcome  # noqa: E402
+from shared import keys  # noqa: E402
+from shared.broker import Broker  # noqa: E402
+from shared.config import DestinationConfig  # noqa: E402
+from shared.events import EXCHANGE, Envelope, ExportCompleted, ExportRequested, new_id  # noqa: E402
+from shared.manifest import InstanceRef, JobManifest  # noqa: E402
+from shared.samples import write_ct_series  # noqa: E402
+from shared.settings import ServiceSettings  # noqa: E402
+from shared.store import ObjectStore  # noqa: E402
+from tests.integration.infra import (  # noqa: E402
+    free_port,
+    rabbitmq_vhost,
+    start_seaweedfs,
+    wait_for_port,
+)
+
+RESULTS = REPO / "bench" / "results" / "export.json"
+TARGET = 0.5  # seriesflow files/s over storescu files/s
+OBSERVER = "bench.export-completed"
+
+
+class Destination:
+    """dcmtk storescp writing to a folder, ``TCP_NODELAY=1``."""
+
+    def __init__(self, folder: Path, log: Path, max_pdu: int | None) -> None:
+        self.folder = folder
+        self.port = free_port()
+        folder.mkdir(parents=True)
+        command = ["storescp", "-aet", "DEST", "-od", str(folder)]
+        if max_pdu:
+            command += ["--max-pdu", str(max_pdu)]
+        self.log = log.open("ab")
+        self.process = subprocess.Popen(
+            [*command, str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )
+        wait_for_port(self.port, 10)
+
+    def clear(self) -> None:
+        for path in self.folder.iterdir():
+            path.unlink()
+        os.sync()
+
+    def count(self) -> int:
+        return sum(1 for _ in self.folder.iterdir())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.log.close()
+
+
+def storescu(folder: Path, port: int, max_pdu: int | None) -> float:
+    command = ["storescu", "-aet", "STORESCU", "-aec", "DEST", "--scan-directories", "--required"]
+    if max_pdu:
+        command += ["--max-pdu", str(max_pdu)]
+    start = time.perf_counter()
+    result = subprocess.run(
+        [*command, "127.0.0.1", str(port), str(folder)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TCP_NODELAY="1"),
+        timeout=600,
+    )
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return elapsed
+
+
+def transport_only(files: list[Path], port: int) -> float:
+    """The exporter's association code alone: local files, no broker, no store, no state."""
+    metas = []
+    for path in files:
+        meta = parse_file_meta(path.read_bytes()[:HEAD_BYTES])
+        assert isinstance(meta, FileMeta)
+        metas.append(meta)
+    destination = DestinationConfig.model_validate(
+        {"name": "bench", "host-ip": "127.0.0.1", "port": port, "ae-title": "DEST"}
+    )
+    start = time.perf_counter()
+    (plan,) = plan_associations([(m.sop_class_uid, m.transfer_syntax_uid) for m in metas])
+    association = StoreAssociation(destination, "SERIESFLOW", plan.contexts)
+    association.open()
+    try:
+        for path, meta in zip(files, metas, strict=True):
+            result = association.send(path, meta)
+            if result.outcome is not StoreOutcome.CONFIRMED:
+                raise RuntimeError(f"transport: {result.outcome} {result.detail}")
+    finally:
+        association.close()
+    return time.perf_counter() - start
+
+
+class Exporter:
+    """``seriesflow exporter`` as a process, and a queue on ``export.completed``."""
+
+    def __init__(self, settings: ServiceSettings, config: Path, log: Path, lag: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SERIESFLOW_")}
+        env.update(
+            {
+                "SERIESFLOW_CONFIG": str(config),
+                "SERIESFLOW_AMQP_URL": settings.amqp_url.get_secret_value(),
+                "SERIESFLOW_S3_ENDPOINT": settings.s3_endpoint,
+                "SERIESFLOW_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
+                "SERIESFLOW_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+                "SERIESFLOW_S3_BUCKET": settings.s3_bucket,
+                "SERIESFLOW_EXPORTER_STATE_LAG": str(lag),
+                "SERIESFLOW_EXPORTER_WORKERS": "1",
+                "SERIESFLOW_LOG_LEVEL": "INFO",
+            }
+        )
+        self.log_path = log
+        self.log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "seriesflow", "exporter"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        self.broker = Broker(settings, "bench")
+        self.broker.connect(attempts=3)
+        channel = self.broker.channel
+        channel.queue_declare(OBSERVER, durable=True)
+        channel.queue_bind(OBSERVER, EXCHANGE, routing_key="export.completed")
+        self._wait_consuming()
+
+    def _wait_consuming(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the exporter exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if self.broker.stats("exporter").consumers > 0:
+                    return
+            except Exception:
+                self.broker.close()
+                self.broker.connect(attempts=3)
+            time.sleep(0.1)
+        raise TimeoutError("the exporter did not start consuming")
+
+    def export(self, job: str, instance_keys: list[str]) -> tuple[float, ExportCompleted]:
+        export = new_id()
+        body = ExportRequested(
+            export_id=export,
+            destination="bench",
+            pipeline="bench",
+            selection="all",
+            instance_keys=instance_keys,
+        )
+        request = Envelope.wrap(body, job_id=job, producer="bench", event_id=new_id())
+        start = time.perf_counter()
+        self.broker.publish(request)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            method, _, data = self.broker.channel.basic_get(OBSERVER, auto_ack=True)
+            if method is None:
+                time.sleep(0.002)
+                continue
+            envelope = Envelope.from_bytes(data)
+            if isinstance(envelope.body, ExportCompleted) and envelope.body.export_id == export:
+                return time.perf_counter() - start, envelope.body
+        raise TimeoutError("no export.completed within 600 s")
+
+    def stop(self) -> None:
+        self.broker.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+
+
+def export_seconds(log: Path) -> list[float]:
+    """The exporter's own time per export (from its ``export completed`` log lines)."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"export completed"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                found.append(float(json.loads(line)["seconds"]))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="counted runs of each (default 5)")
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--max-pdu",
+        type=int,
+        default=None,
+        help="storescp's and storescu's --max-pdu (default: dcmtk's own, 16384)",
+    )
+    parser.add_argument(
+        "--state-lag",
+        type=int,
+        default=0,
+        help="SERIESFLOW_EXPORTER_STATE_LAG for the exporter (default 0, the default)",
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+        print("dcmtk (storescu, storescp) is not installed: bash scripts/setup.sh", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="seriesflow-bench-export-", dir=args.workdir))
+    s3 = start_seaweedfs(work / "s3")
+    try:
+        with rabbitmq_vhost() as amqp:
+            settings = ServiceSettings(
+                amqp_url=SecretStr(amqp),
+                s3_endpoint=s3.endpoint,
+                s3_access_key=SecretStr(s3.access_key),
+                s3_secret_key=SecretStr(s3.secret_key),
+                s3_bucket="bench-export",
+                s3_secure=False,
+            )
+            return run(args, work, settings)
+    finally:
+        s3.stop()
+        if args.keep:
+            print(f"work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) * 0.5:
+        print(f"warning: load average {load:.1f}; timings may be noisy", file=sys.stderr)
+    source = work / "ct"
+    files = sorted(write_ct_series(source, slices=args.slices, size=args.size, seed=7))
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    job, instance_keys = upload(store, files)
+    total_mib = sum(p.stat().st_size for p in files) / (1024 * 1024)
+
+    destination = Destination(work / "received", work / "storescp.log", args.max_pdu)
+    config = work / "seriesflow.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dicom": {
+                    "scu": {
+                        "ae-title": "SERIESFLOW",
+                        "destinations": [
+                            {
+                                "name": "bench",
+                                "host-ip": "127.0.0.1",
+                                "port": destination.port,
+                                "ae-title": "DEST",
+                            }
+                        ],
+                    }
+                }
+            }
+        )
+    )
+    exporter_log = work / "exporter.log"
+    exporter = Exporter(settings, config, exporter_log, args.state_lag)
+    times: dict[str, list[float]] = {"seriesflow": [], "storescu": [], "transport": []}
+    tools = list(times)
+    try:
+        for index in range(args.runs + 1):
+            order = tools[index % 3 :] + tools[: index % 3]
+            for tool in order:
+                destination.clear()
+                if tool == "storescu":
+                    seconds = storescu(source, destination.port, args.max_pdu)
+                elif tool == "transport":
+                    seconds = transport_only(files, destination.port)
+                else:
+                    seconds, completed = exporter.export(job, instance_keys)
+                    if completed.status != "succeeded" or any(
+                        f.status != "sent" for f in completed.files
+                    ):
+                        raise RuntimeError(f"export did not succeed: {completed.status}")
+                arrived = destination.count()
+                if arrived != len(files):
+                    raise RuntimeError(f"{tool}: {arrived} of {len(files)} files arrived")
+                if index:
+                    times[tool].append(seconds)
+                label = "warm-up" if index == 0 else f"run {index}/{args.runs}"
+                print(f"{label:>10}  {tool:<10} {seconds:7.3f} s", file=sys.stderr)
+    finally:
+        exporter.stop()
+        destination.stop()
+
+    median = {tool: statistics.median(values) for tool, values in times.items()}
+    rate = {tool: len(files) / seconds for tool, seconds in median.items()}
+    ratio = rate["seriesflow"] / rate["storescu"]
+    inside = export_seconds(exporter_log)[1:]  # without the warm-up
+    report: dict[str, Any] = {
+        "input": {
+            "files": len(files),
+            "size": args.size,
+            "mib": round(total_mib, 1),
+            "runs": args.runs,
+            "max_pdu": args.max_pdu or 16384,
+            "state_lag": args.state_lag,
+        },
+        "seconds": times,
+        "median_seconds": median,
+        "files_per_second": rate,
+        "mib_per_second": {tool: total_mib / seconds for tool, seconds in median.items()},
+        "exporter_internal_median_seconds": statistics.median(inside) if inside else None,
+        "ratio": ratio,
+        "transport_ratio": rate["transport"] / rate["storescu"],
+        "target": TARGET,
+        "met": ratio >= TARGET,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average": load,
+            "python": platform.python_version(),
+        },
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=1))
+    print()
+    print(f"{len(files)} files, {total_mib:.0f} MiB, to storescp (max PDU {args.max_pdu or 16384})")
+    for tool in ("storescu", "seriesflow", "transport"):
+        print(
+            f"  {tool:<10} median {median[tool]:7.3f} s  {rate[tool]:8.1f} files/s  "
+            f"{total_mib / median[tool]:7.1f} MiB/s   runs: "
+            + ", ".join(f"{v:.3f}" for v in times[tool])
+        )
+    if inside:
+        print(
+            f"  (exporter's own time per export, message in hand to outcome recorded: "
+            f"median {statistics.median(inside):.3f} s)"
+        )
+    print(
+        "  (transport: the exporter's association code alone, sending the local files in "
+        f"one association: {rate['transport'] / rate['storescu']:.2f} x storescu)"
+    )
+    print(
+        f"{'PASS' if ratio >= TARGET else 'MISS'}  seriesflow / storescu throughput "
+        f"{ratio:.2f} (target >= {TARGET})"
+    )
+    print(f"results written to {args.results}")
+    return 0
+
+
+def upload(store: ObjectStore, files: list[Path]) -> tuple[str, list[str]]:
+    """The files in the store and the job manifest, as the receiver leaves them."""
+    association, job = new_id(), new_id()
+    instances = []
+    for path in files:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        key = keys.incoming_instance(association, str(dataset.SOPInstanceUID))
+        store.put_file(key, path)
+        instances.append(
+            InstanceRef(
+                key=key,
+                sop_instance_uid=str(dataset.SOPInstanceUID),
+                sop_class_uid=str(dataset.SOPClassUID),
+                series_instance_uid=str(dataset.SeriesInstanceUID),
+                study_instance_uid=str(dataset.StudyInstanceUID),
+                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+            )
+        )
+    manifest = JobManifest(
+        job_id=job,
+        pipeline="bench",
+        called_ae_title="SERIESFLOW",
+        calling_ae_title="MODALITY",
+        associations=[association],
+        instances=instances,
+    )
+    store.put_bytes(keys.manifest(job), manifest.model_dump_json().encode(), "application/json")
+    return job, [i.key for i in instances]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+# mypy: disallow-untyped-calls=False
+"""One association to a destination, and sending one stored file over it.
+
+* **Presentation contexts** come from the files: one per (SOP class, stored transfer syntax)
+  pair, plus, for a file stored in Explicit or Implicit VR Little Endian, a second context
+  with the other of the two, so an SCP that accepts only one of them still gets the file
+  (:func:`plan_associations`). Nothing else is proposed: compressed files go in their own
+  transfer syntax or not at all, never transcoded. At most 128 contexts fit in one
+  association; an export that needs more (many SOP classes) uses one association per group
+  of files, in order, alternatives dropped first.
+* **Sending as stored.** A file goes from its spool path with pynetdicom's chunked mode
+  (``_config.STORE_SEND_CHUNKED_DATASET``): the encoded data set after the File Meta
+  Information is sent byte for byte, never decoded. Only when the SCP accepted the file's
+  SOP class in the *other* little-endian syntax is it decoded and re-encoded (VR encoding
+  only; pixel data is untouched).
+* **Socket.** ``TCP_NODELAY`` is set as the connection opens (``EVT_CONN_OPEN``), so
+  small PDUs (the command set, the last fragment) never wait for Nagle's algorithm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import build_context
+
+from services.exporter.meta import FileMeta
+from services.exporter.status import StoreOutcome, classify_store_status, status_text
+from shared.config import DestinationConfig
+from shared.logs import get_logger
+
+MAX_CONTEXTS = 128
+_LITTLE_ENDIAN_ALTERNATIVE = {
+    str(ExplicitVRLittleEndian): str(ImplicitVRLittleEndian),
+    str(ImplicitVRLittleEndian): str(ExplicitVRLittleEndian),
+}
+log = get_logger("exporter")
+
+Pair = tuple[str, str]  # (SOP class UID, transfer syntax UID)
+
+
+@dataclass(frozen=True)
+class AssociationPlan:
+    """Files (indices into the caller's list) sent over one association, and its contexts."""
+
+    files: tuple[int, ...]
+    contexts: tuple[Pair, ...]
+
+
+def plan_associations(pairs: list[Pair], limit: int = MAX_CONTEXTS) -> list[AssociationPlan]:
+    """Group files, in order, so each group's contexts fit in one association.
+
+    ``pairs[i]`` is file i's (SOP class, transfer syntax). Usually this is one group.
+    """
+    groups: list[tuple[list[int], list[Pair]]] = []
+    for index, pair in enumerate(pairs):
+        if not groups or (pair not in groups[-1][1] and len(groups[-1][1]) >= limit):
+            groups.append(([], []))
+        files, exact = groups[-1]
+        files.append(index)
+        if pair not in exact:
+            exact.append(pair)
+    plans = []
+    for files, exact in groups:
+        contexts = list(exact)
+        for sop_class, syntax in exact:
+            other = _LITTLE_ENDIAN_ALTERNATIVE.get(syntax)
+            if other is None or (sop_class, other) in contexts:
+                continue
+            if len(contexts) >= limit:
+                break
+            contexts.append((sop_class, other))
+        plans.append(AssociationPlan(tuple(files), tuple(contexts)))
+    return plans
+
+
+class AssociationError(Exception):
+    """No association: ``transient`` when trying again later may work."""
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: StoreOutcome
+    detail: str = ""
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    acse: float = 30.0
+    dimse: float = 60.0
+    network: float = 60.0
+
+
+def _keep_responses_for_the_sender(assoc: Any) -> None:
+    """Work around a pynetdicom race: the association's own reactor thread can take the
+    C-STORE response off the DIMSE queue before ``send_c_store`` reads it (it then logs
+    "Received unexpected C-STORE service message" and drops it), and ``send_c_store`` waits
+    the whole DIMSE timeout for nothing. Seen under CPU contention with pynetdicom 3.0.4;
+    the same family as pynetdicom issues #435 and #875. A requestor is never sent requests
+    it must serve, so a response the reactor takes is put back where the sender waits."""
+    serve = getattr(assoc, "_serve_request", None)
+    messages = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    if serve is None or messages is None:
+        return
+
+    def serve_request(msg: Any, context_id: int) -> None:
+        if getattr(msg, "is_valid_response", False):
+            messages.put((context_id, msg))
+            log.info("C-STORE response taken by pynetdicom's reactor, handed back")
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_request
+
+
+def _set_nodelay(event: Any) -> None:
+    with contextlib.suppress(AttributeError, OSError):  # a socket without the option
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass
+class StoreAssociation:
+    """An association to ``destination`` proposing ``contexts``; open, send files, close."""
+
+    destination: DestinationConfig
+    calling_ae_title: str
+    contexts: tuple[Pair, ...]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_pdu: int = 16382
+    _assoc: Any = None
+    _accepted: frozenset[Pair] = frozenset()
+
+    @property
+    def is_open(self) -> bool:
+        return self._assoc is not None and bool(self._assoc.is_established)
+
+    def open(self) -> None:
+        """Request the association; raises :class:`AssociationError` if there is none."""
+        self.abort()
+        # Chunked sending reads the file and sends its data set as stored. The flag is
+        # process-wide and only changes what send_c_store does with a path.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        ae = AE(ae_title=self.calling_ae_title)
+        ae.connection_timeout = self.timeouts.connect
+        ae.acse_timeout = self.timeouts.acse
+        ae.dimse_timeout = self.timeouts.dimse
+        ae.network_timeout = self.timeouts.network
+        where = f"{self.destination.ae_title}@{self.destination.host_ip}:{self.destination.port}"
+        try:
+            assoc = ae.associate(
+                self.destination.host_ip,
+                self.destination.port,
+                contexts=[build_context(sop, syntax) for sop, syntax in self.contexts],
+                ae_title=self.destination.ae_title,
+                max_pdu=self.max_pdu,
+                evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+            )
+        except OSError as exc:  # name resolution
+            raise AssociationError(
+                f"cannot reach destination {self.destination.name} ({where}): {exc}", True
+            ) from exc
+        if assoc.is_established:
+            _keep_responses_for_the_sender(assoc)
+            self._assoc = assoc
+            self._accepted = frozenset(
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts
+            )
+            return
+        name = self.destination.name
+        if assoc.is_rejected:
+            result = getattr(getattr(assoc.acceptor, "primitive", None), "result", None)
+            diagnostic = getattr(getattr(assoc.acceptor, "primitive", None), "diagnostic", None)
+            permanent = result == 0x01
+            raise AssociationError(
+                f"destination {name} ({where}) rejected the association "
+                f"({'permanently' if permanent else 'transiently'}, reason {diagnostic})",
+                transient=not permanent,
+            )
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            raise AssociationError(
+                f"destination {name} ({where}) accepted none of the proposed SOP classes "
+                "and transfer syntaxes",
+                transient=False,
+            )
+        if assoc.is_aborted:
+            raise AssociationError(f"destination {name} ({where}) aborted the association", True)
+        raise AssociationError(f"destination {name} ({where}) is unreachable", True)
+
+    def send(self, path: Path, meta: FileMeta) -> SendResult:
+        """C-STORE the file at ``path`` (its header is ``meta``) and classify the response."""
+        exact = (meta.sop_class_uid, meta.transfer_syntax_uid)
+        dataset: Path | Dataset
+        if exact in self._accepted:
+            dataset = path
+        else:
+            other = _LITTLE_ENDIAN_ALTERNATIVE.get(meta.transfer_syntax_uid)
+            if other is None or (meta.sop_class_uid, other) not in self._accepted:
+                return SendResult(
+                    StoreOutcome.REFUSED,
+                    f"destination accepted no presentation context for SOP class "
+                    f"{meta.sop_class_uid} in transfer syntax {meta.transfer_syntax_uid}",
+                )
+            try:
+                dataset = dcmread(path)
+            except (InvalidDicomError, ValueError, EOFError) as exc:
+                return SendResult(StoreOutcome.REFUSED, f"cannot re-encode: {exc}")
+        if not self.is_open:
+            return SendResult(StoreOutcome.RESEND, "the association was lost")
+        try:
+            response = self._assoc.send_c_store(dataset)
+        except RuntimeError:
+            return SendResult(StoreOutcome.RESEND, "the association was lost")
+        except (ValueError, AttributeError) as exc:
+            return SendResult(StoreOutcome.REFUSED, f"cannot send: {exc}")
+        status = response.get("Status") if isinstance(response, Dataset) else None
+        outcome = classify_store_status(None if status is None else int(status))
+        if status is None:
+            return SendResult(outcome, "no response (timeout or association aborted)")
+        code = int(status)
+        return SendResult(outcome, "" if code == 0 else status_text(code), code)
+
+    def close(self) -> None:
+        """Release the association (abort it if the release fails)."""
+        assoc, self._assoc = self._assoc, None
+        if assoc is None:
+            return
+        try:
+            if assoc.is_established:
+                assoc.release()
+        except Exception:  # pragma: no cover - pynetdicom internals
+            assoc.abort()
+        finally:
+            if assoc.is_established:
+                assoc.abort()
+
+    def abort(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.abort()

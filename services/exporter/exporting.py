@@ -1,0 +1,396 @@
+"""One attempt of one export: the files not yet confirmed go to the destination.
+
+1. Load the state; the keys it does not mark ``sent`` are pending.
+2. Read the head of each pending object (its File Meta Information) in parallel: a missing
+   object or one that is not a DICOM Part 10 file is ``skipped``.
+3. Plan the association(s) from the files' SOP classes and transfer syntaxes, open one,
+   and send the files in the order they were requested, each downloaded ahead into a spool
+   folder (at most ``exporter_prefetch`` files on disk) and removed once sent.
+4. Record each file's outcome as it happens (:class:`StateRecorder`).
+
+Retries inside the attempt: a C-STORE without a response (timeout, abort, lost
+connection) closes the association, waits (the service's backoff, doubling) and sends the
+same file again over a new association, up to ``exporter_file_retries`` times. Opening an
+association is tried as often; when it cannot be opened, the file and all files after it
+fail for this attempt, transiently unless the destination rejected us permanently. A store
+that cannot be read raises :class:`TransientError` (what was recorded stays recorded).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import urllib3
+from minio.error import S3Error
+from pydantic import ValidationError
+
+from services.exporter.association import (
+    AssociationError,
+    Pair,
+    StoreAssociation,
+    Timeouts,
+    plan_associations,
+)
+from services.exporter.export_state import FileState, StateRecorder
+from services.exporter.meta import HEAD_BYTES, FileMeta, NotPart10Error, parse_file_meta
+from services.exporter.settings import ExporterSettings
+from services.exporter.status import StoreOutcome, Tally
+from shared import keys
+from shared.config import DestinationConfig
+from shared.errors import PermanentError, TransientError
+from shared.events import FileStatus
+from shared.logs import get_logger
+from shared.manifest import JobManifest
+from shared.store import ObjectNotFoundError, ObjectStore
+
+log = get_logger("exporter")
+_MAX_META_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    fetch_workers: int = 4
+    prefetch: int = 8
+    spool_dir: Path | None = None
+    file_retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 30.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_pdu: int = 16382
+
+    @classmethod
+    def from_settings(cls, settings: ExporterSettings, max_pdu: int | None = None) -> ExportOptions:
+        return cls(
+            fetch_workers=settings.exporter_fetch_workers,
+            prefetch=settings.exporter_prefetch,
+            spool_dir=settings.exporter_spool_dir,
+            file_retries=settings.exporter_file_retries,
+            backoff=settings.retry_backoff_seconds,
+            backoff_max=settings.retry_backoff_max_seconds,
+            timeouts=Timeouts(
+                connect=settings.exporter_connect_timeout,
+                acse=settings.exporter_acse_timeout,
+                dimse=settings.exporter_dimse_timeout,
+                network=settings.exporter_network_timeout,
+            ),
+            max_pdu=settings.exporter_max_pdu if max_pdu is None else max_pdu,
+        )
+
+    def wait(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1, 2, ...)."""
+        return float(min(self.backoff * 2.0 ** (retry - 1), self.backoff_max))
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    attempt: int
+    files: list[FileStatus]
+    tally: Tally
+    sent_now: int
+
+    def reason(self, destination: str) -> str:
+        """Why the export failed: counts and the first file's problem."""
+        first = next((f for f in self.files if f.status != "sent"), None)
+        detail = f"; first: {first.detail}" if first is not None and first.detail else ""
+        return (
+            f"{self.tally.unconfirmed} of {self.tally.total} files were not confirmed by "
+            f"destination {destination}{detail}"
+        )
+
+
+def unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def read_range(store: ObjectStore, key: str, length: int) -> bytes:
+    """The first ``length`` bytes of an object (fewer if it is shorter)."""
+    try:
+        response = store.client.get_object(store.bucket, key, offset=0, length=length)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"):
+            raise ObjectNotFoundError(f"get {key}: not found") from exc
+        if exc.code == "InvalidRange":  # an empty object
+            return b""
+        if exc.code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
+            raise TransientError(f"get {key}: object store busy ({exc.code})") from exc
+        raise PermanentError(f"get {key}: object store refused ({exc.code})") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(f"get {key}: object store unreachable ({type(exc).__name__})") from exc
+    try:
+        return bytes(response.read())
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(f"get {key}: object store unreachable ({type(exc).__name__})") from exc
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def read_file_meta(store: ObjectStore, key: str) -> FileMeta:
+    """The File Meta Information of a stored file, from as few bytes as possible."""
+    length = HEAD_BYTES
+    while True:
+        head = read_range(store, key, length)
+        result = parse_file_meta(head, complete=len(head) < length)
+        if isinstance(result, FileMeta):
+            return result
+        if result > _MAX_META_BYTES:
+            raise NotPart10Error("the File Meta Information is larger than 1 MiB")
+        length = result
+
+
+def manifest_pairs(store: ObjectStore, job_id: str) -> dict[str, Pair]:
+    """(SOP class, transfer syntax) of each instance the receiver recorded in the job's
+    manifest: those files need no header read. Empty when there is no usable manifest."""
+    try:
+        data = store.get_bytes(keys.manifest(job_id))
+    except ObjectNotFoundError:
+        return {}
+    try:
+        manifest = JobManifest.model_validate_json(data)
+    except (ValidationError, ValueError):
+        log.warning("job manifest not valid, reading file headers instead")
+        return {}
+    if manifest.job_id != job_id:
+        return {}
+    return {i.key: (i.sop_class_uid, i.transfer_syntax_uid) for i in manifest.instances}
+
+
+def download(store: ObjectStore, key: str, path: Path) -> FileMeta:
+    """Download a file to ``path``; returns its header as found in the downloaded bytes."""
+    data = store.get_bytes(key)
+    result = parse_file_meta(data, complete=True)
+    assert isinstance(result, FileMeta)  # complete=True never asks for more
+    path.write_bytes(data)
+    return result
+
+
+class ExportAttempt:
+    """Sends the pending files of one export to one destination, recording each outcome."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        destination: DestinationConfig,
+        calling_ae_title: str,
+        recorder: StateRecorder,
+        options: ExportOptions,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.destination = destination
+        self.calling_ae_title = calling_ae_title
+        self.recorder = recorder
+        self.options = options
+        self.sleep = sleep
+        self.transient: dict[str, bool] = {}
+        self.sent_now = 0
+
+    def run(
+        self, instance_keys: list[str], known: Mapping[str, Pair] | None = None
+    ) -> AttemptResult:
+        """Send what is pending of ``instance_keys``. ``known`` gives the (SOP class, transfer
+        syntax) of keys whose header need not be read first (from the job manifest)."""
+        requested = unique(instance_keys)
+        attempt = self.recorder.start_attempt()
+        confirmed = self.recorder.destination.confirmed()
+        pending = [k for k in requested if k not in confirmed]
+        log.info(
+            "export attempt started",
+            extra={
+                "destination": self.destination.name,
+                "attempt": attempt,
+                "files": len(requested),
+                "pending": len(pending),
+            },
+        )
+        if pending:
+            with ThreadPoolExecutor(
+                self.options.fetch_workers, thread_name_prefix="export-fetch"
+            ) as pool:
+                sendable = self._read_heads(pool, pending, known or {})
+                if sendable:
+                    self._send(pool, sendable)
+        self.recorder.flush()
+        return self._result(requested, attempt)
+
+    # -- heads ------------------------------------------------------------------------
+
+    def _read_heads(
+        self, pool: ThreadPoolExecutor, pending: list[str], known: Mapping[str, Pair]
+    ) -> list[tuple[str, Pair]]:
+        futures = {
+            key: pool.submit(read_file_meta, self.store, key) for key in pending if key not in known
+        }
+        sendable: list[tuple[str, Pair]] = []
+        try:
+            for key in pending:
+                if key in known:
+                    sendable.append((key, known[key]))
+                    continue
+                try:
+                    meta = futures[key].result()
+                    sendable.append((key, (meta.sop_class_uid, meta.transfer_syntax_uid)))
+                except ObjectNotFoundError:
+                    self._record(key, "skipped", "not in the object store", transient=False)
+                except NotPart10Error as exc:
+                    self._record(key, "skipped", str(exc), transient=False)
+        finally:
+            for future in futures.values():
+                future.cancel()
+        return sendable
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _send(self, pool: ThreadPoolExecutor, files: list[tuple[str, Pair]]) -> None:
+        spool_root = self.options.spool_dir
+        if spool_root is not None:
+            spool_root.mkdir(parents=True, exist_ok=True)
+        spool = Path(tempfile.mkdtemp(prefix="seriesflow-export-", dir=spool_root))
+        try:
+            plans = plan_associations([pair for _, pair in files])
+            for number, plan in enumerate(plans):
+                group = [files[i] for i in plan.files]
+                association = StoreAssociation(
+                    self.destination,
+                    self.calling_ae_title,
+                    plan.contexts,
+                    self.options.timeouts,
+                    self.options.max_pdu,
+                )
+                try:
+                    stopped = self._send_group(pool, spool, association, group)
+                finally:
+                    association.close()
+                if stopped is not None:
+                    for later in plans[number + 1 :]:
+                        for index in later.files:
+                            key = files[index][0]
+                            self._record(key, "failed", stopped.reason, stopped.transient)
+                    return
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
+    def _send_group(
+        self,
+        pool: ThreadPoolExecutor,
+        spool: Path,
+        association: StoreAssociation,
+        group: list[tuple[str, Pair]],
+    ) -> AssociationError | None:
+        """Send one association's files; returns the error that stopped it, if one did."""
+        downloads: dict[int, Future[FileMeta]] = {}
+
+        def fetch_ahead(position: int) -> None:
+            for ahead in range(position, min(position + self.options.prefetch, len(group))):
+                if ahead not in downloads:
+                    key = group[ahead][0]
+                    downloads[ahead] = pool.submit(
+                        download, self.store, key, spool / f"{ahead}.dcm"
+                    )
+
+        try:
+            for position, (key, _) in enumerate(group):
+                fetch_ahead(position)
+                path = spool / f"{position}.dcm"
+                try:
+                    meta = downloads.pop(position).result()
+                except ObjectNotFoundError:
+                    self._record(key, "skipped", "not in the object store", transient=False)
+                    continue
+                except NotPart10Error as exc:
+                    self._record(key, "skipped", str(exc), transient=False)
+                    continue
+                try:
+                    error = self._send_file(association, key, path, meta)
+                finally:
+                    path.unlink(missing_ok=True)
+                if error is not None:
+                    for later, _meta in group[position + 1 :]:
+                        self._record(later, "failed", error.reason, error.transient)
+                    return error
+        finally:
+            for future in downloads.values():
+                future.cancel()
+            for future in downloads.values():
+                if not future.cancelled():
+                    future.exception()  # wait, so nothing writes into a removed spool
+        return None
+
+    def _send_file(
+        self, association: StoreAssociation, key: str, path: Path, meta: FileMeta
+    ) -> AssociationError | None:
+        """Send one file, re-associating as needed; records its outcome."""
+        resends = 0
+        while True:
+            if not association.is_open:
+                error = self._open(association)
+                if error is not None:
+                    self._record(key, "failed", error.reason, error.transient)
+                    return error
+            result = association.send(path, meta)
+            if result.outcome is StoreOutcome.CONFIRMED:
+                self.sent_now += 1
+                self._record(key, "sent", result.detail, transient=False)
+                return None
+            if result.outcome is StoreOutcome.RESEND:
+                association.abort()
+                resends += 1
+                if resends > self.options.file_retries:
+                    self._record(key, "failed", f"{result.detail}, {resends} times", transient=True)
+                    return None
+                log.warning(
+                    "no C-STORE response, sending again",
+                    extra={"destination": self.destination.name, "retry": resends},
+                )
+                self.sleep(self.options.wait(resends))
+                continue
+            busy = result.outcome is StoreOutcome.BUSY
+            self._record(key, "failed", f"refused: {result.detail}", transient=busy)
+            return None
+
+    def _open(self, association: StoreAssociation) -> AssociationError | None:
+        tries = 0
+        while True:
+            try:
+                association.open()
+                return None
+            except AssociationError as exc:
+                tries += 1
+                if not exc.transient or tries > self.options.file_retries:
+                    log.warning(
+                        "cannot associate",
+                        extra={"destination": self.destination.name, "reason": exc.reason},
+                    )
+                    return exc
+                self.sleep(self.options.wait(tries))
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _record(self, key: str, status: FileState, detail: str, transient: bool) -> None:
+        self.transient[key] = transient
+        self.recorder.record(key, status, detail)
+
+    def _result(self, requested: list[str], attempt: int) -> AttemptResult:
+        records = self.recorder.destination.files
+        files: list[FileStatus] = []
+        confirmed = transient = 0
+        for key in requested:
+            record = records.get(key)
+            if record is None:
+                files.append(FileStatus(key=key, status="failed", detail="not attempted"))
+                transient += 1
+                continue
+            files.append(FileStatus(key=key, status=record.status, detail=record.detail))
+            if record.status == "sent":
+                confirmed += 1
+            elif self.transient.get(key, True):
+                transient += 1
+        return AttemptResult(
+            attempt, files, Tally(len(requested), confirmed, transient), self.sent_now
+        )

@@ -1,0 +1,108 @@
+"""Entry point of the exporter service.
+
+``run(settings, stop)`` blocks: it loads the DICOM configuration file once (destinations
+and the SCU AE title; destinations stored through the REST API apply from the next export
+on, see :class:`services.config_api.live.LiveConfig`), connects the object store and
+RabbitMQ (retrying until they answer or ``stop`` is set) and consumes
+``export.requested.#`` on the quorum queue ``seriesflow.exporter`` until ``stop`` is set. ``dicom > scu > max-associations`` (or
+``SERIESFLOW_EXPORTER_WORKERS``) consumers run side by side, each with its own broker
+connection and one export (one association) at a time: that many exports at once per
+process, as the Clara SCU allows that many simultaneous associations. More processes are
+more competing consumers. :class:`ExporterService` runs it in a thread (tests, embedding);
+``seriesflow exporter`` runs it as a process, stopping on SIGTERM or SIGINT after the
+exports in hand.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from services.config_api.live import LiveConfig
+from services.exporter.exporting import ExportOptions
+from services.exporter.handlers import (
+    BINDINGS,
+    SERVICE,
+    ConfiguredDestinations,
+    Destinations,
+    make_handler,
+)
+from services.exporter.settings import ExporterSettings, exporter_settings
+from services.runtime import ServiceThread, connect_broker, connect_store
+from shared.config import load_config
+from shared.logs import get_logger
+from shared.settings import ServiceSettings
+from shared.store import ObjectStore
+
+log = get_logger("exporter")
+
+
+def _consume(
+    settings: ExporterSettings,
+    store: ObjectStore,
+    destinations: Destinations,
+    options: ExportOptions,
+    stop: threading.Event,
+) -> None:
+    broker = connect_broker(settings, SERVICE, stop)
+    if broker is None:
+        return
+    try:
+        handler = make_handler(store, broker, destinations, settings, options)
+        broker.consume(SERVICE, BINDINGS, handler, stop)
+    finally:
+        broker.close()
+
+
+def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
+    """Run the exporter until ``stop`` is set (a bad configuration file fails at once)."""
+    config = exporter_settings(settings)
+    stop = stop or threading.Event()
+    dicom_config = load_config(config.config)
+    scu = dicom_config.dicom.scu
+    max_pdu = getattr(scu, "max_pdu_size", None)
+    options = ExportOptions.from_settings(config, max_pdu if isinstance(max_pdu, int) else None)
+    workers = config.exporter_workers or scu.max_associations
+    store = connect_store(config, stop)
+    if store is None:
+        return
+    destinations = ConfiguredDestinations(LiveConfig(store, dicom_config))
+    log.info(
+        "exporter started",
+        extra={
+            "ae_title": scu.ae_title,
+            "destinations": [d.name for d in scu.destinations],
+            "workers": workers,
+        },
+    )
+    try:
+        if workers == 1:
+            _consume(config, store, destinations, options, stop)
+            return
+        threads = [
+            threading.Thread(
+                target=_consume,
+                args=(config, store, destinations, options, stop),
+                name=f"{SERVICE}-{n}",
+                daemon=True,
+            )
+            for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        while not stop.is_set() and any(t.is_alive() for t in threads):
+            stop.wait(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        log.info("exporter stopped")
+
+
+class ExporterService(ServiceThread):
+    """The exporter in a background thread: ``start()``, ``stop()``, or ``with``."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        super().__init__(SERVICE, run, settings)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        super().stop(timeout)
