@@ -4,13 +4,13 @@
 and the SCU AE title; destinations stored through the REST API apply from the next export
 on, see :class:`services.config_api.live.LiveConfig`), connects the object store and
 RabbitMQ (retrying until they answer or ``stop`` is set) and consumes
-``export.requested.#`` on the quorum queue ``seriesflow.exporter`` until ``stop`` is set. ``dicom > scu > max-associations`` (or
-``SERIESFLOW_EXPORTER_WORKERS``) consumers run side by side, each with its own broker
-connection and one export (one association) at a time: that many exports at once per
-process, as the Clara SCU allows that many simultaneous associations. More processes are
-more competing consumers. :class:`ExporterService` runs it in a thread (tests, embedding);
-``seriesflow exporter`` runs it as a process, stopping on SIGTERM or SIGINT after the
-exports in hand.
+``export.requested.#`` on the quorum queue ``seriesflow.exporter`` until ``stop`` is set.
+``dicom > scu > max-associations`` (or ``SERIESFLOW_EXPORTER_WORKERS``) consumers run side
+by side, each with its own broker connection and one export (one association) at a time:
+that many exports at once per process, as the Clara SCU allows that many simultaneous
+associations. More processes are more competing consumers. :class:`ExporterService` runs
+it in a thread (tests, embedding); ``seriesflow exporter`` runs it as a process, stopping
+on SIGTERM or SIGINT after the exports in hand.
 """
 
 from __future__ import annotations
