@@ -58,6 +58,8 @@ from shared.samples import write_ct_series  # noqa: E402
 from shared.settings import ServiceSettings  # noqa: E402
 from shared.store import ObjectStore  # noqa: E402
 from tests.integration.infra import (  # noqa: E402
+    dcmtk,
+    dcmtk_available,
     free_port,
     rabbitmq_vhost,
     start_seaweedfs,
@@ -76,7 +78,7 @@ class Destination:
         self.folder = folder
         self.port = free_port()
         folder.mkdir(parents=True)
-        command = ["storescp", "-aet", "DEST", "-od", str(folder)]
+        command = [dcmtk("storescp"), "-aet", "DEST", "-od", str(folder)]
         if max_pdu:
             command += ["--max-pdu", str(max_pdu)]
         self.log = log.open("ab")
@@ -103,7 +105,15 @@ class Destination:
 
 
 def storescu(folder: Path, port: int, max_pdu: int | None) -> float:
-    command = ["storescu", "-aet", "STORESCU", "-aec", "DEST", "--scan-directories", "--required"]
+    command = [
+        dcmtk("storescu"),
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "DEST",
+        "--scan-directories",
+        "--required",
+    ]
     if max_pdu:
         command += ["--max-pdu", str(max_pdu)]
     start = time.perf_counter()
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+    if not (dcmtk_available("storescu") and dcmtk_available("storescp")):
         print("dcmtk (storescu, storescp) is not installed: bash scripts/setup.sh", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="seriesflow-bench-export-", dir=args.workdir))

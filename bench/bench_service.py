@@ -43,6 +43,8 @@ from shared.events import Envelope  # noqa: E402
 from shared.samples import write_ct_series  # noqa: E402
 from shared.settings import ServiceSettings  # noqa: E402
 from tests.integration.infra import (  # noqa: E402
+    dcmtk,
+    dcmtk_available,
     free_port,
     rabbitmq_vhost,
     start_seaweedfs,
@@ -61,7 +63,7 @@ def storescu(port: int, called: str, folder: Path) -> float:
     start = time.perf_counter()
     result = subprocess.run(
         [
-            "storescu",
+            dcmtk("storescu"),
             "--aetitle",
             "MODALITY",
             "--call",
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args(argv)
-    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+    if not (dcmtk_available("storescu") and dcmtk_available("storescp")):
         print("dcmtk (storescu, storescp) is not installed: bash scripts/setup.sh", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="seriesflow-bench-service-"))

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PATH="$PWD/.venv/bin:$PATH"
+seriesflow() { "$PWD/.venv/bin/seriesflow" "$@"; }
 rm -rf sample-input sample-output
 seriesflow sample brain-mr --output sample-input
 seriesflow process --input sample-input --output sample-output \

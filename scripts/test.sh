@@ -4,17 +4,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services.sh
-export PATH="$PWD/.venv/bin:$PATH"
+# The environment's tools are called by path: .venv/bin also holds pynetdicom's scripts
+# named storescu, storescp and echoscu, which must not shadow dcmtk's.
+VENV="$PWD/.venv/bin"
 export SERIESFLOW_TESTDATA="${SERIESFLOW_TESTDATA:-$(cd .. && pwd)/shared/testdata}"
 
 echo "== ruff"
-ruff check .
-ruff format --check .
+"$VENV/ruff" check .
+"$VENV/ruff" format --check .
 echo "== mypy"
-mypy
+"$VENV/mypy"
 echo "== pytest"
 set +e
-pytest "$@"
+"$VENV/pytest" "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -8,6 +8,7 @@ of its own. Servers bind to 127.0.0.1 and are stopped by the tests that start th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -180,3 +181,34 @@ def _wait_for_vhost(url: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def dcmtk(tool: str) -> str:
+    """The path of dcmtk's ``tool`` (storescu, storescp, echoscu, ...).
+
+    pynetdicom installs Python scripts of the same names into the virtual environment;
+    they are not dcmtk and must not stand in for it. This returns the first ``tool`` on
+    PATH that lies outside this environment and is not a Python script.
+    """
+    venv = Path(sys.prefix).resolve()
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]:
+        candidate = Path(folder or ".") / tool
+        try:
+            resolved = candidate.resolve()
+            if not candidate.is_file() or venv in resolved.parents:
+                continue
+            with resolved.open("rb") as fp:
+                if fp.read(2) == b"#!" and b"python" in fp.readline():
+                    continue
+        except OSError:
+            continue
+        return str(candidate)
+    raise FileNotFoundError(f"dcmtk's {tool} is not installed (scripts/setup.sh installs dcmtk)")
+
+
+def dcmtk_available(tool: str) -> bool:
+    try:
+        dcmtk(tool)
+    except FileNotFoundError:
+        return False
+    return True

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.settings import ServiceSettings
 
-from .infra import free_port, wait_for_port
+from .infra import dcmtk, free_port, wait_for_port
 
 
 def service_environment(settings: ServiceSettings, config: Path, pipelines: Path) -> dict[str, str]:
@@ -93,7 +93,7 @@ class StoreSCP:
         env = dict(os.environ, TCP_NODELAY="1")
         self.process = subprocess.Popen(
             [
-                "storescp",
+                dcmtk("storescp"),
                 "--aetitle",
                 self.ae_title,
                 "--output-directory",

@@ -21,13 +21,13 @@ import yaml
 from shared.broker import Broker
 from shared.events import Envelope
 from shared.operator.parser import run_parser_operator
-from shared.samples import write_brain_mr_study
+from shared.samples import write_brain_mr_study, write_ct_series
 from shared.selection import load_rules_file
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 from shared.volumes.convert import ConversionOptions
 
-from .infra import free_port, wait_for_port
+from .infra import dcmtk, free_port, wait_for_port
 from .processes import ServiceProcess, StoreSCP, service_environment, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ class Deployment:
     def push_study(self) -> None:
         result = subprocess.run(
             [
-                "storescu",
+                dcmtk("storescu"),
                 "--aetitle",
                 "MODALITY",
                 "--call",
@@ -199,12 +199,19 @@ def test_the_parser_killed_mid_job_loses_nothing_and_sends_nothing_twice(
     deployment: Deployment,
 ) -> None:
     parser = deployment.processes["parser"]
+    # A bigger job (a 100-slice CT besides the brain MR), so that the parser is killed well
+    # inside its work rather than racing its end.
+    write_ct_series(deployment.study / "ct", slices=100, size=256, seed=12)
     deployment.push_study()
-    # Kill the parser once it has started writing the job's outputs.
+    # Kill the parser as soon as it holds the job: the manifest is stored and the parser's
+    # queue has no message ready (the parser took it and has not acknowledged it).
     wait_until(
-        lambda: any("/output/" in k for k in deployment.store.list("jobs/")),
+        lambda: (
+            any(k.endswith("/manifest.json") for k in deployment.store.list("jobs/"))
+            and deployment.broker.stats("parser").messages == 0
+        ),
         60,
-        "the parser's first output",
+        "the parser to take the job",
     )
     parser.kill()
     assert not deployment.selected_images(), "the kill came too late to test anything"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,10 +40,10 @@ from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
-from .infra import free_port, wait_for_port
+from .infra import dcmtk, dcmtk_available, free_port, wait_for_port
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("storescp") is None, reason="dcmtk's storescp is not installed"
+    not dcmtk_available("storescp"), reason="dcmtk's storescp is not installed"
 )
 ORTHANC = "/usr/sbin/Orthanc"
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +74,7 @@ def storescp(tmp: Path, ae_title: str = "DEST", *options: str) -> Iterator[Store
     port = free_port()
     log = (tmp / f"storescp-{ae_title}.log").open("wb")
     process = subprocess.Popen(
-        ["storescp", "+B", "-aet", ae_title, "-od", str(directory), *options, str(port)],
+        [dcmtk("storescp"), "+B", "-aet", ae_title, "-od", str(directory), *options, str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "TCP_NODELAY": "1"},
@@ -526,7 +525,7 @@ def test_a_dropped_association_is_reopened_and_the_file_sent_again(
     directory.mkdir()
     port = free_port()
     log = tmp_path / "storescp.log"
-    command = ["storescp", "+B", "-aet", "DEST", "-od", str(directory), str(port)]
+    command = [dcmtk("storescp"), "+B", "-aet", "DEST", "-od", str(directory), str(port)]
     slow = ["-xcr", "sleep 0.05", "-xs"]  # answer each C-STORE 50 ms late
     with log.open("ab") as out:
         first = subprocess.Popen(

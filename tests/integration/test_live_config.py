@@ -23,7 +23,7 @@ from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
-from .infra import free_port
+from .infra import dcmtk, free_port
 from .processes import StoreSCP, wait_until
 
 BASE = "http://localhost:5000"
@@ -32,7 +32,7 @@ APPLY_WITHIN_SECONDS = 2.0  # issue 4: a new AE title answers C-ECHO within 2 s 
 
 def echo(port: int, called: str, calling: str = "MODALITY") -> bool:
     result = subprocess.run(
-        ["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+        [dcmtk("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
         capture_output=True,
         timeout=30,
     )

@@ -38,11 +38,11 @@ from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
-from .infra import free_port
+from .infra import dcmtk, dcmtk_available, free_port
 
 OBSERVER = "receiver-test"
 pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "storescu"], capture_output=True).returncode != 0,
+    not dcmtk_available("storescu"),
     reason="dcmtk is not installed",
 )
 
@@ -124,7 +124,7 @@ def storescu(
     port: int, files: list[Path], calling: str = "MODALITY", called: str = "SERIESFLOW"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
+        [dcmtk("storescu"), "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
         + [str(f) for f in files],
         capture_output=True,
         text=True,
@@ -136,7 +136,7 @@ def echoscu(
     port: int, calling: str = "MODALITY", called: str = "SERIESFLOW"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+        [dcmtk("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
         capture_output=True,
         text=True,
         timeout=30,
