@@ -25,12 +25,12 @@ from pydantic import ValidationError
 
 from services.parser.parsing import parse_job
 from services.parser.settings import ParserSettings
-from services.replay import PARSED, clear_failure, record, report_failure, republish_stored
+from services.replay import PARSED, clear_failure, record, republish_stored
+from services.stage import JobStageHandler
 from shared import keys
-from shared.broker import Broker, Delivery
-from shared.errors import PermanentError, SeriesflowError
+from shared.errors import PermanentError
 from shared.events import Envelope, JobReceived, event_id
-from shared.logs import get_logger, job_context
+from shared.logs import get_logger
 from shared.manifest import JobManifest
 from shared.pipelines import Pipeline, PipelineRegistry
 from shared.store import ObjectNotFoundError, ObjectStore
@@ -72,36 +72,11 @@ def load_manifest(
     return manifest
 
 
-class ParserHandler:
+class ParserHandler(JobStageHandler[JobReceived, ParserSettings]):
     """``handler(envelope, delivery)`` for :meth:`shared.broker.Broker.consume`."""
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        broker: Broker,
-        registry: PipelineRegistry,
-        settings: ParserSettings,
-    ) -> None:
-        self.store = store
-        self.broker = broker
-        self.registry = registry
-        self.settings = settings
-
-    def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        body = envelope.body
-        if not isinstance(body, JobReceived):
-            raise PermanentError(f"the parser expects job.received, not {body.type}")
-        with job_context(envelope.job_id, envelope.correlation_id):
-            try:
-                self._handle(envelope, body)
-            except PermanentError as exc:
-                self._report(envelope, body, exc.reason)
-                raise
-            except Exception as exc:
-                if delivery.delivery_count + 1 >= self.settings.delivery_limit:
-                    reason = exc.reason if isinstance(exc, SeriesflowError) else type(exc).__name__
-                    self._report(envelope, body, f"gave up after retries: {reason}")
-                raise
+    service = SERVICE
+    expects = JobReceived
 
     def _handle(self, envelope: Envelope, body: JobReceived) -> None:
         job_id = envelope.job_id
@@ -145,19 +120,3 @@ class ParserHandler:
                 "skipped_files": result.skipped,
             },
         )
-
-    def _report(self, envelope: Envelope, body: JobReceived, reason: str) -> None:
-        """Report the job as failed; a failure to report must not hide the original error."""
-        try:
-            report_failure(
-                self.store,
-                self.broker,
-                job_id=envelope.job_id,
-                correlation_id=envelope.correlation_id,
-                pipeline=body.pipeline,
-                stage=SERVICE,
-                reason=reason,
-                producer=SERVICE,
-            )
-        except SeriesflowError as exc:
-            log.error("could not report the failure", extra={"reason": exc.reason})

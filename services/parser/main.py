@@ -14,32 +14,14 @@ import threading
 
 from services.parser.handlers import BINDINGS, SERVICE, ParserHandler
 from services.parser.settings import parser_settings
-from services.runtime import ServiceThread, connect_broker, connect_store
-from shared.logs import get_logger
-from shared.pipelines import PipelineRegistry
+from services.runtime import ServiceThread
+from services.stage import run_stage
 from shared.settings import ServiceSettings
-
-log = get_logger("parser")
 
 
 def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     """Run the parser until ``stop`` is set (a bad pipeline folder fails at once)."""
-    config = parser_settings(settings)
-    stop = stop or threading.Event()
-    registry = PipelineRegistry.load(config.pipelines)
-    store = connect_store(config, stop)
-    if store is None:
-        return
-    broker = connect_broker(config, SERVICE, stop)
-    if broker is None:
-        return
-    handler = ParserHandler(store, broker, registry, config)
-    log.info("parser started", extra={"pipelines": [p.name for p in registry.all()]})
-    try:
-        broker.consume(SERVICE, BINDINGS, handler, stop)
-    finally:
-        broker.close()
-        log.info("parser stopped")
+    run_stage(parser_settings(settings), stop or threading.Event(), ParserHandler, BINDINGS)
 
 
 class ParserService(ServiceThread):

@@ -27,20 +27,18 @@ from services.replay import (
     events_prefix,
     export_stage,
     record,
-    report_failure,
     republish_stored,
     stage_of,
 )
 from services.selector.selecting import export_requests, load_manifest, routes_match, select_job
 from services.selector.settings import SelectorSettings
+from services.stage import JobStageHandler
 from shared import keys
-from shared.broker import Broker, Delivery
 from shared.dicom.metadata import METADATA_FILE, SERIES_IMAGES_FILE
-from shared.errors import PermanentError, SeriesflowError
+from shared.errors import PermanentError
 from shared.events import Envelope, JobParsed, JobSelected, event_id
-from shared.logs import get_logger, job_context
+from shared.logs import get_logger
 from shared.pipelines import Pipeline, PipelineRegistry
-from shared.store import ObjectStore
 
 SERVICE = "selector"
 BINDINGS = ("job.parsed.#",)
@@ -61,36 +59,11 @@ def check_parsed_keys(job_id: str, body: JobParsed) -> None:
         raise PermanentError("job.parsed names outputs that are not the job's")
 
 
-class SelectorHandler:
+class SelectorHandler(JobStageHandler[JobParsed, SelectorSettings]):
     """``handler(envelope, delivery)`` for :meth:`shared.broker.Broker.consume`."""
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        broker: Broker,
-        registry: PipelineRegistry,
-        settings: SelectorSettings,
-    ) -> None:
-        self.store = store
-        self.broker = broker
-        self.registry = registry
-        self.settings = settings
-
-    def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
-        body = envelope.body
-        if not isinstance(body, JobParsed):
-            raise PermanentError(f"the selector expects job.parsed, not {body.type}")
-        with job_context(envelope.job_id, envelope.correlation_id):
-            try:
-                self._handle(envelope, body)
-            except PermanentError as exc:
-                self._report(envelope, body, exc.reason)
-                raise
-            except Exception as exc:
-                if delivery.delivery_count + 1 >= self.settings.delivery_limit:
-                    reason = exc.reason if isinstance(exc, SeriesflowError) else type(exc).__name__
-                    self._report(envelope, body, f"gave up after retries: {reason}")
-                raise
+    service = SERVICE
+    expects = JobParsed
 
     def _stored_export_keys(self, job_id: str) -> list[str]:
         return sorted(
@@ -159,18 +132,3 @@ class SelectorHandler:
                 "exports": [(r.selection, r.destination) for r in requests],
             },
         )
-
-    def _report(self, envelope: Envelope, body: JobParsed, reason: str) -> None:
-        try:
-            report_failure(
-                self.store,
-                self.broker,
-                job_id=envelope.job_id,
-                correlation_id=envelope.correlation_id,
-                pipeline=body.pipeline,
-                stage=SERVICE,
-                reason=reason,
-                producer=SERVICE,
-            )
-        except SeriesflowError as exc:
-            log.error("could not report the failure", extra={"reason": exc.reason})

@@ -12,34 +12,16 @@ from __future__ import annotations
 
 import threading
 
-from services.runtime import ServiceThread, connect_broker, connect_store
+from services.runtime import ServiceThread
 from services.selector.handlers import BINDINGS, SERVICE, SelectorHandler
 from services.selector.settings import selector_settings
-from shared.logs import get_logger
-from shared.pipelines import PipelineRegistry
+from services.stage import run_stage
 from shared.settings import ServiceSettings
-
-log = get_logger("selector")
 
 
 def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     """Run the selector until ``stop`` is set (a bad pipeline folder fails at once)."""
-    config = selector_settings(settings)
-    stop = stop or threading.Event()
-    registry = PipelineRegistry.load(config.pipelines)
-    store = connect_store(config, stop)
-    if store is None:
-        return
-    broker = connect_broker(config, SERVICE, stop)
-    if broker is None:
-        return
-    handler = SelectorHandler(store, broker, registry, config)
-    log.info("selector started", extra={"pipelines": [p.name for p in registry.all()]})
-    try:
-        broker.consume(SERVICE, BINDINGS, handler, stop)
-    finally:
-        broker.close()
-        log.info("selector stopped")
+    run_stage(selector_settings(settings), stop or threading.Event(), SelectorHandler, BINDINGS)
 
 
 class SelectorService(ServiceThread):

@@ -1,0 +1,112 @@
+"""What the job stages (parser, selector) share: failure reporting around a handler, and
+the consume loop with the pipeline registry.
+
+A stage handler subclasses :class:`JobStageHandler` and implements ``_handle``. Around it:
+a message of the wrong type is a permanent error; a permanent error is reported as
+``job.failed`` (and stored) before the broker dead-letters the message; a transient one
+is reported only on the last delivery the broker allows, when retrying stops.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import ClassVar, Generic, TypeVar
+
+from services.replay import report_failure
+from services.runtime import connect_broker, connect_store
+from shared.broker import Broker, Delivery
+from shared.errors import PermanentError, SeriesflowError
+from shared.events import Envelope
+from shared.logs import get_logger, job_context
+from shared.pipelines import PipelineRegistry
+from shared.settings import ServiceSettings
+from shared.store import ObjectStore
+
+BodyT = TypeVar("BodyT")
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+log = get_logger("stage")
+
+
+class JobStageHandler(Generic[BodyT, SettingsT]):
+    """``handler(envelope, delivery)`` for :meth:`shared.broker.Broker.consume`."""
+
+    service: ClassVar[str]
+    expects: ClassVar[type]
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        broker: Broker,
+        registry: PipelineRegistry,
+        settings: SettingsT,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+        self.settings = settings
+
+    def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
+        body = envelope.body
+        if not isinstance(body, self.expects):
+            raise PermanentError(
+                f"the {self.service} expects {self.expects.__name__}, not {body.type}"
+            )
+        with job_context(envelope.job_id, envelope.correlation_id):
+            try:
+                self._handle(envelope, body)  # type: ignore[arg-type]
+            except PermanentError as exc:
+                self._report(envelope, body.pipeline, exc.reason)  # type: ignore[union-attr]
+                raise
+            except Exception as exc:
+                if delivery.delivery_count + 1 >= self.settings.delivery_limit:
+                    reason = exc.reason if isinstance(exc, SeriesflowError) else type(exc).__name__
+                    self._report(
+                        envelope,
+                        body.pipeline,  # type: ignore[union-attr]
+                        f"gave up after retries: {reason}",
+                    )
+                raise
+
+    def _handle(self, envelope: Envelope, body: BodyT) -> None:
+        raise NotImplementedError
+
+    def _report(self, envelope: Envelope, pipeline: str, reason: str) -> None:
+        """Report the job as failed; a failure to report must not hide the original error."""
+        try:
+            report_failure(
+                self.store,
+                self.broker,
+                job_id=envelope.job_id,
+                correlation_id=envelope.correlation_id,
+                pipeline=pipeline,
+                stage=self.service,
+                reason=reason,
+                producer=self.service,
+            )
+        except SeriesflowError as exc:
+            log.error("could not report the failure", extra={"reason": exc.reason})
+
+
+def run_stage(
+    settings: SettingsT,
+    stop: threading.Event,
+    handler_class: type[JobStageHandler[BodyT, SettingsT]],
+    bindings: Iterable[str],
+) -> None:
+    """Load the pipelines, connect (retrying until stop), consume until ``stop`` is set."""
+    service = handler_class.service
+    registry = PipelineRegistry.load(settings.pipelines)
+    store = connect_store(settings, stop)
+    if store is None:
+        return
+    broker = connect_broker(settings, service, stop)
+    if broker is None:
+        return
+    handler = handler_class(store, broker, registry, settings)
+    log.info(f"{service} started", extra={"pipelines": [p.name for p in registry.all()]})
+    try:
+        broker.consume(service, bindings, handler, stop)
+    finally:
+        broker.close()
+        log.info(f"{service} stopped")
