@@ -417,16 +417,7 @@ def upload(store: ObjectStore, files: list[Path]) -> tuple[str, list[str]]:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
         key = keys.incoming_instance(association, str(dataset.SOPInstanceUID))
         store.put_file(key, path)
-        instances.append(
-            InstanceRef(
-                key=key,
-                sop_instance_uid=str(dataset.SOPInstanceUID),
-                sop_class_uid=str(dataset.SOPClassUID),
-                series_instance_uid=str(dataset.SeriesInstanceUID),
-                study_instance_uid=str(dataset.StudyInstanceUID),
-                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-            )
-        )
+        instances.append(InstanceRef.from_dataset(key, dataset))
     manifest = JobManifest(
         job_id=job,
         pipeline="bench",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydicom.dataset import Dataset
 
 from shared.identifiers import validate_name
 from shared.keys import validate_id
@@ -24,6 +25,18 @@ class InstanceRef(BaseModel):
     series_instance_uid: str
     study_instance_uid: str
     transfer_syntax_uid: str
+
+    @classmethod
+    def from_dataset(cls, key: str, dataset: Dataset) -> InstanceRef:
+        """The reference to ``dataset`` (read from a Part-10 file) stored at ``key``."""
+        return cls(
+            key=key,
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            sop_class_uid=str(dataset.SOPClassUID),
+            series_instance_uid=str(dataset.SeriesInstanceUID),
+            study_instance_uid=str(dataset.StudyInstanceUID),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+        )
 
 
 class JobManifest(BaseModel):

@@ -189,16 +189,7 @@ def write_manifest(store: ObjectStore, sources: dict[str, Path]) -> str:
     instances = []
     for key, path in sources.items():
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        instances.append(
-            InstanceRef(
-                key=key,
-                sop_instance_uid=str(dataset.SOPInstanceUID),
-                sop_class_uid=str(dataset.SOPClassUID),
-                series_instance_uid=str(dataset.SeriesInstanceUID),
-                study_instance_uid=str(dataset.StudyInstanceUID),
-                transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-            )
-        )
+        instances.append(InstanceRef.from_dataset(key, dataset))
     manifest = JobManifest(
         job_id=job,
         pipeline="ct",

@@ -104,14 +104,7 @@ def submit(store: ObjectStore, broker: Broker, study: Path, pipeline: str) -> Jo
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         key = keys.incoming_instance(association, str(ds.SOPInstanceUID))
         store.put_file(key, path)
-        return InstanceRef(
-            key=key,
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        )
+        return InstanceRef.from_dataset(key, ds)
 
     with ThreadPoolExecutor(8) as pool:
         instances = list(pool.map(put, files))
