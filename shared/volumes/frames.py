@@ -69,6 +69,25 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def _first(*values: float | None, default: float) -> float:
+    """The first value that is given (0 counts as given), else ``default``."""
+    return next((v for v in values if v is not None), default)
+
+
+def _geometry(
+    orientation: tuple[Vector, Vector] | None,
+    position: tuple[float, ...] | None,
+    spacing: tuple[float, ...] | None,
+) -> dict[str, Any]:
+    """Frame fields for a plane's position, orientation and pixel spacing."""
+    return {
+        "position": position,
+        "row_cosine": orientation[0] if orientation else None,
+        "column_cosine": orientation[1] if orientation else None,
+        "pixel_spacing": spacing,
+    }
+
+
 def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
     """The first item of a sequence attribute, or None."""
     if ds is None:
@@ -146,14 +165,11 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
             tile=None,
             rows=_int(ds.get("Rows")),
             columns=_int(ds.get("Columns")),
-            position=position,  # type: ignore[arg-type]
-            row_cosine=orientation[0] if orientation else None,
-            column_cosine=orientation[1] if orientation else None,
-            pixel_spacing=spacing,  # type: ignore[arg-type]
+            **_geometry(orientation, position, spacing),
             slice_thickness=_float(ds.get("SliceThickness")),
             spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
-            slope=_float(ds.get("RescaleSlope")) or 1.0,
-            intercept=_float(ds.get("RescaleIntercept")) or 0.0,
+            slope=_first(_float(ds.get("RescaleSlope")), default=1.0),
+            intercept=_first(_float(ds.get("RescaleIntercept")), default=0.0),
             stack_key=(*_common_keys(ds), *stack_attrs),
             order_key=(*order, f),
             stack_attributes=stack_attrs,
@@ -241,20 +257,21 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
                 tile=None,
                 rows=_int(ds.get("Rows")),
                 columns=_int(ds.get("Columns")),
-                position=position,  # type: ignore[arg-type]
-                row_cosine=orientation[0] if orientation else None,
-                column_cosine=orientation[1] if orientation else None,
-                pixel_spacing=spacing,  # type: ignore[arg-type]
+                **_geometry(orientation, position, spacing),
                 slice_thickness=_float(measures.get("SliceThickness")) if measures else None,
                 spacing_between_slices=(
                     _float(measures.get("SpacingBetweenSlices")) if measures else None
                 ),
-                slope=(_float(transform.get("RescaleSlope")) if transform else None)
-                or _float(ds.get("RescaleSlope"))
-                or 1.0,
-                intercept=(_float(transform.get("RescaleIntercept")) if transform else None)
-                or _float(ds.get("RescaleIntercept"))
-                or 0.0,
+                slope=_first(
+                    _float(transform.get("RescaleSlope")) if transform else None,
+                    _float(ds.get("RescaleSlope")),
+                    default=1.0,
+                ),
+                intercept=_first(
+                    _float(transform.get("RescaleIntercept")) if transform else None,
+                    _float(ds.get("RescaleIntercept")),
+                    default=0.0,
+                ),
                 stack_key=(*_common_keys(ds), *stack_attrs),
                 order_key=(temporal, _int(ds.get("InstanceNumber"), 0), index, f),
                 stack_attributes=stack_attrs,
