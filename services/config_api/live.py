@@ -29,7 +29,9 @@ def _valid(kind: str, name: str, build: Any, spec: dict[str, Any]) -> Any:
     try:
         return build(spec)
     except (ValueError, SeriesflowError):
-        log.error("stored configuration skipped: not valid", extra={"kind": kind, "name": name})
+        log.error(
+            "stored configuration skipped: not valid", extra={"kind": kind, "object_name": name}
+        )
         return None
 
 

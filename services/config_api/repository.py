@@ -420,7 +420,10 @@ class ConfigRepository:
         except SeriesflowError as exc:
             log.error("audit record not written", extra={"kind": kind, "reason": exc.reason})
             problems.append(f"audit record not written ({exc.reason})")
-        log.info("configuration changed", extra={"kind": kind, "name": name, "action": action})
+        log.info(
+            "configuration changed",
+            extra={"kind": kind, "object_name": name, "action": action},
+        )
         if self.notify is not None:
             try:
                 self.notify(ConfigChanged(kind=kind, name=name, action=action))

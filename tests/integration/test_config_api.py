@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from shared.errors import InvalidInputError
 from shared.events import EXCHANGE, Envelope, JobFailed, event_id
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
+from tests.conftest import RaisingJsonHandler
 from tests.unit.selection_support import brain_mr
 
 from .infra import free_port, wait_for_port
@@ -152,6 +154,54 @@ def test_clara_errors_are_400_and_change_nothing(client: TestClient, store: Obje
     assert missing.status_code == 400
     assert client.delete("/api/config/sourceaetitle/nobody").status_code == 404
     assert stored_config(store) == before
+
+
+@pytest.mark.log_level("INFO")
+def test_every_write_answers_at_info(
+    client: TestClient, store: ObjectStore, seriesflow_logging: RaisingJsonHandler
+) -> None:
+    """At the default log level every create, update and delete answers success and is
+    logged; ``extra={"name": ...}`` once made each of them a 500 (KeyError in logging)."""
+    writes = [
+        (
+            "POST",
+            "/api/v1/destinations",
+            {"name": "PACS", "aeTitle": "PACS", "hostIp": "h", "port": 104},
+        ),
+        ("POST", "/api/v1/sources", {"name": "ct1", "aeTitle": "CT1", "hostIp": "10.0.0.7"}),
+        ("POST", "/api/v1/pipelines", {"name": "brain"}),
+        ("POST", "/api/v1/ae-titles", {"aeTitle": "SF1", "pipeline": "brain"}),
+        ("POST", "/api/config/claraaetitle", {**CLARA_AE, "pipelineId": "brain"}),
+        ("POST", "/api/config/sourceaetitle", CLARA_SOURCE),
+        ("POST", "/api/config/destinationaetitle", CLARA_DEST),
+    ]
+    for method, path, body in writes:
+        answer = client.request(method, path, json=body)
+        assert answer.status_code in (200, 201), (path, answer.text)
+    for kind, name, change in [
+        ("destinations", "PACS", {"name": "PACS", "aeTitle": "PACS", "hostIp": "h", "port": 11112}),
+        ("sources", "ct1", {"name": "ct1", "aeTitle": "CT1", "hostIp": "10.0.0.8"}),
+        ("pipelines", "brain", {"name": "brain", "image-format": "nii"}),
+        ("ae-titles", "SF1", {"aeTitle": "SF1", "pipeline": "brain", "timeout": 3}),
+    ]:
+        revision = client.get(f"/api/v1/{kind}/{name}").json()["revision"]
+        answer = client.put(f"/api/v1/{kind}/{name}", json=change, headers={"If-Match": revision})
+        assert answer.status_code == 200, answer.text
+    for path in [
+        "/api/config/claraaetitle/clara-brain-tumor",
+        "/api/config/sourceaetitle/Orthanc",
+        "/api/config/destinationaetitle/pacs",
+        "/api/v1/ae-titles/SF1",
+        "/api/v1/pipelines/brain",
+        "/api/v1/sources/ct1",
+        "/api/v1/destinations/PACS",
+    ]:
+        answer = client.delete(path)
+        assert answer.status_code in (200, 204), (path, answer.text)
+    changes = [r for r in seriesflow_logging.records if r.getMessage() == "configuration changed"]
+    assert len(changes) == len(writes) + 4 + 7
+    assert {r.levelname for r in seriesflow_logging.records} >= {"INFO"}
+    assert not [r for r in seriesflow_logging.records if r.levelno < logging.INFO]
 
 
 # -- seriesflow's own API -------------------------------------------------------------
