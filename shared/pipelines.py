@@ -14,14 +14,29 @@ seriesflow's own format (YAML or JSON)::
 A Clara pipeline definition (``api-version``, ``name``, ``operators``) registers too: its
 ``dicom-parser`` and ``series-selector`` operators become a pipeline with the image format
 and rules given in the operators' ``variables`` (``NVIDIA_CLARA_IMAGE_FORMAT``,
-``NVIDIA_CLARA_SELECTION_RULES_BASE64``, ``NVIDIA_CLARA_SELECTION_RULES_FILE``), else the
-defaults. Every definition is validated when loaded, rules included.
+``NVIDIA_CLARA_SELECTION_RULES_BASE64``, ``NVIDIA_CLARA_SELECTION_RULES_FILE``, in the
+operators' precedence). Without them the rules are what the Clara selector image read:
+``./config/selection-rules.json`` in the working directory of the service that selects,
+if present, else the packaged default (:func:`shared.selection.resolve_rules`).
+
+Clara pipeline ids: a Clara adapter file's ``pipeline-mappings`` name a ``pipeline-id``
+that Clara's ``create pipelines`` answered. A pipeline answers to its ``name`` and to its
+``id``; a Clara definition never carries one, so the id comes from
+
+- a ``pipeline-ids`` document in the pipelines folder (``pipeline-ids: {<id>: <name>}``),
+  which keeps the ids an existing installation already uses; or
+- registering it through the REST API (``POST /api/v1/pipelines``), which stores and
+  answers an ``id``: the one given in the body, else one derived from the name
+  (:func:`with_pipeline_id`), the same every time.
+
+Every definition is validated when loaded, rules included. Unknown keys are errors naming
+their path, with the key most likely meant (``operators[1].variabels: unknown key; did
+you mean variables?``), and so are unknown ``NVIDIA_CLARA_*`` variables.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +45,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import InvalidInputError, SeriesflowError
 from shared.identifiers import validate_name
-from shared.selection import SelectionRules, load_rules_file, parse_rules, rules_from_data
+from shared.selection import (
+    RULES_BASE64_ENV,
+    RULES_FILE_ENV,
+    SelectionRules,
+    load_rules_file,
+    parse_rules,
+    resolve_rules,
+    rules_from_data,
+)
+from shared.strict_keys import unknown_key, unknown_keys
 from shared.volumes.writer import ImageFormat
 
 
@@ -72,13 +96,16 @@ def parse_pipeline(data: Any, source: str, base: Path | None = None) -> Pipeline
         if "operators" in data:
             return _clara_pipeline(data, source, base)
         known = {"name", "id", "image-format", "rules", "rules-file", "routes", "description"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        errors = unknown_keys(data, known)
+        for index, route in enumerate(data.get("routes") or ()):
+            if isinstance(route, dict):
+                errors += unknown_keys(route, ("selection", "destinations"), f"routes[{index}]")
+        if errors:
+            raise InvalidInputError(f"{source}: {'; '.join(errors)}")
         rules = _rules(data, source, base)
         return Pipeline(
             name=data.get("name"),
-            id=None if data.get("id") is None else str(data["id"]),
+            id=_id(data),
             image_format=data.get("image-format", "mhd"),
             rules=rules,
             routes=tuple(Route.model_validate(r) for r in data.get("routes") or ()),
@@ -107,8 +134,52 @@ def _rules(data: dict[str, Any], source: str, base: Path | None) -> SelectionRul
     return parse_rules(None)
 
 
+_CLARA_KEYS = ("api-version", "name", "description", "parameters", "operators", "id")
+_CLARA_OPERATOR_KEYS = (
+    "name",
+    "description",
+    "container",
+    "input",
+    "output",
+    "variables",
+    "requests",
+    "services",
+    "timeout",
+)
+_CLARA_CONTAINER_KEYS = ("image", "tag", "command")
+_CLARA_VARIABLES = (RULES_BASE64_ENV, RULES_FILE_ENV, "NVIDIA_CLARA_IMAGE_FORMAT")
+
+
+def _clara_key_errors(data: dict[str, Any]) -> list[str]:
+    errors = unknown_keys(data, _CLARA_KEYS)
+    operators = data.get("operators")
+    if not isinstance(operators, list):
+        return [*errors, "operators: must be a list of operators"]
+    for index, op in enumerate(operators):
+        where = f"operators[{index}]"
+        if not isinstance(op, dict):
+            errors.append(f"{where}: must be a mapping")
+            continue
+        errors += unknown_keys(op, _CLARA_OPERATOR_KEYS, where)
+        if isinstance(op.get("container"), dict):
+            errors += unknown_keys(op["container"], _CLARA_CONTAINER_KEYS, f"{where}.container")
+        variables = op.get("variables") or {}
+        if not isinstance(variables, dict):
+            errors.append(f"{where}.variables: must be a mapping")
+            continue
+        errors += [
+            unknown_key(f"{where}.variables", key, _CLARA_VARIABLES)
+            for key in variables
+            if str(key).startswith("NVIDIA_CLARA_") and key not in _CLARA_VARIABLES
+        ]
+    return errors
+
+
 def _clara_pipeline(data: dict[str, Any], source: str, base: Path | None) -> Pipeline:
-    operators = data.get("operators") or []
+    errors = _clara_key_errors(data)
+    if errors:
+        raise InvalidInputError(f"{source}: {'; '.join(errors)}")
+    operators = data["operators"]
     images = " ".join(
         str((op.get("container") or {}).get("image", ""))
         for op in operators
@@ -123,59 +194,116 @@ def _clara_pipeline(data: dict[str, Any], source: str, base: Path | None) -> Pip
         if isinstance(op, dict):
             for key, value in (op.get("variables") or {}).items():
                 variables[str(key)] = str(value)
-    rules = parse_rules(None)
-    if variables.get("NVIDIA_CLARA_SELECTION_RULES_BASE64"):
-        try:
-            text = base64.b64decode(variables["NVIDIA_CLARA_SELECTION_RULES_BASE64"], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInputError(
-                f"{source}: NVIDIA_CLARA_SELECTION_RULES_BASE64 is not Base64"
-            ) from exc
-        rules = parse_rules(text, source=f"{source} > NVIDIA_CLARA_SELECTION_RULES_BASE64")
-    elif variables.get("NVIDIA_CLARA_SELECTION_RULES_FILE"):
-        path = Path(variables["NVIDIA_CLARA_SELECTION_RULES_FILE"])
-        rules = load_rules_file(path if path.is_absolute() or base is None else base / path)
+    rules_file: Path | None = None
+    if variables.get(RULES_FILE_ENV, "").strip():
+        path = Path(variables[RULES_FILE_ENV].strip())
+        rules_file = path if path.is_absolute() or base is None else base / path
+    rules = resolve_rules(None, variables.get(RULES_BASE64_ENV), rules_file).parse()
     return Pipeline(
         name=data.get("name"),
-        id=None if data.get("id") is None else str(data["id"]),
+        id=_id(data),
         image_format=variables.get("NVIDIA_CLARA_IMAGE_FORMAT", "mhd") or "mhd",
         rules=rules,
         source=source,
     )
 
 
-def load_pipeline_file(path: Path) -> Pipeline:
+def _id(data: dict[str, Any]) -> str | None:
+    if data.get("id") is None:
+        return None
+    return validate_name(str(data["id"]), "pipeline id")
+
+
+PIPELINE_IDS_KEY = "pipeline-ids"
+_ID_NAMESPACE = uuid.UUID("6f1c1f0e-3b7a-5d8e-9a51-2f3c5b0d7e11")
+
+
+def derived_pipeline_id(name: str) -> str:
+    """The id a pipeline registered without one gets: 32 hex digits, like Clara's."""
+    return uuid.uuid5(_ID_NAMESPACE, name).hex
+
+
+def with_pipeline_id(spec: dict[str, Any], keep: str | None = None) -> dict[str, Any]:
+    """``spec`` with an ``id``: its own, else ``keep`` (the stored one), else derived."""
+    if spec.get("id") is not None or not isinstance(spec.get("name"), str):
+        return spec
+    return {**spec, "id": keep or derived_pipeline_id(spec["name"])}
+
+
+def parse_pipeline_ids(data: Any, source: str) -> dict[str, str]:
+    """A ``pipeline-ids`` document: ``{<Clara pipeline-id>: <pipeline name>}``."""
+    ids = data.get(PIPELINE_IDS_KEY) if isinstance(data, dict) else None
+    if not isinstance(ids, dict) or set(data) != {PIPELINE_IDS_KEY}:
+        raise InvalidInputError(
+            f"{source}: a pipeline-ids document holds only 'pipeline-ids: {{<id>: <name>}}'"
+        )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return {
+            validate_name(str(key), "pipeline id"): validate_name(str(value), "pipeline")
+            for key, value in ids.items()
+        }
+    except SeriesflowError as exc:
+        raise InvalidInputError(f"{source}: {PIPELINE_IDS_KEY}: {exc.reason}") from exc
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidInputError(f"cannot read pipeline {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_pipeline(data, str(path), path.parent)
+
+
+def load_pipeline_file(path: Path) -> Pipeline:
+    return parse_pipeline(_read_yaml(path), str(path), path.parent)
 
 
 class PipelineRegistry:
-    """The pipelines of a folder, found by name or by Clara pipeline-id."""
+    """Pipelines found by name, by their own ``id``, or by an id a pipeline-ids file maps.
 
-    def __init__(self, pipelines: list[Pipeline]) -> None:
+    ``ids`` maps Clara pipeline-ids to pipeline names; an id naming no pipeline, or a key
+    used twice, is an error.
+    """
+
+    def __init__(self, pipelines: list[Pipeline], ids: dict[str, str] | None = None) -> None:
         self._by_key: dict[str, Pipeline] = {}
         for pipeline in pipelines:
             for key in filter(None, (pipeline.name, pipeline.id)):
-                if key in self._by_key and self._by_key[key] is not pipeline:
-                    raise InvalidInputError(
-                        f"pipeline {key!r} is defined twice ({self._by_key[key].source}, "
-                        f"{pipeline.source})"
-                    )
-                self._by_key[key] = pipeline
+                self._add(key, pipeline, pipeline.source)
+        by_name = {p.name: p for p in pipelines}
+        for key, name in (ids or {}).items():
+            if name not in by_name:
+                raise InvalidInputError(f"{PIPELINE_IDS_KEY}: {key}: no pipeline named {name!r}")
+            self._add(key, by_name[name], PIPELINE_IDS_KEY)
+
+    def _add(self, key: str, pipeline: Pipeline, source: str) -> None:
+        if key in self._by_key and self._by_key[key] is not pipeline:
+            raise InvalidInputError(
+                f"pipeline {key!r} is defined twice ({self._by_key[key].source}, {source})"
+            )
+        self._by_key[key] = pipeline
 
     @classmethod
     def load(cls, folder: Path | None) -> PipelineRegistry:
+        """Every definition in ``folder``; a ``pipeline-ids`` document maps Clara ids."""
         if folder is None:
             return cls([])
         if not folder.is_dir():
             raise InvalidInputError(f"pipelines folder {folder} does not exist")
         files = sorted(p for p in folder.iterdir() if p.suffix in {".yaml", ".yml", ".json"})
-        return cls([load_pipeline_file(p) for p in files])
+        pipelines: list[Pipeline] = []
+        ids: dict[str, str] = {}
+        for path in files:
+            data = _read_yaml(path)
+            if isinstance(data, dict) and PIPELINE_IDS_KEY in data:
+                for key, name in parse_pipeline_ids(data, str(path)).items():
+                    if key in ids and ids[key] != name:
+                        raise InvalidInputError(f"{path}: pipeline id {key!r} is mapped twice")
+                    ids[key] = name
+            else:
+                pipelines.append(parse_pipeline(data, str(path), path.parent))
+        return cls(pipelines, ids)
 
     def get(self, key: str) -> Pipeline | None:
         return self._by_key.get(key)

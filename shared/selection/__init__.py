@@ -23,6 +23,7 @@ from shared.selection.explain import (
 from shared.selection.parsing import load_rules_file, parse_rules, rules_from_data
 from shared.selection.rules import Selection, SelectionRules
 from shared.selection.sources import (
+    CLARA_RULES_FILE,
     DEFAULT_RULES_FILE,
     RULES_BASE64_ENV,
     RULES_FILE_ENV,
@@ -31,6 +32,7 @@ from shared.selection.sources import (
 )
 
 __all__ = [
+    "CLARA_RULES_FILE",
     "DEFAULT_RULES_FILE",
     "DERIVED_ATTRIBUTES",
     "RULES_BASE64_ENV",

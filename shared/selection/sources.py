@@ -3,7 +3,10 @@
 1. a rules file given explicitly (``--rules``);
 2. ``NVIDIA_CLARA_SELECTION_RULES_BASE64``: the rules, Base64-encoded;
 3. ``NVIDIA_CLARA_SELECTION_RULES_FILE``: the path of a rules file;
-4. the default rules file, :data:`DEFAULT_RULES_FILE`, which holds empty rules.
+4. Clara's default rules file, ``./config/selection-rules.json`` relative to the working
+   directory (:data:`CLARA_RULES_FILE`, where a Clara operator image put its rules with
+   ``COPY``), if that file exists;
+5. the packaged default rules file, :data:`DEFAULT_RULES_FILE`, which holds empty rules.
 
 An environment variable that is unset or blank counts as not given. Rules that are given
 but empty (an empty file, Base64 of nothing) are empty rules, which select every series.
@@ -24,6 +27,8 @@ from shared.selection.rules import SelectionRules
 RULES_BASE64_ENV = "NVIDIA_CLARA_SELECTION_RULES_BASE64"
 RULES_FILE_ENV = "NVIDIA_CLARA_SELECTION_RULES_FILE"
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent.parent / "defaults" / "selection-rules.json"
+CLARA_RULES_FILE = Path("config") / "selection-rules.json"
+"""Relative: resolved against the working directory when rules are resolved."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,13 @@ def resolve_rules(
     rules_base64: str | None,
     rules_file: str | Path | None,
     default_file: Path = DEFAULT_RULES_FILE,
+    clara_file: Path | None = CLARA_RULES_FILE,
 ) -> RulesSource:
     """The rules text from the source with the highest precedence that is given.
 
     Pass the environment variables' raw values (``os.environ.get(...)``); ``None`` or a blank
-    string means not set. Bad Base64 and unreadable files raise :class:`RulesError`.
+    string means not set. ``clara_file`` (relative to the working directory) is used when it
+    exists; ``None`` skips it. Bad Base64 and unreadable files raise :class:`RulesError`.
     """
     if explicit_file is not None:
         return RulesSource(
@@ -88,6 +95,12 @@ def resolve_rules(
         path = Path(rules_file.strip()) if isinstance(rules_file, str) else rules_file
         return RulesSource(
             _read(path, f"rules file ({RULES_FILE_ENV})"), f"{RULES_FILE_ENV}={path}", str(path)
+        )
+    if clara_file is not None and clara_file.is_file():
+        return RulesSource(
+            _read(clara_file, "rules file"),
+            f"Clara's default rules file {clara_file} (in {Path.cwd()})",
+            str(clara_file),
         )
     return RulesSource(
         _read(default_file, "default rules file"),
