@@ -86,6 +86,41 @@ class TokenChecker:
         return found
 
 
+def parse_identifier_readers(value: str, tokens: list[NamedToken]) -> frozenset[str]:
+    """Who may ask for patient identifiers: configured token names, or ``anonymous-loopback``.
+
+    An unknown name raises InvalidInputError, so a typo does not silently grant nothing
+    (or, worse, something to a token added later under that name).
+    """
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    known = {t.name for t in tokens} | ({ANONYMOUS} if not tokens else set())
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InvalidInputError(
+            "SERIESFLOW_API_IDENTIFIER_READERS names no configured token: "
+            f"{', '.join(unknown)} (known: {', '.join(sorted(known)) or 'none'})"
+        )
+    return frozenset(names)
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without the port: ``[::1]:5000`` -> ``::1``."""
+    host = host_header.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else host
+
+
+def is_loopback_origin(origin: str) -> bool:
+    """True for ``http(s)://`` origins whose host is a loopback name (``null`` is not)."""
+    scheme, sep, rest = origin.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or "/" in rest or "@" in rest:
+        return False
+    return is_loopback(host_name(rest))
+
+
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and ``localhost``."""
     host = host.strip().strip("[]")

@@ -28,6 +28,19 @@ class ConfigApiSettings(ServiceSettings):
     api_echo_timeout: float = Field(
         default=5.0, gt=0, le=60, description="Seconds a C-ECHO of a destination may take"
     )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body accepted; a larger one is answered 413 unread",
+    )
+    api_identifier_readers: str = Field(
+        default="",
+        description=(
+            "Token names (comma-separated; 'anonymous-loopback' for the tokenless loopback "
+            "caller) that may ask for patient identifiers with ?identifiers=true"
+        ),
+    )
 
 
 def config_api_settings(settings: ServiceSettings) -> ConfigApiSettings:

@@ -4,6 +4,13 @@
 the outcome with its reason (``SeriesDescription 'T2 FLAIR' does not match regex 'T1c'``),
 which candidates were picked, and which series were never candidates and why.
 :func:`render_explanation` prints that for a terminal.
+
+:func:`withhold_identifiers` removes the values of patient-identifying attributes from an
+explanation (for answers that leave the machine: the config API withholds them unless the
+caller asks and may see them). Identifying are: the Patient group (0010,xxxx), person
+names (PN), dates (DA, DT), the attributes of :data:`IDENTIFYING_KEYWORDS`, private tags
+and tags the dictionary does not know. Their checks keep ``matched`` and ``expected``
+(the rule's own text) but lose ``actual`` and the value in ``reason``, and say ``withheld``.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from shared.dicom.metadata import DicomMetadata
+from shared.selection.attributes import DERIVED_ATTRIBUTES, resolve_attribute, show
 from shared.selection.candidates import Candidate, non_candidates
 from shared.selection.engine import Evaluation, candidates_in_order, choose, evaluate, select_all
 from shared.selection.ordering import order_candidates
@@ -50,6 +59,9 @@ class ConditionCheck(_Model):
         default=None, description="The values tested; null when the attribute is missing"
     )
     children: list[ConditionCheck] = Field(default_factory=list)
+    withheld: bool = Field(
+        default=False, description="True when the values were withheld (patient identifiers)"
+    )
 
 
 class CandidateCheck(_Model):
@@ -155,6 +167,73 @@ def explain(
         ],
         result=result,
     )
+
+
+# -- patient identifiers ---------------------------------------------------------------
+
+IDENTIFYING_KEYWORDS = frozenset(
+    {
+        "AccessionNumber",
+        "StudyID",
+        "InstitutionName",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "StationName",
+        "DeviceSerialNumber",
+        "RequestAttributesSequence",
+        "AdmissionID",
+        "IssuerOfAdmissionIDSequence",
+        "ReferencedPatientSequence",
+    }
+)
+"""Identifying attributes outside the Patient group, person names and dates."""
+WITHHELD = "(withheld)"
+_IDENTIFYING_VRS = frozenset({"PN", "DA", "DT"})
+
+
+def is_identifying(attribute: str) -> bool:
+    """True when ``attribute`` (a rule's keyword, tag or derived name) may identify a patient."""
+    if attribute in DERIVED_ATTRIBUTES:
+        return False
+    keyword = resolve_attribute(attribute)
+    tag = tag_for_keyword(keyword) if keyword is not None else None
+    if tag is None:  # private or unknown: nobody can tell what it holds
+        return True
+    if keyword in IDENTIFYING_KEYWORDS or tag >> 16 == 0x0010:
+        return True
+    try:
+        return dictionary_VR(tag) in _IDENTIFYING_VRS
+    except KeyError:
+        return True
+
+
+def _withhold(check: ConditionCheck) -> ConditionCheck:
+    children = [_withhold(c) for c in check.children]
+    if check.kind != "condition" or check.attribute is None:
+        return check.model_copy(update={"children": children})
+    if not is_identifying(check.attribute) or check.actual is None:
+        return check  # a missing attribute shows no value
+    shown = show(check.actual)
+    reason = check.reason.replace(shown, WITHHELD) if shown else check.reason
+    if any(str(v) and str(v) in reason for v in check.actual):
+        verb = "holds" if check.matched else "does not hold"
+        reason = f"{check.attribute} {WITHHELD}: the condition {verb}"
+    return check.model_copy(update={"actual": None, "reason": reason, "withheld": True})
+
+
+def withhold_identifiers(explanation: SelectionExplanation) -> SelectionExplanation:
+    """``explanation`` without the values of patient-identifying attributes."""
+    selections = [
+        selection.model_copy(
+            update={
+                "candidates": [
+                    c.model_copy(update={"check": _withhold(c.check)}) for c in selection.candidates
+                ]
+            }
+        )
+        for selection in explanation.selections
+    ]
+    return explanation.model_copy(update={"selections": selections})
 
 
 # -- text -------------------------------------------------------------------------------

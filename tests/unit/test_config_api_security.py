@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
+from services.config_api.guard import ApiGuard
 from services.config_api.security import (
     ANONYMOUS,
+    NamedToken,
     TokenChecker,
     check_bind,
+    host_name,
     is_loopback,
+    is_loopback_origin,
+    parse_identifier_readers,
     parse_tokens,
 )
 from services.config_api.settings import ConfigApiSettings
@@ -98,3 +109,96 @@ def test_tokens_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
     checker.identify("Bearer never-logged")
     checker.identify("Bearer wrong-one")
     assert "never-logged" not in caplog.text
+
+
+# -- Host and Origin (DNS rebinding), identifier readers -------------------------------------
+
+
+def test_host_name_drops_the_port() -> None:
+    assert host_name("localhost:5000") == "localhost"
+    assert host_name("[::1]:5000") == "::1"
+    assert host_name("127.0.0.1") == "127.0.0.1"
+    assert host_name("evil.example:5000") == "evil.example"
+    assert not is_loopback(host_name("localhost.evil.example:5000"))
+    assert not is_loopback(host_name("127.0.0.1.nip.io"))
+
+
+def test_loopback_origins() -> None:
+    for origin in ("http://localhost:3000", "https://127.0.0.1", "http://[::1]:8080"):
+        assert is_loopback_origin(origin), origin
+    for origin in ("null", "http://evil.example", "file://", "http://localhost@evil.example"):
+        assert not is_loopback_origin(origin), origin
+
+
+def test_identifier_readers_must_be_configured_token_names() -> None:
+    tokens = parse_tokens(None, SecretStr("ops:a-token,ci:b-token"))
+    assert parse_identifier_readers(" ops ", tokens) == {"ops"}
+    assert parse_identifier_readers("", tokens) == frozenset()
+    assert parse_identifier_readers("anonymous-loopback", []) == {ANONYMOUS}
+    with pytest.raises(InvalidInputError, match="opz"):
+        parse_identifier_readers("opz", tokens)
+    with pytest.raises(InvalidInputError, match="anonymous-loopback"):
+        parse_identifier_readers("anonymous-loopback", tokens)  # tokens set: nobody is anonymous
+
+
+# -- the ASGI guard, in process (tests/integration/test_api_security.py runs uvicorn) --------
+
+
+def guarded(tokens: list[NamedToken], max_body: int = 1024) -> TestClient:
+    async def echo(request: Request) -> Response:
+        return PlainTextResponse(str(len(await request.body())))
+
+    def answer(request: Request, status: int, code: str, message: str) -> Response:
+        return JSONResponse({"error": code, "message": message}, status_code=status)
+
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+    app.add_middleware(ApiGuard, tokens=TokenChecker(tokens), max_body=max_body, answer=answer)
+    return TestClient(app, base_url="http://localhost:5000")
+
+
+def test_guard_without_tokens_answers_loopback_host_names_only() -> None:
+    client = guarded([])
+    assert client.get("/x").status_code == 200
+    assert client.get("/x", headers={"Host": "127.0.0.2:1"}).status_code == 200
+    for host in ("evil.example", "evil.example:5000", "localhost.evil.example", "0.0.0.0"):
+        refused = client.get("/x", headers={"Host": host})
+        assert (refused.status_code, refused.json()["error"]) == (400, "host_not_allowed"), host
+    assert client.get("/health", headers={"Host": "evil.example"}).status_code == 400
+    refused = client.post("/x", content=b"{}", headers={"Origin": "http://evil.example"})
+    assert refused.status_code == 403
+    allowed = client.post("/x", content=b"{}", headers={"Origin": "http://localhost:3000"})
+    assert allowed.status_code == 200
+
+
+def test_guard_with_tokens_checks_the_token_first_and_not_the_host() -> None:
+    client = guarded(parse_tokens(SecretStr("the-token"), None))
+    assert client.get("/health", headers={"Host": "api.example"}).status_code == 200
+    for path in ("/docs", "/openapi.json", "/api/v1/ae-titles"):
+        assert client.get(path).status_code == 401, path
+    auth = {"Authorization": "Bearer the-token", "Host": "api.example"}
+    assert client.get("/openapi.json", headers=auth).status_code == 200
+    # Without a token, an oversized body is answered 401, not 413: the token comes first.
+    assert client.post("/x", content=b"x" * 5000).status_code == 401
+
+
+def test_guard_caps_bodies_with_and_without_a_length() -> None:
+    client = guarded([], max_body=1024)
+    assert client.post("/x", content=b"x" * 1024).text == "1024"
+    too_large = client.post("/x", content=b"x" * 1025)
+    assert too_large.status_code == 413
+    assert "SERIESFLOW_API_MAX_BODY_BYTES" in too_large.json()["message"]
+
+    def chunks(count: int) -> Iterator[bytes]:
+        for _ in range(count):
+            yield b"y" * 300
+
+    assert client.post("/x", content=chunks(3)).text == "900"
+    assert client.post("/x", content=chunks(4)).status_code == 413
+    bad = client.post("/x", content=b"{}", headers={"Content-Length": "two"})
+    assert bad.status_code in (400, 413)  # refused either way, never read as a length
+
+
+def test_body_cap_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ConfigApiSettings().api_max_body_bytes == 1024 * 1024
+    monkeypatch.setenv("SERIESFLOW_API_MAX_BODY_BYTES", "4096")
+    assert ConfigApiSettings().api_max_body_bytes == 4096
