@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image for every seriesflow component. The entrypoint is the `seriesflow` command; the
 # default command is operator mode, a drop-in for the Clara DICOM Parser operator:
 #
@@ -10,7 +8,15 @@
 # uid/gid 10001.)
 #
 # Other components are other subcommands of the same image (`seriesflow select ...`, and the
-# services once they exist). Needs BuildKit (the default builder since Docker 23).
+# services). Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 before). No
+# `# syntax=` line: BuildKit's built-in frontend handles this file, so building needs no
+# registry beyond the base image.
+#
+# Behind a TLS-inspecting proxy, pass its CA certificate(s) (PEM) for pip's HTTPS:
+#
+#   docker build --build-arg EXTRA_CA_CERTS="$(cat /usr/local/share/ca-certificates/*.crt)" ...
+#
+# They are used by the builder stage only and do not end up in the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -24,7 +30,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+# Optional: PEM certificates pip should trust besides its own bundle (TLS-inspecting proxies).
+ARG EXTRA_CA_CERTS=""
+
 WORKDIR /src
+
+# pip's CA bundle, plus EXTRA_CA_CERTS when given.
+RUN python -c "import pip._vendor.certifi as c, shutil; shutil.copy(c.where(), '/tmp/pip-ca.pem')" \
+    && if [ -n "$EXTRA_CA_CERTS" ]; then printf '%s\n' "$EXTRA_CA_CERTS" >> /tmp/pip-ca.pem; fi
+ENV PIP_CERT=/tmp/pip-ca.pem
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not rebuild
 # them. Every dependency ships binary wheels for linux/amd64 and linux/arm64, so this stage

@@ -431,7 +431,7 @@ def test_config_api_has_a_token_from_the_secret_because_it_binds_every_interface
 # --------------------------------------------------------------------------------------------
 
 
-def test_probes_config_api_http_receiver_tcp_consumers_none() -> None:
+def test_probes_config_api_http_receiver_tcp_consumers_broker_readiness() -> None:
     api = _container("config-api")
     for probe in ("readinessProbe", "livenessProbe"):
         http = api[probe]["httpGet"]
@@ -444,7 +444,13 @@ def test_probes_config_api_http_receiver_tcp_consumers_none() -> None:
 
     for service in CONSUMERS:
         container = _container(service)
-        assert not {"readinessProbe", "livenessProbe", "startupProbe"} & container.keys()
+        assert container["readinessProbe"]["exec"]["command"] == [
+            "python",
+            "-m",
+            "shared.healthcheck",
+            "broker",
+        ]
+        assert not {"livenessProbe", "startupProbe"} & container.keys()
         assert not container.get("ports"), f"{service} serves no port"
 
 
