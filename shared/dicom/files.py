@@ -24,6 +24,7 @@ _MAGIC = b"DICM"
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,29 @@ class InstanceFile:
     @property
     def has_pixel_data(self) -> bool:
         return any(tag in self.dataset for tag in _PIXEL_DATA_TAGS)
+
+    @property
+    def pixel_data_complete(self) -> bool:
+        """Whether the file holds all the pixel data its header announces.
+
+        A copy cut short (an interrupted transfer) reads as a header whose pixel data
+        runs past the end of the file. Encapsulated (compressed) pixel data of undefined
+        length is read whole with the header, so a cut copy of it never gets this far.
+        """
+        for tag in _PIXEL_DATA_TAGS:
+            if tag not in self.dataset:
+                continue
+            elem = self.dataset.get_item(tag, keep_deferred=True)
+            if not isinstance(elem, RawDataElement) or elem.length == _UNDEFINED_LENGTH:
+                return True
+            if elem.value is not None:
+                return len(elem.value) >= elem.length
+            try:
+                size = self.path.stat().st_size
+            except OSError:
+                return False
+            return elem.value_tell + elem.length <= size
+        return True
 
 
 def iter_files(root: Path) -> Iterator[Path]:

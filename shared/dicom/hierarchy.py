@@ -113,22 +113,32 @@ def _instance_sort_key(item: InstanceFile) -> tuple[int, str]:
 def group_instances(
     files: Iterable[InstanceFile],
 ) -> tuple[list[StudyInstances], list[SkippedFile]]:
-    """Group instances into studies and series; a repeated SOP Instance UID is skipped."""
-    seen: dict[str, str] = {}
+    """Group instances into studies and series; a repeated SOP Instance UID is skipped.
+
+    Of two files with the same SOP Instance UID the first is kept, unless its pixel data
+    is cut short and the other's is complete: a damaged stray copy never pushes out an
+    intact file.
+    """
+    chosen: dict[str, InstanceFile] = {}
     skipped: list[SkippedFile] = []
-    by_study: dict[str, dict[str, list[InstanceFile]]] = defaultdict(lambda: defaultdict(list))
     for item in files:
         uid = item.sop_instance_uid
-        if uid in seen:
-            skipped.append(
-                SkippedFile(
-                    path=item.relative_path,
-                    code="duplicate",
-                    reason=f"duplicate SOP Instance UID: the same instance as {seen[uid]}",
-                )
-            )
+        kept = chosen.get(uid)
+        if kept is None:
+            chosen[uid] = item
             continue
-        seen[uid] = item.relative_path
+        if not kept.pixel_data_complete and item.pixel_data_complete:
+            chosen[uid] = item
+            item, kept = kept, item
+            reason = (
+                f"duplicate SOP Instance UID: a copy of {kept.relative_path} whose pixel "
+                f"data is cut short; {kept.relative_path} is complete and was used"
+            )
+        else:
+            reason = f"duplicate SOP Instance UID: the same instance as {kept.relative_path}"
+        skipped.append(SkippedFile(path=item.relative_path, code="duplicate", reason=reason))
+    by_study: dict[str, dict[str, list[InstanceFile]]] = defaultdict(lambda: defaultdict(list))
+    for item in chosen.values():
         by_study[item.study_instance_uid][item.series_instance_uid].append(item)
     studies: list[StudyInstances] = []
     for study_uid, series_map in by_study.items():

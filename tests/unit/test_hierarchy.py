@@ -98,3 +98,47 @@ def test_nothing_common_to_a_series_stays_with_its_instances(dicomdir_tests: Pat
                 values = [i.attributes.get(tag) for i in series.instances]
                 assert any(v != values[0] for v in values), (series.series_instance_uid, tag)
             assert "00200011" in series.attributes or "00200011" in study.attributes
+
+
+def _truncated_copy(source: Path, target: Path) -> None:
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) - len(data) // 3])  # pixel data cut short
+
+
+@pytest.mark.parametrize("damaged_first", [True, False])
+def test_a_truncated_copy_never_pushes_out_the_complete_file(
+    tmp_path: Path, damaged_first: bool
+) -> None:
+    source = Path(str(get_testdata_file("CT_small.dcm")))
+    complete, damaged = tmp_path / "b_complete.dcm", tmp_path / "a_truncated.dcm"
+    if not damaged_first:
+        complete, damaged = tmp_path / "a_complete.dcm", tmp_path / "b_truncated.dcm"
+    complete.write_bytes(source.read_bytes())
+    _truncated_copy(source, damaged)
+    files = read_all(tmp_path)
+    assert len(files) == 2  # the cut copy's header still reads
+    assert [f.pixel_data_complete for f in files] == (
+        [False, True] if damaged_first else [True, False]
+    )
+    studies, skipped = group_instances(files)
+    (series,) = studies[0].series
+    assert [f.relative_path for f in series.files] == [complete.name]
+    assert [(s.path, s.code) for s in skipped] == [(damaged.name, "duplicate")]
+    if damaged_first:
+        assert "cut short" in skipped[0].reason and complete.name in skipped[0].reason
+
+
+def test_a_truncated_copy_sorting_first_still_converts(tmp_path: Path) -> None:
+    from shared.operator.parser import parse_folder
+    from shared.volumes.convert import ConversionOptions
+
+    source = Path(str(get_testdata_file("CT_small.dcm")))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "1.dcm").write_bytes(source.read_bytes())
+    _truncated_copy(source, inputs / "0.dcm")
+    metadata = parse_folder(inputs, tmp_path / "out", ConversionOptions())
+    (series,) = metadata.studies[0].series
+    assert [v.sliceCount for v in series.volumes] == [1]
+    assert series.notConverted == []
+    assert [(s.path, s.code) for s in metadata.skippedFiles] == [("0.dcm", "duplicate")]
