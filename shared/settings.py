@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.durations import Duration
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERIESFLOW_", extra="ignore")
@@ -33,3 +35,14 @@ class ServiceSettings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1, description="Deliveries before dead-lettering")
     retry_backoff_seconds: float = Field(default=1.0, ge=0.0)
     retry_backoff_max_seconds: float = Field(default=30.0, ge=0.0)
+    # retention (shared/retention.py, docs/retention.md): seconds, or 15m / 36h / 7d; 0: never
+    retention_completed: Duration = Field(
+        default=7 * 86400.0, description="How long a completed job's objects are kept"
+    )
+    retention_failed: Duration = Field(
+        default=30 * 86400.0,
+        description="How long a failed, dead-lettered or unfinished job's objects are kept",
+    )
+    retention_interval: Duration = Field(
+        default=3600.0, description="How often the config API service purges; 0: never"
+    )
