@@ -16,6 +16,8 @@ with ``nib.as_closest_canonical``, so that converters that write voxels in diffe
   cancels to about zero (slope * value + intercept) is not held to an absolute zero.
 * **Affines.** The two canonical 4x4 affines must agree to within ``AFFINE_ATOL`` mm,
   element by element.
+* **Time.** When both are time series, the spacing of their 4th axis (``pixdim[4]`` in
+  seconds, by ``xyzt_units``) must agree to within ``TIME_ATOL`` seconds.
 
 :func:`compare_nifti` never raises on a mismatch: it returns a :class:`Comparison` that says
 what differs, so that a test can assert on it and a report can tabulate it.
@@ -37,6 +39,11 @@ AFFINE_ATOL = 1e-3
 RTOL = 1e-5
 """Relative voxel tolerance when either side holds floating point data."""
 
+TIME_ATOL = 1e-3
+"""Largest difference allowed between two time series' 4th-axis spacings, in seconds."""
+
+_TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
 _SPATIAL_DIMS = 3
 
 
@@ -53,6 +60,8 @@ class LoadedVolume:
     affine: npt.NDArray[np.float64]
     stored_dtype: str
     notes: tuple[str, ...] = ()
+    time_spacing: float | None = None
+    """Seconds between timepoints, for a time series; None for a single volume."""
 
     @property
     def components(self) -> int:
@@ -84,6 +93,8 @@ class Comparison:
     """Whether voxels were required to be identical (both sides integer)."""
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    time_spacings: tuple[float | None, float | None] = (None, None)
+    """4th-axis spacing (s) of ours and of the reference, for time series."""
 
     @property
     def ok(self) -> bool:
@@ -93,6 +104,8 @@ class Comparison:
         """One line for a person: what differs, or that nothing does, with the numbers."""
         diff = "n/a" if self.max_abs_diff is None else f"{self.max_abs_diff:.6g}"
         numbers = f"max voxel diff {diff}, affine diff {self.max_affine_diff:.3g} mm"
+        if self.time_spacings[0] is not None:
+            numbers += f", time spacing {self.time_spacings[0]:.6g} s"
         if self.ok:
             rule = "identical voxels" if self.exact else f"voxels within rtol {RTOL}"
             return f"{rule}, {numbers}"
@@ -132,12 +145,21 @@ def load_volume(path: Path) -> LoadedVolume:
         by_component = raw[np.newaxis]
     by_component = _pad(_squeeze_trailing(by_component, 1 + _SPATIAL_DIMS), 1 + _SPATIAL_DIMS)
     return LoadedVolume(
+        time_spacing=_time_spacing(image, by_component.ndim > 1 + _SPATIAL_DIMS),
         path=Path(path),
         data=np.moveaxis(by_component, 0, -1),
         affine=np.asarray(canonical.affine, dtype=np.float64),
         stored_dtype=str(stored),
         notes=tuple(notes),
     )
+
+
+def _time_spacing(image: Any, is_series: bool) -> float | None:
+    if not is_series:
+        return None
+    header = image.header
+    unit = header.get_xyzt_units()[1]
+    return float(header["pixdim"][4]) * _TIME_UNIT_SECONDS.get(unit, 1.0)
 
 
 def _is_integer(array: npt.NDArray[Any]) -> bool:
@@ -151,6 +173,9 @@ def compare_volumes(ours: LoadedVolume, reference: LoadedVolume) -> Comparison:
     affine_diff = float(np.max(np.abs(ours.affine - reference.affine)))
     if affine_diff > AFFINE_ATOL:
         problems.append(f"affines differ by up to {affine_diff:.4g} mm (> {AFFINE_ATOL} mm)")
+    times = (ours.time_spacing, reference.time_spacing)
+    if None not in times and abs(float(times[0] or 0) - float(times[1] or 0)) > TIME_ATOL:
+        problems.append(f"time spacing {times[0]:.6g} s, reference {times[1]:.6g} s")
     if ours.components != reference.components:
         problems.append(f"{ours.components} components, reference has {reference.components}")
     exact = _is_integer(ours.data) and _is_integer(reference.data)
@@ -191,6 +216,7 @@ def compare_volumes(ours: LoadedVolume, reference: LoadedVolume) -> Comparison:
         max_abs_diff=max_abs,
         differing_voxels=differing,
         max_affine_diff=affine_diff,
+        time_spacings=times,
         exact=exact,
         problems=tuple(problems),
         notes=tuple(notes),
@@ -206,13 +232,33 @@ def scaled(volume: LoadedVolume, factor: float, why: str) -> LoadedVolume:
     )
 
 
-def compare_nifti(ours: Path, reference: Path, reference_scale: float | None = None) -> Comparison:
+def timepoint(volume: LoadedVolume, index: int) -> LoadedVolume:
+    """One timepoint of a time series, as a single volume."""
+    if volume.data.ndim != _SPATIAL_DIMS + 2:
+        raise ValueError(f"{volume.path.name} is not a time series")
+    return replace(
+        volume,
+        data=volume.data[..., index, :],
+        time_spacing=None,
+        notes=(*volume.notes, f"timepoint {index} of {volume.path.name}"),
+    )
+
+
+def compare_nifti(
+    ours: Path,
+    reference: Path,
+    reference_scale: float | None = None,
+    reference_timepoint: int | None = None,
+) -> Comparison:
     """Load and compare two NIfTI files (``.nii`` or ``.nii.gz``).
 
     ``reference_scale`` multiplies the reference's voxels first, for a reference written
-    with a documented different intensity convention (see ``cases.Sidecar``).
+    with a documented different intensity convention (see ``cases.Sidecar``);
+    ``reference_timepoint`` compares with one timepoint of a 4-D reference.
     """
     ref = load_volume(reference)
+    if reference_timepoint is not None:
+        ref = timepoint(ref, reference_timepoint)
     if reference_scale is not None:
         ref = scaled(ref, reference_scale, f"reference x {reference_scale:.9g}")
     return compare_volumes(load_volume(ours), ref)

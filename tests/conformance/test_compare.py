@@ -147,3 +147,23 @@ def test_itk_rgb_vector_equals_structured_rgba_reference(tmp_path: Path) -> None
     assert result.ok, result.summary()
     rgba["G"][0, 0, 0] ^= 1
     assert not compare_nifti(tmp_path / "itk.nii", _save(tmp_path / "bad.nii", rgba, affine)).ok
+
+
+def _series(path: Path, data: npt.NDArray[Any], seconds: float, unit: str = "sec") -> Path:
+    image: Any = Nifti1Image(data, _affine())
+    image.header.set_xyzt_units("mm", unit)
+    zooms = (*image.header.get_zooms()[:3], seconds)
+    image.header.set_zooms(zooms)
+    nib.save(image, str(path))
+    return path
+
+
+def test_time_spacing_of_a_series_must_agree(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).integers(0, 4000, size=(6, 5, 4, 3)).astype(np.int16)
+    a = _series(tmp_path / "a.nii", data, 2.0)
+    same = _series(tmp_path / "same_ms.nii", data, 2000.0, "msec")
+    other = _series(tmp_path / "other.nii", data, 1.0)
+    assert compare_nifti(a, same).ok, compare_nifti(a, same).summary()
+    result = compare_nifti(a, other)
+    assert not result.ok
+    assert "time spacing 2 s, reference 1 s" in result.summary()
