@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from services.config_api.live import LiveConfig
 from services.receiver import handlers, scp
@@ -101,6 +101,13 @@ class Receiver:
         return int(self._server.server_address[1])
 
     @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port, when ``dicom > scp > tls`` is configured."""
+        if self._server is None:
+            raise RuntimeError("the receiver is not started")
+        return cast(int | None, self._server.tls_port)
+
+    @property
     def ae(self) -> Any:
         """The pynetdicom AE (its ``active_associations``, for inspection)."""
         return self._ae
@@ -125,6 +132,7 @@ class Receiver:
             extra={
                 "host": self.scp_config.host,
                 "port": self.port,
+                "tls_port": self.tls_port,
                 "ae_titles": sorted(self.context.ae_titles),
             },
         )
@@ -132,6 +140,8 @@ class Receiver:
     def stop(self) -> None:
         """Stop listening (open associations are aborted), finish queued job work, stop."""
         self._stop.set()
+        if self._server is not None:
+            self._server.stop_accepting()
         if self._ae is not None:
             self._ae.shutdown()
         handlers.end_quietly_ended(self.context)

@@ -1,0 +1,272 @@
+"""The DICOM port against hostile peers, before any authentication (issue 9, #2 and #3).
+
+Raw sockets play the attackers (partial A-ASSOCIATE-RQ, silence, PDUs announcing
+0xFFFFFFF0 bytes, a PDU that never finishes), dcmtk's echoscu/storescu and pynetdicom the
+well-behaved modalities. Attackers connect from other loopback addresses (127.0.0.2...)
+than the modality (127.0.0.1), as they would from other hosts. Every loop is bounded in
+count and time, and all traffic stays on 127.0.0.1/8.
+"""
+
+# mypy: disallow-untyped-calls=False
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from shared.samples import write_ct_series
+from shared.settings import ServiceSettings
+
+from .infra import dcmtk_available, free_port
+from .test_receiver import echoscu, running, storescu, wait_until, write_config
+
+pytestmark = pytest.mark.skipif(not dcmtk_available("storescu"), reason="dcmtk is not installed")
+
+HUGE = 0xFFFFFFF0
+TRANSPORT_LOGGER = "seriesflow.receiver.transport"
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def matching(self, text: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if text in r.getMessage()]
+
+
+@pytest.fixture
+def transport_log() -> Iterator[Records]:
+    """What the transport logs, at INFO (the default level)."""
+    logger = logging.getLogger(TRANSPORT_LOGGER)
+    handler = Records()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def partial_association_request() -> bytes:
+    """The first bytes of an A-ASSOCIATE-RQ announcing 200 bytes, and no more."""
+    return struct.pack(">BBL", 0x01, 0, 200) + struct.pack(">HH", 1, 0) + b"SERIESFLOW"
+
+
+@contextmanager
+def idle_attackers(port: int, sources: list[str], per_source: int) -> Iterator[list[socket.socket]]:
+    with ExitStack() as stack:
+        sockets = []
+        for source in sources:
+            for _ in range(per_source):
+                sock = stack.enter_context(connect_from(source, port))
+                sock.sendall(partial_association_request())
+                sockets.append(sock)
+        yield sockets
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """The receiver closed ``sock`` (EOF, reset, or an A-ABORT then EOF) within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def push(sock: socket.socket, header: bytes, limit: int, seconds: float) -> int:
+    """Send ``header`` then zeros until the peer stops taking them; the bytes sent."""
+    sock.settimeout(2)
+    sent = 0
+    chunk = bytes(65536)
+    deadline = time.monotonic() + seconds
+    try:
+        sock.sendall(header)
+        while sent < limit and time.monotonic() < deadline:
+            sent += sock.send(chunk)
+    except (ConnectionResetError, BrokenPipeError, TimeoutError):
+        pass
+    return sent
+
+
+@pytest.fixture
+def ct(tmp_path: Path) -> list[Path]:
+    return sorted(write_ct_series(tmp_path / "ct", slices=4, size=32))
+
+
+def verification_association(port: int) -> Any:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification, ExplicitVRLittleEndian)
+    ae.acse_timeout = 10
+    assoc = ae.associate("127.0.0.1", port, ae_title="SERIESFLOW")
+    assert assoc.is_established
+    return assoc
+
+
+# -- #2: idle and slow connections --------------------------------------------------------
+
+
+def test_idle_partial_requests_neither_block_the_port_nor_stay_open(
+    settings: ServiceSettings, tmp_path: Path, ct: list[Path], transport_log: Records
+) -> None:
+    """20 connections that send a partial A-ASSOCIATE-RQ and nothing more: echo and store
+    still work (today: 'Local Limit Exceeded' for as long as they are open), and each is
+    closed at the ARTIM time, logged with its address."""
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port)
+    sources = [f"127.0.0.{n}" for n in range(2, 7)]
+    with running(settings, config, dicom_acse_timeout_seconds=8.0) as rx:
+        with idle_attackers(port, sources, per_source=4) as attackers:
+            echo = echoscu(port)
+            assert echo.returncode == 0, echo.stdout + echo.stderr
+            stored = storescu(port, ct)
+            assert stored.returncode == 0, stored.stdout + stored.stderr
+            assert not any(closed_by_peer(s, timeout=0.01) for s in attackers), (
+                "served while every attacker was still connected"
+            )
+            assert all(closed_by_peer(s, timeout=12.0) for s in attackers)
+        wait_until(lambda: rx.ae is not None and not _acceptors(rx), 10, "acceptors ended")
+    timed_out = transport_log.matching("no complete association request in time")
+    assert len(timed_out) == 20
+    assert {r.peer.split(":")[0] for r in timed_out} == set(sources)  # type: ignore[attr-defined]
+
+
+def _acceptors(rx: Any) -> list[Any]:
+    return [a for a in rx.ae.active_associations if a.is_acceptor]
+
+
+def test_connections_per_address_are_limited_and_refusals_logged(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port, max_connections_per_address=3)
+    with (
+        running(settings, config, dicom_acse_timeout_seconds=10.0),
+        idle_attackers(port, ["127.0.0.2"], per_source=3) as held,
+    ):
+        with connect_from("127.0.0.2", port) as fourth:
+            assert closed_by_peer(fourth, timeout=3.0), "the 4th connection was kept"
+        echo = echoscu(port)  # another address is not affected
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+        assert not any(closed_by_peer(s, timeout=0.2) for s in held)
+    refused = transport_log.matching("connection refused")
+    assert len(refused) == 1
+    assert refused[0].peer.startswith("127.0.0.2:")  # type: ignore[attr-defined]
+    assert "per-address" in refused[0].reason  # type: ignore[attr-defined]
+
+
+def test_max_associations_counts_associations_only(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port, max_associations=1)
+    with (
+        running(settings, config, dicom_acse_timeout_seconds=10.0),
+        idle_attackers(port, ["127.0.0.2", "127.0.0.3"], per_source=3),
+    ):
+        held = verification_association(port)  # takes the one place
+        try:
+            refused = echoscu(port)
+            assert refused.returncode != 0
+            assert "Local Limit Exceeded" in refused.stdout + refused.stderr
+        finally:
+            held.release()
+        wait_until(lambda: echoscu(port).returncode == 0, 5, "place freed on release")
+    assert len(transport_log.matching("max-associations reached")) == 1
+
+
+def test_a_pdu_that_never_finishes_aborts_the_association(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    """After association, a P-DATA-TF header announcing 100 bytes and 10 of them: the
+    receiver aborts at the network timeout (today it waits for the rest forever)."""
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port)
+    with running(settings, config, dicom_network_timeout_seconds=2.0):
+        assoc = verification_association(port)
+        raw = assoc.dul.socket.socket
+        raw.sendall(struct.pack(">BBL", 0x04, 0, 100) + bytes(10))
+        wait_until(lambda: assoc.is_aborted, 8, "association aborted by the receiver")
+        assoc.abort()
+        assert echoscu(port).returncode == 0
+    assert len(transport_log.matching("PDU not received whole in time")) == 1
+
+
+# -- #3: memory bomb ----------------------------------------------------------------------
+
+
+def test_an_association_request_announcing_4_gib_is_refused_at_its_header(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port)
+    with running(settings, config):
+        with connect_from("127.0.0.2", port) as sock:
+            sent = push(sock, struct.pack(">BBL", 0x01, 0, HUGE), 64 << 20, seconds=10)
+            assert sent < 16 << 20, f"{sent} bytes of the announced PDU were taken"
+            assert closed_by_peer(sock, timeout=5)
+        echo = echoscu(port)
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+    (refused,) = transport_log.matching("PDU refused")
+    assert refused.peer.startswith("127.0.0.2:")  # type: ignore[attr-defined]
+    assert f"A-ASSOCIATE-RQ of {HUGE} bytes" in refused.reason  # type: ignore[attr-defined]
+
+
+def test_a_p_data_tf_longer_than_announced_aborts_the_association(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port, max_pdu_size=65536)
+    with running(settings, config):
+        assoc = verification_association(port)
+        # what A-ASSOCIATE-AC announced is what is enforced
+        assert assoc.acceptor.maximum_length == 65536
+        raw = assoc.dul.socket.socket
+        sent = push(raw, struct.pack(">BBL", 0x04, 0, HUGE), 64 << 20, seconds=10)
+        wait_until(lambda: assoc.is_aborted, 5, "association aborted by the receiver")
+        assert sent < 16 << 20, f"{sent} bytes of the announced PDU were taken"
+        assert echoscu(port).returncode == 0
+    (refused,) = transport_log.matching("PDU refused")
+    assert f"P-DATA-TF of {HUGE} bytes, more than the 65536" in refused.reason  # type: ignore[attr-defined]
+
+
+def test_unknown_pdu_types_are_refused(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    """HTTP sent to the DICOM port: refused at its first 6 bytes, logged."""
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port)
+    with running(settings, config), connect_from("127.0.0.2", port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert closed_by_peer(sock, timeout=5)
+    (refused,) = transport_log.matching("PDU refused")
+    assert "unknown PDU type 0x47" in refused.reason  # type: ignore[attr-defined]
