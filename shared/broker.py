@@ -20,7 +20,20 @@ malformed message           dead-letter at once (a permanent error)
 ==========================  ==============================================================
 
 A dead letter carries ``x-seriesflow-reason``, ``x-seriesflow-error``, ``x-seriesflow-service``
-and ``x-seriesflow-routing-key`` headers. Publishing uses publisher confirms: when
+and ``x-seriesflow-routing-key`` headers.
+
+**Dead letters RabbitMQ makes itself.** A consumer that dies on a message every time (killed
+by the kernel for memory, SIGKILL) never reaches the table above; RabbitMQ counts the
+deliveries and, past the delivery limit, dead-letters the message (``x-death``, reason
+``delivery_limit``) with no seriesflow header. A service that passes ``on_dead_letter`` to
+:meth:`Broker.consume` also has ``seriesflow.<service>.dead.notices``, bound like the
+dead-letter queue, which receives a copy of every dead letter. The consume loop drains it
+(at least once a second, between messages): each copy RabbitMQ dead-lettered is handed to
+``on_dead_letter(envelope, reason)`` (the stages store and publish ``job.failed``), the
+copies seriesflow dead-lettered itself (already reported) are dropped. The dead letter
+itself stays in ``seriesflow.<service>.dead`` for replay. A notice whose handler fails
+transiently is tried again, up to the delivery limit (then RabbitMQ drops the notice,
+never the dead letter). Publishing uses publisher confirms: when
 :meth:`Broker.publish` returns, the broker has the message. A lost connection is
 re-established with backoff; unacknowledged messages are redelivered by RabbitMQ.
 """
@@ -64,6 +77,28 @@ def dead_letter_queue(service: str) -> str:
     return f"seriesflow.{service}.dead"
 
 
+def notices_queue(service: str) -> str:
+    return f"seriesflow.{service}.dead.notices"
+
+
+def rabbitmq_dead_letter_reason(headers: dict[str, Any], limit: int) -> str | None:
+    """Why RabbitMQ dead-lettered a message; None if seriesflow dead-lettered it itself."""
+    if "x-seriesflow-reason" in headers:
+        return None
+    why = headers.get("x-first-death-reason")
+    if isinstance(why, bytes):
+        why = why.decode("utf-8", "replace")
+    if why is None:
+        deaths = headers.get("x-death") or [{}]
+        why = deaths[0].get("reason") if isinstance(deaths[0], dict) else None
+    if why == "delivery_limit":
+        return (
+            f"given up after {limit + 1} deliveries without an answer (delivery limit): the "
+            "consumer stopped each time before acknowledging, e.g. killed or out of memory"
+        )
+    return f"dead-lettered by RabbitMQ ({why or 'unknown reason'})"
+
+
 @dataclass(frozen=True)
 class Delivery:
     """What a handler learns about the message beyond its envelope."""
@@ -74,6 +109,9 @@ class Delivery:
 
 
 Handler = Callable[[Envelope, Delivery], None]
+DeadLetterHandler = Callable[[Envelope, str], None]
+"""``on_dead_letter(envelope, reason)``: a message RabbitMQ dead-lettered (module docstring)."""
+_NOTICE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -163,12 +201,24 @@ class Broker:
 
     # -- topology ---------------------------------------------------------------------
 
-    def declare_service_queue(self, service: str, bindings: Iterable[str]) -> str:
-        """The service's quorum queue, its dead-letter queue, and its bindings."""
+    def declare_service_queue(
+        self, service: str, bindings: Iterable[str], *, notices: bool = False
+    ) -> str:
+        """The service's quorum queue, its dead-letter queue (and notices), its bindings."""
         channel = self.channel
         dead = dead_letter_queue(service)
         channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
         channel.queue_bind(dead, DEAD_LETTER_EXCHANGE, routing_key=service)
+        if notices:
+            channel.queue_declare(
+                notices_queue(service),
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": self.settings.delivery_limit,
+                },
+            )
+            channel.queue_bind(notices_queue(service), DEAD_LETTER_EXCHANGE, routing_key=service)
         queue = queue_name(service)
         channel.queue_declare(
             queue,
@@ -240,22 +290,32 @@ class Broker:
         handler: Handler,
         stop: threading.Event | None = None,
         prefetch: int = 1,
+        on_dead_letter: DeadLetterHandler | None = None,
     ) -> None:
-        """Run ``handler`` on every message of the service's queue until ``stop`` is set.
+        """Run ``handler`` on every message of the service's queue until ``stop`` is set,
+        and ``on_dead_letter`` on each message RabbitMQ dead-letters (module docstring).
 
         Reconnects after a lost connection; never returns because of one.
         """
         stop = stop or threading.Event()
         bindings = list(bindings)
         delay = self.settings.retry_backoff_seconds or 0.5
+        notices = on_dead_letter is not None
         while not stop.is_set():
             try:
-                queue = self.declare_service_queue(service, bindings)
+                queue = self.declare_service_queue(service, bindings, notices=notices)
                 channel = self.channel
                 channel.basic_qos(prefetch_count=prefetch)
+                noticed = 0.0
                 for method, properties, body in channel.consume(queue, inactivity_timeout=0.5):
                     if stop.is_set():
                         break
+                    if (
+                        on_dead_letter is not None
+                        and time.monotonic() - noticed >= _NOTICE_INTERVAL
+                    ):
+                        self._notice_dead_letters(service, on_dead_letter)
+                        noticed = time.monotonic()
                     if method is None:
                         continue
                     self._handle(service, handler, method, properties, body)
@@ -317,6 +377,45 @@ class Broker:
             channel.basic_nack(tag, requeue=True)
             return
         channel.basic_ack(tag)
+
+    def _notice_dead_letters(self, service: str, on_dead_letter: DeadLetterHandler) -> None:
+        """Hand the messages RabbitMQ dead-lettered to ``on_dead_letter``; drop the others."""
+        channel = self.channel
+        while True:
+            method, properties, body = channel.basic_get(notices_queue(service))
+            if method is None:
+                return
+            reason = rabbitmq_dead_letter_reason(
+                dict(properties.headers or {}), self.settings.delivery_limit
+            )
+            if reason is not None:
+                try:
+                    envelope = Envelope.from_bytes(body)
+                except PermanentError:  # not an event: nothing to report it for
+                    envelope = None
+                log.error(
+                    "message dead-lettered by RabbitMQ",
+                    extra={
+                        "service": service,
+                        "reason": reason,
+                        "job": envelope.job_id if envelope is not None else None,
+                    },
+                )
+                if envelope is not None:
+                    try:
+                        on_dead_letter(envelope, reason)
+                    except _CONNECTION_ERRORS:
+                        raise
+                    except PermanentError as exc:
+                        log.error("dead letter not reported", extra={"reason": exc.reason})
+                    except Exception as exc:
+                        log.warning(
+                            "dead letter not reported yet, will retry",
+                            extra={"error": type(exc).__name__},
+                        )
+                        channel.basic_nack(method.delivery_tag, requeue=True)
+                        return
+            channel.basic_ack(method.delivery_tag)
 
     def _dead_letter(
         self,

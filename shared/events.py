@@ -16,6 +16,13 @@ routing key                     body                               published by
 ``export.completed``            :class:`ExportCompleted`           exporter
 ``config.changed``              :class:`ConfigChanged`             config API
 ==============================  =================================  ==========================
+
+An envelope is refused (:class:`InvalidInputError`, so the broker dead-letters it at once
+with the reason) when its ``version`` is not the one this seriesflow reads for its
+``type``, when ``type`` differs from the body's, or when an object key it carries is not
+a safe key: segments of letters, digits and ``._-``, none empty, none starting with a
+dot, never ``..`` (:func:`object_key`). Such a key would otherwise reach the object
+store's client, which refuses it with an error no retry can mend.
 """
 
 from __future__ import annotations
@@ -24,11 +31,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
-from shared.errors import InvalidInputError
+from shared.errors import InvalidIdentifierError, InvalidInputError
 from shared.identifiers import validate_name
-from shared.keys import validate_id
+from shared.keys import validate_file_name, validate_id
 
 EXCHANGE = "seriesflow"
 _NAMESPACE = uuid.UUID("4f3c1d0e-5a8b-4c3e-9f11-7b2d6a9e0c55")
@@ -42,6 +57,24 @@ def event_id(*parts: str) -> str:
 def new_id() -> str:
     """A fresh 32-hex-digit identifier (jobs, associations, exports)."""
     return uuid.uuid4().hex
+
+
+_MAX_KEY = 1024
+
+
+def object_key(value: str) -> str:
+    """``value`` if it is a safe object key (see the module docstring), else ValueError."""
+    if not value or len(value) > _MAX_KEY:
+        raise ValueError(f"object key of {len(value)} characters")
+    try:
+        for segment in value.split("/"):
+            validate_file_name(segment)
+    except InvalidIdentifierError as exc:
+        raise ValueError(f"object key {value[:200]!r} is not safe: {exc.reason}") from exc
+    return value
+
+
+ObjectKey = Annotated[str, AfterValidator(object_key)]
 
 
 class _Body(BaseModel):
@@ -64,7 +97,7 @@ class _PipelineBody(_Body):
 
 class JobReceived(_PipelineBody):
     type: Literal["job.received"] = "job.received"
-    manifest_key: str
+    manifest_key: ObjectKey
     instance_count: int
     called_ae_title: str
     calling_ae_title: str
@@ -75,9 +108,9 @@ class JobReceived(_PipelineBody):
 
 class JobParsed(_PipelineBody):
     type: Literal["job.parsed"] = "job.parsed"
-    metadata_key: str
-    series_images_key: str
-    image_keys: list[str]
+    metadata_key: ObjectKey
+    series_images_key: ObjectKey
+    image_keys: list[ObjectKey]
 
     def routing_key(self) -> str:
         return f"job.parsed.{self.pipeline}"
@@ -85,7 +118,7 @@ class JobParsed(_PipelineBody):
 
 class JobSelected(_PipelineBody):
     type: Literal["job.selected"] = "job.selected"
-    selected_images_key: str
+    selected_images_key: ObjectKey
     selections: dict[str, dict[str, str]]
 
     def routing_key(self) -> str:
@@ -107,7 +140,7 @@ class ExportRequested(_Body):
     destination: str
     pipeline: str
     selection: str
-    instance_keys: list[str]
+    instance_keys: list[ObjectKey]
 
     @field_validator("destination")
     @classmethod
@@ -120,7 +153,7 @@ class ExportRequested(_Body):
 
 class FileStatus(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    key: str
+    key: ObjectKey
     status: Literal["sent", "failed", "skipped"]
     detail: str = ""
 
@@ -159,6 +192,21 @@ Body = Annotated[
 ]
 
 
+BODY_TYPES: dict[str, type[_Body]] = {
+    body.model_fields["type"].default: body
+    for body in (
+        JobReceived,
+        JobParsed,
+        JobSelected,
+        JobFailed,
+        ExportRequested,
+        ExportCompleted,
+        ConfigChanged,
+    )
+}
+"""Each event type and its body model (whose ``version`` is the one this code reads)."""
+
+
 class Envelope(BaseModel):
     """What travels on the exchange and is stored for replay."""
 
@@ -177,6 +225,28 @@ class Envelope(BaseModel):
     @classmethod
     def _ids(cls, value: str) -> str:
         return validate_id(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, data: Any) -> Any:
+        """An unknown version is refused before its body is read (it may not parse)."""
+        if isinstance(data, dict):
+            kind, version = data.get("type"), data.get("version")
+            body = BODY_TYPES.get(kind) if isinstance(kind, str) else None
+            if body is not None and version != body.version:
+                raise ValueError(
+                    f"{kind} version {version!r} is not supported "
+                    f"(this seriesflow reads version {body.version})"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _same_type(self) -> Envelope:
+        if self.type != self.body.type:
+            raise ValueError(
+                f"envelope type {self.type!r} differs from its body's {self.body.type!r}"
+            )
+        return self
 
     @property
     def routing_key(self) -> str:
