@@ -105,7 +105,7 @@ class PurgeReport:
 
 
 def _export_failed(jobs: JobStore, job: JobInfo) -> bool:
-    """Whether any export of the job gave up (read only for completed jobs that are due)."""
+    """Whether any export of the job gave up (one read per export outcome)."""
     for stage in job.events:
         if not stage.startswith(EXPORTED_PREFIX):
             continue
@@ -128,12 +128,7 @@ def held_jobs(
     for job in jobs.list_jobs(with_pipeline=True):
         age = max(0.0, (now - job.updated).total_seconds())
         state: Held = job.state
-        if (
-            state == "completed"
-            and policy.completed > 0
-            and age >= policy.completed
-            and _export_failed(jobs, job)
-        ):
+        if state == "completed" and _export_failed(jobs, job):
             state = "failed"
         held.append(
             HeldJob(job.job_id, job.pipeline, state, job.updated, age, policy.keep_for(state))
