@@ -146,6 +146,7 @@ def status(
     """Queues (depth, consumers, dead letters) and the latest jobs with their stage."""
     from services.status import latest_jobs, queue_stats
     from shared.broker import Broker
+    from shared.jobstore import JobStore
     from shared.store import ObjectStore
 
     settings = _settings(ServiceSettings)
@@ -154,7 +155,7 @@ def status(
             broker.connect(attempts=2)
             stats = queue_stats(broker)
         store = ObjectStore(settings)
-        latest = latest_jobs(store, jobs)
+        latest = latest_jobs(JobStore(store), jobs)
     except SeriesflowError as exc:
         _fail(exc.reason)
         return
@@ -165,10 +166,17 @@ def status(
         table.add_row(s.queue, str(s.messages), str(s.consumers), str(s.dead_letters))
     out.print(table)
     job_table = Table(title=f"latest {len(latest)} jobs")
-    for column in ("job", "stage", "exports", "updated"):
+    for column in ("job", "pipeline", "stage", "state", "exports", "updated"):
         job_table.add_column(column)
     for job in latest:
-        job_table.add_row(job.job_id, job.stage, str(job.exports), job.updated.isoformat())
+        job_table.add_row(
+            job.job_id,
+            job.pipeline or "?",
+            job.stage,
+            job.state,
+            f"{job.exports_done}/{job.export_requests}",
+            job.updated.isoformat(),
+        )
     out.print(job_table)
 
 
@@ -194,8 +202,11 @@ def replay(
             out.print(f"re-published {count} dead letter(s) of {dead_letters}")
         else:
             from services.replay import replay_job
+            from shared.jobstore import JobStore
 
-            count = replay_job(ObjectStore(settings), broker, validate_id(job or "", "job id"))
+            count = replay_job(
+                JobStore(ObjectStore(settings)), broker, validate_id(job or "", "job id")
+            )
             out.print(f"re-published {count} event(s) of job {job}")
         broker.close()
     except SeriesflowError as exc:

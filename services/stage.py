@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from services.replay import report_failure
 from services.runtime import connect_broker, connect_store
 from shared.broker import Broker, Delivery
 from shared.errors import PermanentError, SeriesflowError
 from shared.events import Envelope
+from shared.jobstore import JobStore
 from shared.logs import get_logger, job_context
-from shared.pipelines import PipelineRegistry
+from shared.pipelines import Pipeline, PipelineRegistry
 from shared.settings import ServiceSettings
-from shared.store import ObjectStore
 
 BodyT = TypeVar("BodyT")
+
+
+class PipelineLookup(Protocol):
+    """Pipelines by name or Clara id: a fixed :class:`PipelineRegistry` or the live view."""
+
+    def get(self, key: str) -> Pipeline | None: ...
+
+    def all(self) -> list[Pipeline]: ...
+
+
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 log = get_logger("stage")
 
@@ -36,15 +46,22 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
 
     def __init__(
         self,
-        store: ObjectStore,
+        jobs: JobStore,
         broker: Broker,
-        registry: PipelineRegistry,
+        pipelines: PipelineLookup,
         settings: SettingsT,
     ) -> None:
-        self.store = store
+        self.jobs = jobs
         self.broker = broker
-        self.registry = registry
+        self.pipelines = pipelines
         self.settings = settings
+
+    def find_pipeline(self, name: str) -> Pipeline:
+        """The pipeline a job names, as configured now (unknown: permanent)."""
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            raise PermanentError(f"pipeline {name} is not defined")
+        return pipeline
 
     def __call__(self, envelope: Envelope, delivery: Delivery) -> None:
         body = envelope.body
@@ -75,7 +92,7 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
         """Report the job as failed; a failure to report must not hide the original error."""
         try:
             report_failure(
-                self.store,
+                self.jobs,
                 self.broker,
                 job_id=envelope.job_id,
                 correlation_id=envelope.correlation_id,
@@ -103,7 +120,7 @@ def run_stage(
     broker = connect_broker(settings, service, stop)
     if broker is None:
         return
-    handler = handler_class(store, broker, registry, settings)
+    handler = handler_class(JobStore(store), broker, registry, settings)
     log.info(f"{service} started", extra={"pipelines": [p.name for p in registry.all()]})
     try:
         broker.consume(service, bindings, handler, stop)

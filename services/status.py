@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from shared.broker import Broker, QueueStats
-from shared.store import ObjectStore
+from shared.jobstore import JobInfo, JobStore
 
 CONSUMING_SERVICES = ("parser", "selector", "exporter")
-STAGES = ("received", "parsed", "selected", "failed")
-
-
-@dataclass(frozen=True)
-class JobStage:
-    job_id: str
-    stage: str
-    updated: datetime
-    exports: int
 
 
 def queue_stats(broker: Broker) -> list[QueueStats]:
@@ -31,19 +19,6 @@ def queue_stats(broker: Broker) -> list[QueueStats]:
     return stats
 
 
-def latest_jobs(store: ObjectStore, limit: int = 20) -> list[JobStage]:
-    """The ``limit`` most recently updated jobs, from the events they stored."""
-    jobs: dict[str, dict[str, datetime]] = {}
-    for key, modified in store.list_with_times("jobs/"):
-        parts = key.split("/")
-        if len(parts) == 4 and parts[2] == "events" and parts[3].endswith(".json"):
-            jobs.setdefault(parts[1], {})[parts[3][: -len(".json")]] = modified
-    result = []
-    for job_id, events in jobs.items():
-        stage = next((s for s in reversed(STAGES) if s in events), "unknown")
-        if "failed" in events:
-            stage = "failed"
-        exports = sum(1 for name in events if name.startswith("export"))
-        result.append(JobStage(job_id, stage, max(events.values()), exports))
-    result.sort(key=lambda j: j.updated, reverse=True)
-    return result[:limit]
+def latest_jobs(jobs: JobStore, limit: int = 20) -> list[JobInfo]:
+    """The ``limit`` most recently updated jobs (see :meth:`JobStore.list_jobs`)."""
+    return jobs.list_jobs(limit)

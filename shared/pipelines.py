@@ -305,6 +305,17 @@ class PipelineRegistry:
                 pipelines.append(parse_pipeline(data, str(path), path.parent))
         return cls(pipelines, ids)
 
+    @classmethod
+    def from_keys(cls, by_key: dict[str, Pipeline]) -> PipelineRegistry:
+        """A registry of exactly these keys (the live view merges file and stored ones)."""
+        registry = cls([])
+        registry._by_key = dict(by_key)
+        return registry
+
+    def items(self) -> list[tuple[str, Pipeline]]:
+        """Every key (name, id, mapped id) with its pipeline."""
+        return list(self._by_key.items())
+
     def get(self, key: str) -> Pipeline | None:
         return self._by_key.get(key)
 

@@ -1,16 +1,39 @@
 """The object store: one bucket on any S3-compatible server, through the minio client.
 
-All store access goes through :class:`ObjectStore`. It creates the bucket at start if it is
-missing, turns connection problems into :class:`TransientError` (retry) and missing
-objects into :class:`ObjectNotFoundError`. Keys come from :mod:`shared.keys`.
+:class:`ObjectStore` is the only code that talks to the minio client. Above it,
+:class:`shared.jobstore.JobStore` owns the jobs' objects and
+:class:`shared.configstore.ConfigStore` the configuration; services use those two.
+
+It offers what the project needs: plain and conditional puts (``If-None-Match: *`` to
+create, ``If-Match: <etag>`` to replace what was read), reads with the object's ETag,
+ranged reads, conditional deletes, listing with modification times. It creates the bucket
+at start if it is missing. Errors are mapped in one place (:func:`_errors`):
+
+=========================================  ==============================================
+what happened                              raised
+=========================================  ==============================================
+the object does not exist                  :class:`ObjectNotFoundError` (permanent)
+a condition (If-Match...) does not hold    :class:`PreconditionFailedError` (permanent)
+the server is busy or unreachable          :class:`TransientError` ("object store busy /
+                                           unreachable")
+the server refuses (access denied...)      :class:`PermanentError` ("object store refused")
+a local file cannot be read or written     :class:`LocalDiskFullError` (transient: no space
+(``get_file``, ``put_file``)               left) or :class:`LocalFileError` (permanent),
+                                           never "object store unreachable"
+=========================================  ==============================================
+
+Keys come from :mod:`shared.keys`.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,15 +42,44 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from shared.errors import PermanentError, TransientError
+from shared.errors import OutputError, PermanentError, TransientError
 from shared.settings import ServiceSettings
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"}
 _TRANSIENT_S3 = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"}
+_PRECONDITION = {"PreconditionFailed"}
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_Headers = dict[str, str | list[str] | tuple[str]]
 
 
 class ObjectNotFoundError(PermanentError):
     """The object does not exist."""
+
+
+class PreconditionFailedError(PermanentError):
+    """A conditional request's condition does not hold: the object exists already
+    (``If-None-Match: *``) or has changed since it was read (``If-Match``)."""
+
+
+class LocalDiskFullError(TransientError):
+    """The local disk (not the object store) has no space left; may succeed later."""
+
+
+class LocalFileError(OutputError):
+    """A local file (not the object store) cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str
+    size: int
+    modified: datetime | None
+
+
+def _etag(value: str | None) -> str:
+    """An ETag without quotes or weak prefix."""
+    return (value or "").strip().removeprefix("W/").strip('"')
 
 
 class ObjectStore:
@@ -38,7 +90,7 @@ class ObjectStore:
             maxsize=16,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
         )
-        self.client = Minio(
+        self._client = Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key.get_secret_value(),
             secret_key=settings.s3_secret_key.get_secret_value(),
@@ -49,73 +101,130 @@ class ObjectStore:
 
     def ensure_bucket(self) -> None:
         with _errors("create bucket"):
-            if not self.client.bucket_exists(self.bucket):
+            if not self._client.bucket_exists(self.bucket):
                 try:
-                    self.client.make_bucket(self.bucket)
+                    self._client.make_bucket(self.bucket)
                 except S3Error as exc:
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
 
-    def put_bytes(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> None:
-        """Store ``data``; when this returns, the object is durable in the store."""
-        with _errors(f"put {key}"):
-            self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
-            )
+    # -- writing ---------------------------------------------------------------------------
 
-    def put_json(self, key: str, data: Any) -> None:
-        self.put_bytes(key, json.dumps(data, indent=1).encode(), "application/json")
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Store ``data``; when this returns, the object is durable. Returns its ETag.
+
+        ``if_none_match`` creates only if nothing is stored at ``key``; ``if_match`` replaces
+        only the object with that ETag. Otherwise :class:`PreconditionFailedError`.
+        """
+        with _errors(f"put {key}"):
+            if not if_none_match and if_match is None:
+                result = self._client.put_object(
+                    self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
+                )
+            else:
+                headers: _Headers = {"Content-Type": content_type}
+                if if_none_match:
+                    headers["If-None-Match"] = "*"
+                if if_match is not None:
+                    headers["If-Match"] = f'"{_etag(if_match)}"'
+                result = self._client._put_object(self.bucket, key, data, headers)
+        return _etag(result.etag)
+
+    def put_json(self, key: str, data: Any, **conditions: Any) -> str:
+        return self.put_bytes(
+            key, json.dumps(data, indent=1).encode(), "application/json", **conditions
+        )
 
     def put_file(
         self, key: str, path: Path, content_type: str = "application/octet-stream"
     ) -> None:
-        with _errors(f"put {key}"):
-            self.client.fput_object(self.bucket, key, str(path), content_type=content_type)
+        with _errors(f"put {key}", local=True):
+            self._client.fput_object(self.bucket, key, str(path), content_type=content_type)
 
-    def get_bytes(self, key: str) -> bytes:
-        data = b""
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag (its revision, for a later ``if_match``)."""
+        return self._get(key, 0, 0)
+
+    def _get(self, key: str, offset: int, length: int) -> tuple[bytes, str]:
+        data, etag = b"", ""
         with _errors(f"get {key}"):
-            response = self.client.get_object(self.bucket, key)
             try:
-                data = response.read()
+                response = self._client.get_object(self.bucket, key, offset=offset, length=length)
+            except S3Error as exc:
+                if exc.code == "InvalidRange":  # an empty object, or a range beyond its end
+                    return b"", ""
+                raise
+            try:
+                data = bytes(response.read())
+                etag = _etag(response.headers.get("ETag"))
             finally:
                 response.close()
                 response.release_conn()
-        return data
+        return data, etag
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._get(key, 0, 0)[0]
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer if the object is shorter)."""
+        if length <= 0:
+            return b""
+        return self._get(key, offset, length)[0]
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
     def get_file(self, key: str, path: Path) -> None:
-        with _errors(f"get {key}"):
-            self.client.fget_object(self.bucket, key, str(path))
+        with _errors(f"get {key}", local=True):
+            self._client.fget_object(self.bucket, key, str(path))
+
+    def stat(self, key: str) -> ObjectInfo:
+        with _errors(f"stat {key}"):
+            info = self._client.stat_object(self.bucket, key)
+        return ObjectInfo(key, _etag(info.etag), int(info.size or 0), info.last_modified)
 
     def exists(self, key: str) -> bool:
         try:
-            with _errors(f"stat {key}"):
-                self.client.stat_object(self.bucket, key)
+            self.stat(key)
         except ObjectNotFoundError:
             return False
         return True
 
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        """Keys below ``prefix``; not recursive: the next level's keys and ``folders/``."""
         with _errors(f"list {prefix}"):
-            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive):
+            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=recursive):
                 if obj.object_name is not None:
                     yield obj.object_name
 
     def list_with_times(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         """Keys below ``prefix`` with their last-modified times."""
         with _errors(f"list {prefix}"):
-            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
                 if obj.object_name is not None and obj.last_modified is not None:
                     yield obj.object_name, obj.last_modified
 
-    def delete(self, key: str) -> None:
+    # -- deleting --------------------------------------------------------------------------
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete ``key`` (no error if it is absent); with ``if_match``, only that revision."""
         with _errors(f"delete {key}"):
-            self.client.remove_object(self.bucket, key)
+            if if_match is None:
+                self._client.remove_object(self.bucket, key)
+            else:
+                self._client._execute(
+                    "DELETE", self.bucket, key, headers={"If-Match": f'"{_etag(if_match)}"'}
+                )
 
     def delete_prefix(self, prefix: str) -> int:
         keys = list(self.list(prefix))
@@ -123,10 +232,27 @@ class ObjectStore:
             self.delete(key)
         return len(keys)
 
+    # -- the server ------------------------------------------------------------------------
+
+    def check_conditional_writes(self, probe_key: str) -> None:
+        """Refuse a server that ignores If-None-Match (concurrent writes could be lost)."""
+        self.put_bytes(probe_key, b"{}", "application/json", if_none_match=True)
+        try:
+            self.put_bytes(probe_key, b"{ }", "application/json", if_none_match=True)
+        except PreconditionFailedError:
+            return
+        finally:
+            self.delete(probe_key)
+        raise PermanentError(
+            "the object store ignores conditional writes (If-None-Match), so concurrent "
+            "changes could be lost; use AWS S3, MinIO or a recent SeaweedFS (4.x)"
+        )
+
 
 @contextmanager
-def _errors(what: str) -> Iterator[None]:
-    """Map minio and connection errors onto the error hierarchy."""
+def _errors(what: str, *, local: bool = False) -> Iterator[None]:
+    """Map minio, connection and local file errors onto the error hierarchy (the only
+    place that does). ``local``: the operation reads or writes a local file too."""
     try:
         yield
     except (TransientError, PermanentError):
@@ -134,8 +260,19 @@ def _errors(what: str) -> Iterator[None]:
     except S3Error as exc:
         if exc.code in _NOT_FOUND:
             raise ObjectNotFoundError(f"{what}: not found") from exc
+        if exc.code in _PRECONDITION:
+            raise PreconditionFailedError(f"{what}: changed by someone else") from exc
         if exc.code in _TRANSIENT_S3:
             raise TransientError(f"{what}: object store busy ({exc.code})") from exc
         raise PermanentError(f"{what}: object store refused ({exc.code})") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, socket.gaierror) as exc:
         raise TransientError(f"{what}: object store unreachable ({type(exc).__name__})") from exc
+    except OSError as exc:
+        if not local:
+            raise TransientError(
+                f"{what}: object store unreachable ({type(exc).__name__})"
+            ) from exc
+        reason = exc.strerror or type(exc).__name__
+        if exc.errno in _DISK_FULL:
+            raise LocalDiskFullError(f"{what}: local disk full ({reason})") from exc
+        raise LocalFileError(f"{what}: local file error ({reason})") from exc

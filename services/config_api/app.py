@@ -17,11 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.config_api import clara, routes
+from services.config_api import clara, retention_routes, routes
 from services.config_api.deps import caller
+from services.config_api.guard import ApiGuard
 from services.config_api.models import Health
 from services.config_api.repository import ApiError, ConfigRepository
-from services.config_api.security import TokenChecker, parse_tokens
+from services.config_api.security import TokenChecker, parse_identifier_readers, parse_tokens
 from services.config_api.settings import config_api_settings
 from shared.broker import Broker
 from shared.config import SeriesflowConfig, load_config
@@ -33,7 +34,9 @@ from shared.errors import (
     TransientError,
 )
 from shared.events import ConfigChanged, Envelope, event_id, new_id
+from shared.jobstore import JobStore
 from shared.logs import get_logger
+from shared.pipelines import PipelineRegistry
 from shared.settings import ServiceSettings
 from shared.store import ObjectNotFoundError, ObjectStore
 
@@ -81,10 +84,15 @@ def create_app(
         ),
     )
     app.state.store = store
+    app.state.jobs = JobStore(store)
     app.state.tokens = TokenChecker(tokens)
+    app.state.identifier_readers = parse_identifier_readers(config.api_identifier_readers, tokens)
     app.state.echo_timeout = config.api_echo_timeout
     app.state.repository = ConfigRepository(
-        store, static=static, notify=None if broker is None else _publisher(broker)
+        store,
+        static=static,
+        file_pipelines=PipelineRegistry.load(config.pipelines),
+        notify=None if broker is None else _publisher(broker),
     )
 
     @app.get("/health", response_model=Health, tags=["Health"], summary="No token needed")
@@ -94,7 +102,11 @@ def create_app(
     secured = [Depends(caller)]
     app.include_router(clara.router, dependencies=secured)
     app.include_router(routes.router, dependencies=secured)
+    retention_routes.install(app, config)
     _error_handlers(app)
+    app.add_middleware(
+        ApiGuard, tokens=app.state.tokens, max_body=config.api_max_body_bytes, answer=_answer
+    )
     return app
 
 

@@ -7,7 +7,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.config_api.repository import ApiError, ConfigRepository
 from services.config_api.security import TokenChecker
-from shared.store import ObjectStore
+from shared.jobstore import JobStore
 
 bearer = HTTPBearer(auto_error=False, description="SERIESFLOW_API_TOKEN(S), when configured")
 
@@ -17,9 +17,9 @@ def repository(request: Request) -> ConfigRepository:
     return repo
 
 
-def object_store(request: Request) -> ObjectStore:
-    store: ObjectStore = request.app.state.store
-    return store
+def job_store(request: Request) -> JobStore:
+    jobs: JobStore = request.app.state.jobs
+    return jobs
 
 
 def caller(

@@ -1,4 +1,4 @@
-"""What the store says about jobs: their stage, events, outputs, errors and selection."""
+"""The config API's views of jobs, from :class:`shared.jobstore.JobStore`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any
 
 from services.config_api.models import JobDetail, JobError, JobEvent, JobSummary
 from services.config_api.repository import ApiError, not_found
-from services.status import STAGES, latest_jobs
 from shared import keys
 from shared.dicom.metadata import SELECTED_IMAGES_FILE
-from shared.errors import InvalidIdentifierError
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.errors import InvalidIdentifierError, InvalidInputError
+from shared.events import JobFailed
+from shared.jobstore import FAILED, JobInfo, JobStore
+from shared.store import ObjectNotFoundError
 
 
 def job_id(value: str) -> str:
@@ -21,70 +22,63 @@ def job_id(value: str) -> str:
         raise ApiError(400, "bad_request", exc.reason) from exc
 
 
-def list_jobs(store: ObjectStore, limit: int) -> list[JobSummary]:
-    return [
-        JobSummary(jobId=j.job_id, stage=j.stage, updated=j.updated.isoformat(), exports=j.exports)
-        for j in latest_jobs(store, limit)
-    ]
+def summary(job: JobInfo) -> JobSummary:
+    return JobSummary(
+        jobId=job.job_id,
+        pipeline=job.pipeline,
+        stage="failed" if job.state == "failed" else job.stage,
+        state=job.state,
+        created=job.created.isoformat(),
+        updated=job.updated.isoformat(),
+        exports=job.export_requests,
+        exportsDone=job.exports_done,
+    )
 
 
-def _json(store: ObjectStore, key: str) -> Any:
-    try:
-        return json.loads(store.get_bytes(key))
-    except ValueError:
-        return None
+def list_jobs(jobs: JobStore, limit: int) -> list[JobSummary]:
+    return [summary(j) for j in jobs.list_jobs(limit)]
 
 
-def job_detail(store: ObjectStore, value: str) -> JobDetail:
-    prefix = keys.job_prefix(job_id(value))
-    listed = list(store.list_with_times(prefix))
-    if not listed:
+def job_detail(jobs: JobStore, value: str) -> JobDetail:
+    info = jobs.job(job_id(value))
+    if info is None:
         raise not_found(f"job {value} has nothing stored")
     events: list[JobEvent] = []
-    outputs: list[str] = []
     errors: list[JobError] = []
-    manifest = False
-    for key, modified in sorted(listed, key=lambda item: item[1]):
-        rest = key[len(prefix) :]
-        if rest == "manifest.json":
-            manifest = True
-        elif rest.startswith("output/"):
-            outputs.append(rest[len("output/") :])
-        elif rest.startswith("events/") and rest.endswith(".json"):
-            stage = rest[len("events/") : -len(".json")]
-            try:
-                envelope = _json(store, key)
-            except ObjectNotFoundError:
-                continue
-            envelope = envelope if isinstance(envelope, dict) else {}
-            body = envelope.get("body") if isinstance(envelope.get("body"), dict) else None
-            events.append(
-                JobEvent(
-                    stage=stage,
-                    updated=modified.isoformat(),
-                    type=envelope.get("type"),
-                    createdAt=envelope.get("created_at"),
-                    body=body,
-                )
+    for stage, modified in sorted(info.events.items(), key=lambda item: item[1]):
+        try:
+            envelope = jobs.load_event(info.job_id, stage)
+        except InvalidInputError:
+            envelope = None
+        if envelope is None:
+            events.append(JobEvent(stage=stage, updated=modified.isoformat()))
+            continue
+        body = json.loads(envelope.body.model_dump_json())
+        events.append(
+            JobEvent(
+                stage=stage,
+                updated=modified.isoformat(),
+                type=envelope.type,
+                createdAt=envelope.created_at.isoformat(),
+                body=body,
             )
-            if stage == "failed" and body is not None:
-                errors.append(
-                    JobError(stage=str(body.get("stage", "")), reason=str(body.get("reason", "")))
-                )
-    stages = {e.stage for e in events}
-    stage = next((s for s in reversed(STAGES) if s in stages), "unknown")
+        )
+        if stage == FAILED and isinstance(envelope.body, JobFailed):
+            errors.append(JobError(stage=envelope.body.stage, reason=envelope.body.reason))
     return JobDetail(
-        jobId=value,
-        stage="failed" if "failed" in stages else stage,
-        manifest=manifest,
+        jobId=info.job_id,
+        pipeline=info.pipeline,
+        stage="failed" if info.state == "failed" else info.stage,
+        state=info.state,
+        manifest=info.has_manifest,
         events=events,
-        outputs=sorted(outputs),
+        outputs=info.outputs,
         errors=errors,
     )
 
 
-def job_selection(store: ObjectStore, value: str) -> Any:
+def job_selection(jobs: JobStore, value: str) -> Any:
     try:
-        return json.loads(store.get_bytes(keys.output(job_id(value), SELECTED_IMAGES_FILE)))
+        return json.loads(jobs.output(job_id(value), SELECTED_IMAGES_FILE))
     except ObjectNotFoundError as exc:
         raise not_found(f"job {value} has no {SELECTED_IMAGES_FILE}") from exc

@@ -6,7 +6,7 @@ configuration file's keys (``ae-title``, ``host-ip``…).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,14 +22,24 @@ class _Out(BaseModel):
     createdAt: str
     updatedAt: str
     updatedBy: str
+    origin: Literal["store", "file"] = Field(
+        default="store",
+        description="store: created through the API; file: defined in the configuration "
+        "file or pipelines folder (read-only here)",
+    )
+    overridesFile: bool = Field(
+        default=False, description="Replaces the configuration file's entry (explicit, audited)"
+    )
 
 
-def _meta(stored: StoredObject) -> dict[str, str]:
+def _meta(stored: StoredObject) -> dict[str, Any]:
     return {
         "revision": stored.revision,
         "createdAt": stored.created_at,
         "updatedAt": stored.updated_at,
         "updatedBy": stored.updated_by,
+        "origin": stored.origin,
+        "overridesFile": stored.overrides_file,
     }
 
 
@@ -43,6 +53,12 @@ class AETitleIn(_In):
     timeout: float = Field(default=0, description="Seconds of silence before a job starts")
     overwriteSameInstance: bool = False
     ignoredSopClasses: list[str] = Field(default_factory=list)
+    grouping: Literal["association", "study"] = Field(
+        default="association", description="A job per association, or per StudyInstanceUID"
+    )
+    duplicates: Literal["keep-first", "overwrite", "reject"] | None = Field(
+        default=None, description="A SOP Instance UID received again with different content"
+    )
     revision: str | None = Field(default=None, description="For updates (or If-Match)")
 
     def spec(self) -> dict[str, Any]:
@@ -52,6 +68,8 @@ class AETitleIn(_In):
             "timeout": self.timeout,
             "overwrite-same-instance": self.overwriteSameInstance,
             "ignored-sop-classes": self.ignoredSopClasses,
+            "grouping": self.grouping,
+            "duplicates": self.duplicates,
         }
 
 
@@ -62,6 +80,8 @@ class AETitleOut(_Out):
     timeout: float
     overwriteSameInstance: bool
     ignoredSopClasses: list[str]
+    grouping: str = "association"
+    duplicates: str | None = None
 
     @classmethod
     def of(cls, stored: StoredObject) -> AETitleOut:
@@ -73,6 +93,8 @@ class AETitleOut(_Out):
             timeout=spec.get("timeout", 0),
             overwriteSameInstance=spec.get("overwrite-same-instance", False),
             ignoredSopClasses=list(spec.get("ignored-sop-classes") or ()),
+            grouping=spec.get("grouping") or "association",
+            duplicates=spec.get("duplicates"),
             **_meta(stored),
         )
 
@@ -182,17 +204,21 @@ class EchoOut(BaseModel):
 
 class JobSummary(BaseModel):
     jobId: str
-    stage: str
+    pipeline: str | None = Field(description="From the job's manifest")
+    stage: str = Field(description="The furthest of received, parsed, selected (or none)")
+    state: str = Field(description="running, completed or failed")
+    created: str
     updated: str
-    exports: int
+    exports: int = Field(description="Export requests (one per route destination)")
+    exportsDone: int = Field(description="Exports with an outcome (export.completed)")
 
 
 class JobEvent(BaseModel):
     stage: str
     updated: str
-    type: str | None
-    createdAt: str | None
-    body: dict[str, Any] | None
+    type: str | None = None
+    createdAt: str | None = None
+    body: dict[str, Any] | None = None
 
 
 class JobError(BaseModel):
@@ -202,7 +228,9 @@ class JobError(BaseModel):
 
 class JobDetail(BaseModel):
     jobId: str
+    pipeline: str | None
     stage: str
+    state: str
     manifest: bool
     events: list[JobEvent]
     outputs: list[str]

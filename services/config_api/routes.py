@@ -15,8 +15,9 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.concurrency import run_in_threadpool
 
 from services.config_api import jobs
-from services.config_api.deps import caller, object_store, repository
+from services.config_api.deps import caller, job_store, repository
 from services.config_api.echo import echo
+from services.config_api.identifiers import reveal_identifiers
 from services.config_api.models import (
     AETitleIn,
     AETitleOut,
@@ -42,11 +43,11 @@ from services.config_api.repository import (
     invalid,
     not_found,
 )
-from services.selector.selecting import load_parser_outputs
 from shared.errors import PermanentError, RulesError
-from shared.pipelines import parse_pipeline
+from shared.jobstore import JobStore
+from shared.pipelines import parse_pipeline, with_pipeline_id
 from shared.selection import explain, render_explanation, rules_from_data
-from shared.store import ObjectStore
+from shared.selection.explain import withhold_identifiers
 
 router = APIRouter(prefix="/api/v1")
 
@@ -63,6 +64,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _UPDATE_ERRORS = {**_ERRORS, 428: {"model": ErrorBody, "description": "No revision given"}}
 NAME = Path(description="The object's name", max_length=128)
 IF_MATCH = Header(default=None, description="The revision read (or 'revision' in the body)")
+OVERRIDE_FILE = Query(
+    default=False,
+    alias="overrideFile",
+    description="Replace the configuration file's entry of the same AE title or destination "
+    "name (the file wins otherwise); recorded in the audit log",
+)
 
 
 def _revision(header: str | None, body: str | None) -> str | None:
@@ -90,9 +97,12 @@ def create_ae_title(
     body: AETitleIn,
     response: Response,
     repo: ConfigRepository = Depends(repository),
+    override: bool = OVERRIDE_FILE,
     who: str = Depends(caller),
 ) -> AETitleOut:
-    stored = repo.create("ae-titles", body.name or body.aeTitle.strip(), body.spec(), who)
+    stored = repo.create(
+        "ae-titles", body.name or body.aeTitle.strip(), body.spec(), who, override_file=override
+    )
     _etag(response, stored)
     return AETitleOut.of(stored)
 
@@ -115,11 +125,12 @@ def update_ae_title(
     name: str = NAME,
     if_match: str | None = IF_MATCH,
     repo: ConfigRepository = Depends(repository),
+    override: bool = OVERRIDE_FILE,
     who: str = Depends(caller),
 ) -> AETitleOut:
     _same_name(name, body.name)
     revision = _revision(if_match, body.revision)
-    stored = repo.update("ae-titles", name, body.spec(), revision, who)
+    stored = repo.update("ae-titles", name, body.spec(), revision, who, override_file=override)
     _etag(response, stored)
     return AETitleOut.of(stored)
 
@@ -189,11 +200,14 @@ def create_destination(
     body: DestinationIn,
     response: Response,
     repo: ConfigRepository = Depends(repository),
+    override: bool = OVERRIDE_FILE,
     who: str = Depends(caller),
 ) -> DestinationOut:
     if not body.name:
         raise invalid("a destination needs a 'name'")
-    stored = repo.create("destinations", body.name, body.spec(body.name), who)
+    stored = repo.create(
+        "destinations", body.name, body.spec(body.name), who, override_file=override
+    )
     _etag(response, stored)
     return DestinationOut.of(stored)
 
@@ -224,11 +238,14 @@ def update_destination(
     name: str = NAME,
     if_match: str | None = IF_MATCH,
     repo: ConfigRepository = Depends(repository),
+    override: bool = OVERRIDE_FILE,
     who: str = Depends(caller),
 ) -> DestinationOut:
     _same_name(name, body.name)
     revision = _revision(if_match, body.revision)
-    stored = repo.update("destinations", name, body.spec(name), revision, who)
+    stored = repo.update(
+        "destinations", name, body.spec(name), revision, who, override_file=override
+    )
     _etag(response, stored)
     return DestinationOut.of(stored)
 
@@ -296,7 +313,7 @@ def create_pipeline(
     name = spec.get("name")
     if not isinstance(name, str):
         raise invalid("a pipeline needs a 'name'")
-    stored = repo.create("pipelines", name, spec, who)
+    stored = repo.create("pipelines", name, with_pipeline_id(spec), who)
     _etag(response, stored)
     return PipelineOut.of(stored)
 
@@ -324,6 +341,7 @@ def update_pipeline(
     spec, body_revision = _pipeline_body(body)
     spec_name = spec.get("name")
     _same_name(name, spec_name if isinstance(spec_name, str) else None)
+    spec = with_pipeline_id(spec, keep=repo.get("pipelines", name).spec.get("id"))
     stored = repo.update("pipelines", name, spec, _revision(if_match, body_revision), who)
     _etag(response, stored)
     return PipelineOut.of(stored)
@@ -396,8 +414,9 @@ def validate_rules(
 )
 def explain_rules(
     body: ExplainIn,
-    store: ObjectStore = Depends(object_store),
+    store: JobStore = Depends(job_store),
     repo: ConfigRepository = Depends(repository),
+    reveal: bool = Depends(reveal_identifiers),
 ) -> ExplainOut:
     job_id = jobs.job_id(body.jobId)
     if body.rules is not None and body.pipeline is not None:
@@ -408,10 +427,12 @@ def explain_rules(
     else:
         rules = _rules(body.rules, "rules")
     try:
-        outputs = load_parser_outputs(store, job_id)
+        outputs = store.parser_outputs(job_id)
     except PermanentError as exc:
         raise not_found(exc.reason) from exc
     explanation = explain(rules, outputs.metadata, outputs.series_images)
+    if not reveal:
+        explanation = withhold_identifiers(explanation)
     return ExplainOut(
         jobId=job_id,
         explanation=explanation.model_dump(mode="json"),
@@ -425,13 +446,13 @@ def explain_rules(
 @router.get("/jobs", response_model=list[JobSummary], tags=["Jobs"])
 def list_jobs(
     limit: int = Query(default=20, ge=1, le=1000),
-    store: ObjectStore = Depends(object_store),
+    store: JobStore = Depends(job_store),
 ) -> list[JobSummary]:
     return jobs.list_jobs(store, limit)
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=_ERRORS, tags=["Jobs"])
-def get_job(job_id: str, store: ObjectStore = Depends(object_store)) -> JobDetail:
+def get_job(job_id: str, store: JobStore = Depends(job_store)) -> JobDetail:
     return jobs.job_detail(store, job_id)
 
 
@@ -442,7 +463,7 @@ def get_job(job_id: str, store: ObjectStore = Depends(object_store)) -> JobDetai
     tags=["Jobs"],
     summary="The job's selected-images.json",
 )
-def get_job_selection(job_id: str, store: ObjectStore = Depends(object_store)) -> Any:
+def get_job_selection(job_id: str, store: JobStore = Depends(job_store)) -> Any:
     return jobs.job_selection(store, job_id)
 
 

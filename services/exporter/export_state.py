@@ -30,10 +30,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared import keys
 from shared.errors import SeriesflowError, TransientError
+from shared.jobstore import JobStore
 from shared.logs import get_logger
-from shared.store import ObjectNotFoundError, ObjectStore
 
 log = get_logger("exporter")
 
@@ -64,12 +63,10 @@ class ExportState(BaseModel):
         return self.destinations.setdefault(name, DestinationState())
 
 
-def load_state(store: ObjectStore, export_id: str) -> ExportState:
+def load_state(jobs: JobStore, export_id: str) -> ExportState:
     """The stored state, or a new one. A damaged state is replaced (everything is resent)."""
-    key = keys.export_state(export_id)
-    try:
-        data = store.get_bytes(key)
-    except ObjectNotFoundError:
+    data = jobs.export_state(export_id)
+    if data is None:
         return ExportState(export_id=export_id)
     try:
         state = ExportState.model_validate_json(data)
@@ -82,10 +79,8 @@ def load_state(store: ObjectStore, export_id: str) -> ExportState:
     return state
 
 
-def save_state(store: ObjectStore, state: ExportState) -> None:
-    store.put_bytes(
-        keys.export_state(state.export_id), state.model_dump_json().encode(), "application/json"
-    )
+def save_state(jobs: JobStore, state: ExportState) -> None:
+    jobs.put_export_state(state.export_id, state.model_dump_json().encode())
 
 
 class StateRecorder:
@@ -95,10 +90,8 @@ class StateRecorder:
     write is raised from the next :meth:`record` or :meth:`flush` (as TransientError).
     """
 
-    def __init__(
-        self, store: ObjectStore, state: ExportState, destination: str, lag: int = 0
-    ) -> None:
-        self.store = store
+    def __init__(self, jobs: JobStore, state: ExportState, destination: str, lag: int = 0) -> None:
+        self.jobs = jobs
         self.state = state
         self.destination = state.for_destination(destination)
         self.lag = lag
@@ -175,7 +168,7 @@ class StateRecorder:
         return self.state.model_dump_json().encode()
 
     def _put(self, data: bytes) -> None:
-        self.store.put_bytes(keys.export_state(self.state.export_id), data, "application/json")
+        self.jobs.put_export_state(self.state.export_id, data)
         self.writes += 1
 
     def _raise_error(self) -> None:

@@ -26,10 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import urllib3
-from minio.error import S3Error
-from pydantic import ValidationError
-
 from services.exporter.association import (
     AssociationError,
     Pair,
@@ -41,13 +37,11 @@ from services.exporter.export_state import FileState, StateRecorder
 from services.exporter.meta import HEAD_BYTES, FileMeta, NotPart10Error, parse_file_meta
 from services.exporter.settings import ExporterSettings
 from services.exporter.status import StoreOutcome, Tally
-from shared import keys
 from shared.config import DestinationConfig
-from shared.errors import PermanentError, TransientError
 from shared.events import FileStatus
+from shared.jobstore import JobStore
 from shared.logs import get_logger
-from shared.manifest import JobManifest
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.store import ObjectNotFoundError
 
 log = get_logger("exporter")
 _MAX_META_BYTES = 1 << 20
@@ -108,34 +102,11 @@ def unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def read_range(store: ObjectStore, key: str, length: int) -> bytes:
-    """The first ``length`` bytes of an object (fewer if it is shorter)."""
-    try:
-        response = store.client.get_object(store.bucket, key, offset=0, length=length)
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"):
-            raise ObjectNotFoundError(f"get {key}: not found") from exc
-        if exc.code == "InvalidRange":  # an empty object
-            return b""
-        if exc.code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
-            raise TransientError(f"get {key}: object store busy ({exc.code})") from exc
-        raise PermanentError(f"get {key}: object store refused ({exc.code})") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TransientError(f"get {key}: object store unreachable ({type(exc).__name__})") from exc
-    try:
-        return bytes(response.read())
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TransientError(f"get {key}: object store unreachable ({type(exc).__name__})") from exc
-    finally:
-        response.close()
-        response.release_conn()
-
-
-def read_file_meta(store: ObjectStore, key: str) -> FileMeta:
+def read_file_meta(jobs: JobStore, key: str) -> FileMeta:
     """The File Meta Information of a stored file, from as few bytes as possible."""
     length = HEAD_BYTES
     while True:
-        head = read_range(store, key, length)
+        head = jobs.instance_head(key, length)
         result = parse_file_meta(head, complete=len(head) < length)
         if isinstance(result, FileMeta):
             return result
@@ -144,26 +115,19 @@ def read_file_meta(store: ObjectStore, key: str) -> FileMeta:
         length = result
 
 
-def manifest_pairs(store: ObjectStore, job_id: str) -> dict[str, Pair]:
+def manifest_pairs(jobs: JobStore, job_id: str) -> dict[str, Pair]:
     """(SOP class, transfer syntax) of each instance the receiver recorded in the job's
     manifest: those files need no header read. Empty when there is no usable manifest."""
-    try:
-        data = store.get_bytes(keys.manifest(job_id))
-    except ObjectNotFoundError:
-        return {}
-    try:
-        manifest = JobManifest.model_validate_json(data)
-    except (ValidationError, ValueError):
-        log.warning("job manifest not valid, reading file headers instead")
-        return {}
-    if manifest.job_id != job_id:
+    manifest = jobs.find_manifest(job_id)
+    if manifest is None:
+        log.info("no usable job manifest, reading file headers instead")
         return {}
     return {i.key: (i.sop_class_uid, i.transfer_syntax_uid) for i in manifest.instances}
 
 
-def download(store: ObjectStore, key: str, path: Path) -> FileMeta:
+def download(jobs: JobStore, key: str, path: Path) -> FileMeta:
     """Download a file to ``path``; returns its header as found in the downloaded bytes."""
-    data = store.get_bytes(key)
+    data = jobs.instance_bytes(key)
     result = parse_file_meta(data, complete=True)
     assert isinstance(result, FileMeta)  # complete=True never asks for more
     path.write_bytes(data)
@@ -175,14 +139,14 @@ class ExportAttempt:
 
     def __init__(
         self,
-        store: ObjectStore,
+        jobs: JobStore,
         destination: DestinationConfig,
         calling_ae_title: str,
         recorder: StateRecorder,
         options: ExportOptions,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.store = store
+        self.jobs = jobs
         self.destination = destination
         self.calling_ae_title = calling_ae_title
         self.recorder = recorder
@@ -225,7 +189,7 @@ class ExportAttempt:
         self, pool: ThreadPoolExecutor, pending: list[str], known: Mapping[str, Pair]
     ) -> list[tuple[str, Pair]]:
         futures = {
-            key: pool.submit(read_file_meta, self.store, key) for key in pending if key not in known
+            key: pool.submit(read_file_meta, self.jobs, key) for key in pending if key not in known
         }
         sendable: list[tuple[str, Pair]] = []
         try:
@@ -290,9 +254,7 @@ class ExportAttempt:
             for ahead in range(position, min(position + self.options.prefetch, len(group))):
                 if ahead not in downloads:
                     key = group[ahead][0]
-                    downloads[ahead] = pool.submit(
-                        download, self.store, key, spool / f"{ahead}.dcm"
-                    )
+                    downloads[ahead] = pool.submit(download, self.jobs, key, spool / f"{ahead}.dcm")
 
         try:
             for position, (key, _) in enumerate(group):

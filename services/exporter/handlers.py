@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from services.config_api.live import LiveConfig
 from services.exporter.export_state import StateRecorder, load_state
 from services.exporter.exporting import (
     AttemptResult,
@@ -51,13 +50,13 @@ from services.exporter.exporting import (
 from services.exporter.settings import ExporterSettings
 from services.exporter.status import Decision, decide
 from services.replay import record_and_publish
-from shared import keys
 from shared.broker import Broker, Delivery
 from shared.config import DestinationConfig, SeriesflowConfig
+from shared.configstore import LiveConfig
 from shared.errors import PermanentError, SeriesflowError, TransientError
 from shared.events import Envelope, ExportCompleted, ExportRequested, FileStatus, event_id
+from shared.jobstore import JobStore, exported_stage
 from shared.logs import get_logger, job_context
-from shared.store import ObjectStore
 
 SERVICE = "exporter"
 BINDINGS = ("export.requested.#",)
@@ -93,11 +92,6 @@ class ConfiguredDestinations:
         return self._config().destination(name)
 
 
-def completed_stage(export_id: str) -> str:
-    """Stored name of an export's outcome: ``exported-<export_id>``."""
-    return "exported-" + keys.validate_id(export_id, "export id")
-
-
 def completed_event_id(export_id: str, destination: str, status: str) -> str:
     return event_id(export_id, destination, "completed", status)
 
@@ -106,7 +100,7 @@ def handle_export_requested(
     envelope: Envelope,
     delivery: Delivery,
     *,
-    store: ObjectStore,
+    jobs: JobStore,
     broker: Broker,
     destinations: Destinations,
     settings: ExporterSettings,
@@ -125,25 +119,25 @@ def handle_export_requested(
                 FileStatus(key=k, status="skipped", detail=reason)
                 for k in unique(body.instance_keys)
             ]
-            _publish_quietly(store, broker, envelope, body, "failed", files, attempt_number)
+            _publish_quietly(jobs, broker, envelope, body, "failed", files, attempt_number)
             raise PermanentError(reason)
         started = time.perf_counter()
         try:
             result = broker.run_alongside(
                 lambda: _attempt(
-                    store, envelope.job_id, body, destination, destinations, settings, options
+                    jobs, envelope.job_id, body, destination, destinations, settings, options
                 ),
             )
         except PermanentError:
-            _publish_from_state(store, broker, envelope, body, attempt_number)
+            _publish_from_state(jobs, broker, envelope, body, attempt_number)
             raise
         except TransientError as exc:
             if last_delivery:
-                _publish_from_state(store, broker, envelope, body, attempt_number)
+                _publish_from_state(jobs, broker, envelope, body, attempt_number)
             raise TransientError(f"export to {body.destination} interrupted: {exc.reason}") from exc
         except Exception:  # unexpected: the broker retries it as transient
             if last_delivery:
-                _publish_from_state(store, broker, envelope, body, attempt_number)
+                _publish_from_state(jobs, broker, envelope, body, attempt_number)
             raise
         decision = decide(result.tally, delivery.delivery_count, settings.delivery_limit)
         extra = {
@@ -157,14 +151,14 @@ def handle_export_requested(
             "seconds": round(time.perf_counter() - started, 3),
         }
         if decision is Decision.SUCCEEDED:
-            _publish(store, broker, envelope, body, "succeeded", result.files, result.attempt)
+            _publish(jobs, broker, envelope, body, "succeeded", result.files, result.attempt)
             log.info("export completed", extra=extra)
             return decision
         reason = result.reason(body.destination)
         if decision is Decision.RETRY:
             log.warning("export failed, will retry", extra=extra | {"reason": reason})
             raise TransientError(reason)
-        _publish_quietly(store, broker, envelope, body, "failed", result.files, result.attempt)
+        _publish_quietly(jobs, broker, envelope, body, "failed", result.files, result.attempt)
         log.error("export failed", extra=extra | {"reason": reason})
         if decision is Decision.GIVE_UP:
             raise TransientError(f"{reason} (gave up after {attempt_number} deliveries)")
@@ -172,7 +166,7 @@ def handle_export_requested(
 
 
 def make_handler(
-    store: ObjectStore,
+    jobs: JobStore,
     broker: Broker,
     destinations: Destinations,
     settings: ExporterSettings,
@@ -184,7 +178,7 @@ def make_handler(
         handle_export_requested(
             envelope,
             delivery,
-            store=store,
+            jobs=jobs,
             broker=broker,
             destinations=destinations,
             settings=settings,
@@ -195,7 +189,7 @@ def make_handler(
 
 
 def _attempt(
-    store: ObjectStore,
+    jobs: JobStore,
     job_id: str,
     body: ExportRequested,
     destination: DestinationConfig,
@@ -203,16 +197,14 @@ def _attempt(
     settings: ExporterSettings,
     options: ExportOptions,
 ) -> AttemptResult:
-    state = load_state(store, body.export_id)
-    with StateRecorder(store, state, destination.name, settings.exporter_state_lag) as recorder:
-        attempt = ExportAttempt(
-            store, destination, destinations.calling_ae_title, recorder, options
-        )
-        return attempt.run(body.instance_keys, manifest_pairs(store, job_id))
+    state = load_state(jobs, body.export_id)
+    with StateRecorder(jobs, state, destination.name, settings.exporter_state_lag) as recorder:
+        attempt = ExportAttempt(jobs, destination, destinations.calling_ae_title, recorder, options)
+        return attempt.run(body.instance_keys, manifest_pairs(jobs, job_id))
 
 
 def _publish(
-    store: ObjectStore,
+    jobs: JobStore,
     broker: Broker,
     request: Envelope,
     body: ExportRequested,
@@ -234,13 +226,11 @@ def _publish(
         event_id=completed_event_id(body.export_id, body.destination, completed.status),
         correlation_id=request.correlation_id,
     )
-    record_and_publish(
-        store, broker, keys.event(request.job_id, completed_stage(body.export_id)), envelope
-    )
+    record_and_publish(jobs, broker, request.job_id, exported_stage(body.export_id), envelope)
 
 
 def _publish_quietly(
-    store: ObjectStore,
+    jobs: JobStore,
     broker: Broker,
     request: Envelope,
     body: ExportRequested,
@@ -250,17 +240,17 @@ def _publish_quietly(
 ) -> None:
     """Publish a failure; a failure to publish must not hide the export's own error."""
     try:
-        _publish(store, broker, request, body, status, files, attempt)
+        _publish(jobs, broker, request, body, status, files, attempt)
     except SeriesflowError as exc:
         log.error("could not publish export.completed", extra={"reason": exc.reason})
 
 
 def _publish_from_state(
-    store: ObjectStore, broker: Broker, request: Envelope, body: ExportRequested, attempt: int
+    jobs: JobStore, broker: Broker, request: Envelope, body: ExportRequested, attempt: int
 ) -> None:
     """``failed`` with what the stored state knows (the store may be what failed)."""
     try:
-        state = load_state(store, body.export_id).for_destination(body.destination)
+        state = load_state(jobs, body.export_id).for_destination(body.destination)
     except SeriesflowError:
         state = None
     files = []
@@ -270,4 +260,4 @@ def _publish_from_state(
             files.append(FileStatus(key=key, status="failed", detail="not attempted"))
         else:
             files.append(FileStatus(key=key, status=record.status, detail=record.detail))
-    _publish_quietly(store, broker, request, body, "failed", files, attempt)
+    _publish_quietly(jobs, broker, request, body, "failed", files, attempt)

@@ -2,7 +2,7 @@
 
 ``run(settings, stop)`` blocks: it loads the DICOM configuration file once (destinations
 and the SCU AE title; destinations stored through the REST API apply from the next export
-on, see :class:`services.config_api.live.LiveConfig`), connects the object store and
+on, see :class:`shared.configstore.LiveConfig`), connects the object store and
 RabbitMQ (retrying until they answer or ``stop`` is set) and consumes
 ``export.requested.#`` on the quorum queue ``seriesflow.exporter`` until ``stop`` is set.
 ``dicom > scu > max-associations`` (or ``SERIESFLOW_EXPORTER_WORKERS``) consumers run side
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 
-from services.config_api.live import LiveConfig
 from services.exporter.exporting import ExportOptions
 from services.exporter.handlers import (
     BINDINGS,
@@ -29,6 +28,8 @@ from services.exporter.handlers import (
 from services.exporter.settings import ExporterSettings, exporter_settings
 from services.runtime import ServiceThread, connect_broker, connect_store
 from shared.config import load_config
+from shared.configstore import LiveConfig
+from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
@@ -47,7 +48,7 @@ def _consume(
     if broker is None:
         return
     try:
-        handler = make_handler(store, broker, destinations, settings, options)
+        handler = make_handler(JobStore(store), broker, destinations, settings, options)
         broker.consume(SERVICE, BINDINGS, handler, stop)
     finally:
         broker.close()

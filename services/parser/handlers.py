@@ -19,52 +19,31 @@ broker dead-letters the message then.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-from pydantic import ValidationError
-
 from services.parser.parsing import parse_job
 from services.parser.settings import ParserSettings
-from services.replay import PARSED, clear_failure, record, republish_stored
+from services.replay import clear_failure, republish_stored
 from services.stage import JobStageHandler
 from shared import keys
 from shared.errors import PermanentError
 from shared.events import Envelope, JobReceived, event_id
+from shared.jobstore import PARSED, JobStore
 from shared.logs import get_logger
 from shared.manifest import JobManifest
-from shared.pipelines import Pipeline, PipelineRegistry
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.pipelines import Pipeline
 
 SERVICE = "parser"
 BINDINGS = ("job.received.#",)
 log = get_logger("parser")
-T = TypeVar("T")
-
-
-def find_pipeline(registry: PipelineRegistry, name: str) -> Pipeline:
-    pipeline = registry.get(name)
-    if pipeline is None:
-        raise PermanentError(f"pipeline {name} is not defined")
-    return pipeline
 
 
 def load_manifest(
-    store: ObjectStore, envelope: Envelope, body: JobReceived, pipeline: Pipeline
+    jobs: JobStore, envelope: Envelope, body: JobReceived, pipeline: Pipeline
 ) -> JobManifest:
     """The job's manifest, checked against the event that announced it."""
     key = keys.manifest(envelope.job_id)
     if body.manifest_key != key:
         raise PermanentError(f"manifest key {body.manifest_key!r} is not the job's ({key})")
-    try:
-        data = store.get_bytes(key)
-    except ObjectNotFoundError as exc:
-        raise PermanentError(f"the manifest of job {envelope.job_id} is missing") from exc
-    try:
-        manifest = JobManifest.model_validate_json(data)
-    except (ValidationError, ValueError) as exc:
-        raise PermanentError(f"the manifest of job {envelope.job_id} is not valid") from exc
-    if manifest.job_id != envelope.job_id:
-        raise PermanentError(f"the manifest at {key} belongs to job {manifest.job_id}")
+    manifest = jobs.manifest(envelope.job_id)
     if manifest.pipeline not in (pipeline.name, pipeline.id):
         raise PermanentError(
             f"the manifest names pipeline {manifest.pipeline}, the event {body.pipeline}"
@@ -80,12 +59,11 @@ class ParserHandler(JobStageHandler[JobReceived, ParserSettings]):
 
     def _handle(self, envelope: Envelope, body: JobReceived) -> None:
         job_id = envelope.job_id
-        parsed_key = keys.event(job_id, PARSED)
-        if republish_stored(self.store, self.broker, parsed_key) is not None:
+        if republish_stored(self.jobs, self.broker, job_id, PARSED) is not None:
             log.info("job already parsed, event re-published")
             return
-        pipeline = find_pipeline(self.registry, body.pipeline)
-        manifest = load_manifest(self.store, envelope, body, pipeline)
+        pipeline = self.find_pipeline(body.pipeline)
+        manifest = load_manifest(self.jobs, envelope, body, pipeline)
         if len(manifest.instances) != body.instance_count:
             log.warning(
                 "instance count differs from the manifest",
@@ -93,10 +71,12 @@ class ParserHandler(JobStageHandler[JobReceived, ParserSettings]):
             )
         result = self.broker.run_alongside(
             lambda: parse_job(
-                self.store,
+                self.jobs,
                 manifest,
                 pipeline,
                 min_slices=self.settings.min_slices,
+                resample=self.settings.resample,
+                scaling=self.settings.scaling,
                 work_dir=self.settings.work_dir,
                 workers=self.settings.transfer_workers,
             ),
@@ -108,8 +88,8 @@ class ParserHandler(JobStageHandler[JobReceived, ParserSettings]):
             event_id=event_id(job_id, PARSED),
             correlation_id=envelope.correlation_id,
         )
-        record(self.store, parsed_key, parsed)
-        clear_failure(self.store, job_id, {SERVICE})
+        self.jobs.record_event(job_id, PARSED, parsed)
+        clear_failure(self.jobs, job_id, {SERVICE})
         self.broker.publish(parsed)
         log.info(
             "job parsed",

@@ -28,12 +28,14 @@ from shared.dicom.metadata import METADATA_FILE, SELECTED_IMAGES_FILE, SERIES_IM
 from shared.errors import OutputError, PermanentError, TransientError
 from shared.events import JobParsed
 from shared.identifiers import is_valid_uid
+from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.manifest import InstanceRef, JobManifest
 from shared.operator.parser import parse_folder, write_parser_outputs
 from shared.pipelines import Pipeline
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.store import ObjectNotFoundError
 from shared.volumes.convert import ConversionOptions
+from shared.volumes.kinds import ScalingMode
 
 log = get_logger("parser")
 
@@ -118,7 +120,7 @@ def _run_all(workers: int, tasks: Sequence[Callable[[], None]]) -> None:
 
 
 def download_instances(
-    store: ObjectStore, manifest: JobManifest, folder: Path, workers: int = 8
+    jobs: JobStore, manifest: JobManifest, folder: Path, workers: int = 8
 ) -> None:
     """Download the manifest's instances into ``folder``; a missing one is permanent."""
     names = instance_file_names(manifest.instances)
@@ -128,7 +130,7 @@ def download_instances(
 
         def task() -> None:
             try:
-                store.get_file(key, folder / name)
+                jobs.instance_file(key, folder / name)
             except ObjectNotFoundError as exc:
                 uid = ref.sop_instance_uid if is_valid_uid(ref.sop_instance_uid) else "?"
                 raise PermanentError(
@@ -141,15 +143,18 @@ def download_instances(
 
 
 def upload_outputs(
-    store: ObjectStore, job_id: str, output_dir: Path, workers: int = 8
+    jobs: JobStore, job_id: str, output_dir: Path, workers: int = 8
 ) -> tuple[list[str], list[str]]:
     """Upload every output file; returns (image keys, document keys), in upload order."""
     images, documents = upload_plan(p.name for p in output_dir.iterdir() if p.is_file())
 
     def put(name: str) -> Callable[[], None]:
-        key = keys.output(job_id, name)
         content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-        return lambda: store.put_file(key, output_dir / name, content_type)
+
+        def task() -> None:
+            jobs.put_output_file(job_id, name, output_dir / name, content_type)
+
+        return task
 
     _run_all(workers, [put(n) for n in images])
     for name in documents:
@@ -158,32 +163,39 @@ def upload_outputs(
 
 
 def parse_job(
-    store: ObjectStore,
+    jobs: JobStore,
     manifest: JobManifest,
     pipeline: Pipeline,
     *,
-    min_slices: int = 3,
+    min_slices: int = 2,
+    resample: bool = True,
+    scaling: ScalingMode = "display",
     work_dir: Path | None = None,
     workers: int = 8,
 ) -> ParseResult:
     """Parse a job's instances with ``pipeline``'s image format and store the outputs."""
     job_id = manifest.job_id
-    options = ConversionOptions(image_format=pipeline.image_format, min_slices=min_slices)
+    options = ConversionOptions(
+        image_format=pipeline.image_format,
+        min_slices=min_slices,
+        resample=resample,
+        scaling=scaling,
+    )
     with tempfile.TemporaryDirectory(prefix="seriesflow-parser-", dir=work_dir) as tmp:
         input_dir, output_dir = Path(tmp) / "input", Path(tmp) / "output"
         input_dir.mkdir()
         output_dir.mkdir()
-        download_instances(store, manifest, input_dir, workers)
+        download_instances(jobs, manifest, input_dir, workers)
         try:
             metadata = parse_folder(input_dir, output_dir, options)
             series_images = write_parser_outputs(metadata, output_dir)
         except OutputError as exc:
             # The local work folder, not the job, is at fault (full disk): try again later.
             raise TransientError(f"cannot write the parser's outputs: {exc.reason}") from exc
-        image_keys, document_keys = upload_outputs(store, job_id, output_dir, workers)
-    existing = store.list(keys.output_prefix(job_id))
-    for key in stale_output_keys(existing, image_keys + document_keys):
-        store.delete(key)
+        image_keys, document_keys = upload_outputs(jobs, job_id, output_dir, workers)
+    jobs.delete_outputs(
+        job_id, stale_output_keys(jobs.output_keys(job_id), image_keys + document_keys)
+    )
     return ParseResult(
         metadata_key=keys.output(job_id, METADATA_FILE),
         series_images_key=keys.output(job_id, SERIES_IMAGES_FILE),

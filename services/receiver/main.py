@@ -14,7 +14,6 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
-from services.config_api.live import LiveConfig
 from services.receiver import handlers, scp
 from services.receiver.association import AssociationPolicy
 from services.receiver.cleanup import SweepResult, sweep
@@ -22,6 +21,7 @@ from services.receiver.handlers import ReceiverContext
 from services.receiver.release import JobService
 from services.receiver.settings import receiver_settings
 from shared.config import SeriesflowConfig, load_config
+from shared.configstore import LiveConfig
 from shared.errors import InvalidIdentifierError, InvalidInputError
 from shared.identifiers import validate_name
 from shared.logs import get_logger

@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from services.receiver.association import OpenAssociation
 from services.receiver.job import AssociationRecord, Job, JobGrouper, job_id_for
 from services.receiver.settings import ReceiverSettings
-from services.replay import RECEIVED, load_event, record_and_publish
+from services.replay import record_and_publish
 from shared import keys
 from shared.broker import Broker
 from shared.config import AETitleConfig
 from shared.events import Envelope, JobReceived, event_id
+from shared.jobstore import RECEIVED, JobStore
 from shared.logs import get_logger, job_context
 from shared.store import ObjectStore
 
@@ -291,8 +292,7 @@ class JobService:
                     record.job_id = job.job_id
                     self._write_record(record)
             manifest = job.manifest()
-            manifest_key = keys.manifest(job.job_id)
-            self.store.put_json(manifest_key, manifest.model_dump(mode="json"))
+            manifest_key = JobStore(self.store).put_manifest(manifest)
             self._publish(job, manifest_key, len(manifest.instances))
             for record in job.records:
                 if not record.published:
@@ -314,9 +314,9 @@ class JobService:
 
     def _publish(self, job: Job, manifest_key: str, count: int) -> None:
         self._connect()
-        event_key = keys.event(job.job_id, RECEIVED)
+        jobs = JobStore(self.store)
         try:
-            stored = load_event(self.store, event_key)
+            stored = jobs.load_event(job.job_id, RECEIVED)
             if stored is not None:
                 self._broker.publish(stored)
                 return
@@ -333,7 +333,7 @@ class JobService:
                 producer=PRODUCER,
                 event_id=event_id(job.job_id, RECEIVED),
             )
-            record_and_publish(self.store, self._broker, event_key, envelope)
+            record_and_publish(jobs, self._broker, job.job_id, RECEIVED, envelope)
         except Exception:
             self._connected = False
             raise

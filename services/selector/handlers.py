@@ -20,36 +20,20 @@ the last allowed delivery fails.
 
 from __future__ import annotations
 
-from services.replay import (
-    EXPORT_PREFIX,
-    SELECTED,
-    clear_failure,
-    events_prefix,
-    export_stage,
-    record,
-    republish_stored,
-    stage_of,
-)
-from services.selector.selecting import export_requests, load_manifest, routes_match, select_job
+from services.replay import clear_failure, republish_stored
+from services.selector.selecting import export_requests, routes_match, select_job
 from services.selector.settings import SelectorSettings
 from services.stage import JobStageHandler
 from shared import keys
 from shared.dicom.metadata import METADATA_FILE, SERIES_IMAGES_FILE
 from shared.errors import PermanentError
 from shared.events import Envelope, JobParsed, JobSelected, event_id
+from shared.jobstore import EXPORT_PREFIX, SELECTED, export_stage
 from shared.logs import get_logger
-from shared.pipelines import Pipeline, PipelineRegistry
 
 SERVICE = "selector"
 BINDINGS = ("job.parsed.#",)
 log = get_logger("selector")
-
-
-def find_pipeline(registry: PipelineRegistry, name: str) -> Pipeline:
-    pipeline = registry.get(name)
-    if pipeline is None:
-        raise PermanentError(f"pipeline {name} is not defined")
-    return pipeline
 
 
 def check_parsed_keys(job_id: str, body: JobParsed) -> None:
@@ -65,31 +49,26 @@ class SelectorHandler(JobStageHandler[JobParsed, SelectorSettings]):
     service = SERVICE
     expects = JobParsed
 
-    def _stored_export_keys(self, job_id: str) -> list[str]:
-        return sorted(
-            key
-            for key in self.store.list(events_prefix(job_id))
-            if stage_of(key).startswith(EXPORT_PREFIX)
-        )
+    def _stored_exports(self, job_id: str) -> list[str]:
+        return [s for s in self.jobs.stored_stages(job_id) if s.startswith(EXPORT_PREFIX)]
 
     def _handle(self, envelope: Envelope, body: JobParsed) -> None:
         job_id = envelope.job_id
-        selected_key = keys.event(job_id, SELECTED)
-        if republish_stored(self.store, self.broker, selected_key) is not None:
-            stored_exports = self._stored_export_keys(job_id)
-            for key in stored_exports:
-                republish_stored(self.store, self.broker, key)
+        if republish_stored(self.jobs, self.broker, job_id, SELECTED) is not None:
+            stored_exports = self._stored_exports(job_id)
+            for stage in stored_exports:
+                republish_stored(self.jobs, self.broker, job_id, stage)
             log.info(
                 "job already selected, events re-published",
                 extra={"exports": len(stored_exports)},
             )
             return
-        pipeline = find_pipeline(self.registry, body.pipeline)
+        pipeline = self.find_pipeline(body.pipeline)
         check_parsed_keys(job_id, body)
-        result = select_job(self.store, job_id, pipeline)
+        result = select_job(self.jobs, job_id, pipeline)
         requests = []
         if routes_match(pipeline, result.selections):
-            manifest = load_manifest(self.store, job_id)
+            manifest = self.jobs.manifest(job_id)
             requests = export_requests(
                 job_id, pipeline, result.selections, result.metadata, manifest
             )
@@ -103,11 +82,11 @@ class SelectorHandler(JobStageHandler[JobParsed, SelectorSettings]):
             )
             for request in requests
         ]
-        export_keys = [keys.event(job_id, export_stage(r.export_id)) for r in requests]
-        for stale in set(self._stored_export_keys(job_id)) - set(export_keys):
-            self.store.delete(stale)  # left by an earlier attempt with other routes
-        for key, export in zip(export_keys, exports, strict=True):
-            record(self.store, key, export)
+        export_stages = [export_stage(r.export_id) for r in requests]
+        for stale in set(self._stored_exports(job_id)) - set(export_stages):
+            self.jobs.delete_event(job_id, stale)  # left by an earlier attempt with other routes
+        for stage, export in zip(export_stages, exports, strict=True):
+            self.jobs.record_event(job_id, stage, export)
         selected = Envelope.wrap(
             JobSelected(
                 pipeline=pipeline.name,
@@ -119,8 +98,8 @@ class SelectorHandler(JobStageHandler[JobParsed, SelectorSettings]):
             event_id=event_id(job_id, SELECTED),
             correlation_id=envelope.correlation_id,
         )
-        record(self.store, selected_key, selected)
-        clear_failure(self.store, job_id, {"parser", SERVICE})
+        self.jobs.record_event(job_id, SELECTED, selected)
+        clear_failure(self.jobs, job_id, {"parser", SERVICE})
         self.broker.publish(selected)
         for export in exports:
             self.broker.publish(export)

@@ -16,27 +16,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from shared import keys
 from shared.dicom.metadata import (
-    METADATA_FILE,
     SELECTED_IMAGES_FILE,
-    SERIES_IMAGES_FILE,
     DicomMetadata,
 )
-from shared.errors import PermanentError
 from shared.events import ExportRequested, event_id
+from shared.jobstore import JobStore
 from shared.manifest import JobManifest
 from shared.pipelines import Pipeline
 from shared.selection import SelectedImages, select
-from shared.store import ObjectNotFoundError, ObjectStore
-
-
-@dataclass(frozen=True)
-class ParserOutputs:
-    metadata: DicomMetadata
-    series_images: dict[str, str]
 
 
 def export_id(job_id: str, selection: str, destination: str) -> str:
@@ -103,42 +91,6 @@ def routes_match(pipeline: Pipeline, selections: SelectedImages) -> bool:
     return any(selections.get(route.selection) for route in pipeline.routes)
 
 
-def load_parser_outputs(store: ObjectStore, job_id: str) -> ParserOutputs:
-    """dicom-metadata.json and series-images.json of a job; missing or invalid: permanent."""
-    try:
-        metadata_data = store.get_bytes(keys.output(job_id, METADATA_FILE))
-        series_data = store.get_bytes(keys.output(job_id, SERIES_IMAGES_FILE))
-    except ObjectNotFoundError as exc:
-        raise PermanentError(f"the parser's outputs of job {job_id} are missing") from exc
-    try:
-        metadata = DicomMetadata.model_validate_json(metadata_data)
-    except (ValidationError, ValueError) as exc:
-        raise PermanentError(f"{METADATA_FILE} of job {job_id} is not valid") from exc
-    try:
-        series_images = json.loads(series_data)
-    except ValueError as exc:
-        raise PermanentError(f"{SERIES_IMAGES_FILE} of job {job_id} is not JSON") from exc
-    if not isinstance(series_images, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in series_images.items()
-    ):
-        raise PermanentError(f"{SERIES_IMAGES_FILE} of job {job_id} is not a mapping of names")
-    return ParserOutputs(metadata, series_images)
-
-
-def load_manifest(store: ObjectStore, job_id: str) -> JobManifest:
-    try:
-        data = store.get_bytes(keys.manifest(job_id))
-    except ObjectNotFoundError as exc:
-        raise PermanentError(f"the manifest of job {job_id} is missing") from exc
-    try:
-        manifest = JobManifest.model_validate_json(data)
-    except (ValidationError, ValueError) as exc:
-        raise PermanentError(f"the manifest of job {job_id} is not valid") from exc
-    if manifest.job_id != job_id:
-        raise PermanentError(f"the manifest of job {job_id} belongs to job {manifest.job_id}")
-    return manifest
-
-
 @dataclass(frozen=True)
 class SelectionResult:
     selections: SelectedImages
@@ -146,10 +98,9 @@ class SelectionResult:
     metadata: DicomMetadata
 
 
-def select_job(store: ObjectStore, job_id: str, pipeline: Pipeline) -> SelectionResult:
+def select_job(jobs: JobStore, job_id: str, pipeline: Pipeline) -> SelectionResult:
     """Select with the pipeline's rules and store ``selected-images.json``."""
-    outputs = load_parser_outputs(store, job_id)
+    outputs = jobs.parser_outputs(job_id)
     selections = select(pipeline.rules, outputs.metadata, outputs.series_images)
-    key = keys.output(job_id, SELECTED_IMAGES_FILE)
-    store.put_bytes(key, selected_images_bytes(selections), "application/json")
+    key = jobs.put_output(job_id, SELECTED_IMAGES_FILE, selected_images_bytes(selections))
     return SelectionResult(selections, key, outputs.metadata)

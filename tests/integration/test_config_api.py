@@ -79,11 +79,26 @@ CLARA_AE = {
     "aeTitle": "BrainTumorModel",
     "timeout": 0,
 }
+CLARA_PIPELINE = {"name": "brain-tumor", "id": "7b9cda79ed834fdc87cd4169216c4011"}
 CLARA_SOURCE = {"hostIp": "1.2.3.4", "aeTitle": "Orthanc"}
 CLARA_DEST = {"name": "pacs", "hostIp": "10.20.30.40", "aeTitle": "ARCHIVEX", "port": 104}
 
 
+def register_clara_pipeline(client: TestClient) -> None:
+    """As in Clara, the pipeline exists (with the id the examples use) before an AE title
+    names it: an AE title naming an unknown pipeline is refused."""
+    answer = client.post("/api/v1/pipelines", json=CLARA_PIPELINE)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["definition"]["id"] == CLARA_PIPELINE["id"]
+
+
+@pytest.mark.log_level("INFO")
 def test_clara_example_requests(client: TestClient, store: ObjectStore) -> None:
+    """Every REST example of the reference, at the default log level, answers its code."""
+    unknown = client.post(f"{BASE}/api/config/claraaetitle", json=CLARA_AE)
+    assert unknown.status_code == 400
+    assert "7b9cda79ed834fdc87cd4169216c4011" in unknown.json()["message"]
+    register_clara_pipeline(client)
     created = client.post(f"{BASE}/api/config/claraaetitle", json=CLARA_AE)
     assert created.status_code == 200, created.text
     body = created.json()
@@ -139,6 +154,7 @@ def test_clara_example_requests(client: TestClient, store: ObjectStore) -> None:
 
 
 def test_clara_errors_are_400_and_change_nothing(client: TestClient, store: ObjectStore) -> None:
+    register_clara_pipeline(client)
     assert client.post("/api/config/claraaetitle", json=CLARA_AE).status_code == 200
     before = stored_config(store)
     again = client.post("/api/config/claraaetitle", json=CLARA_AE)
@@ -150,6 +166,12 @@ def test_clara_errors_are_400_and_change_nothing(client: TestClient, store: Obje
     )
     assert too_long.status_code == 400
     assert "16" in too_long.json()["message"]
+    unknown = client.post(
+        "/api/config/claraaetitle",
+        json={**CLARA_AE, "name": "y", "aeTitle": "Y", "pipelineId": "nope"},
+    )
+    assert unknown.status_code == 400
+    assert "pipeline 'nope'" in unknown.json()["message"]
     missing = client.post("/api/config/destinationaetitle", json={"name": "d", "hostIp": "h"})
     assert missing.status_code == 400
     assert client.delete("/api/config/sourceaetitle/nobody").status_code == 404
@@ -208,10 +230,11 @@ def test_every_write_answers_at_info(
 
 
 def test_crud_of_every_kind(client: TestClient, store: ObjectStore) -> None:
+    assert client.post("/api/v1/pipelines", json={"name": "other"}).status_code == 201
     cases: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
         (
             "ae-titles",
-            {"aeTitle": "SERIESFLOW1", "pipeline": "brain"},
+            {"aeTitle": "SERIESFLOW1", "pipeline": "other"},
             {"timeout": 5},
             "SERIESFLOW1",
         ),
@@ -263,19 +286,26 @@ def test_crud_of_every_kind(client: TestClient, store: ObjectStore) -> None:
     assert updated.status_code == 200, updated.text
     assert client.get("/api/v1/pipelines/brain").json()["definition"]["routes"] == []
 
+    # A pipeline an AE title runs cannot be deleted; the answer names the AE title.
+    in_use = client.delete("/api/v1/pipelines/other")
+    assert in_use.status_code == 409
+    assert "SERIESFLOW1" in in_use.json()["message"]
     for kind, name in [
         ("pipelines", "brain"),
         ("destinations", "PACS"),
         ("sources", "ct1"),
         ("ae-titles", "SERIESFLOW1"),
+        ("pipelines", "other"),
     ]:
         assert client.delete(f"/api/v1/{kind}/{name}").status_code == 204
         assert client.get(f"/api/v1/{kind}/{name}").status_code == 404
     assert stored_config(store) == {}
 
     audit = client.get("/api/v1/audit").json()
-    assert len(audit) == 3 * 2 + 2 + 4  # create + update per kind, pipeline, deletes
-    newest = audit[0]
+    assert len(audit) == 1 + 3 * 2 + 2 + 5  # pipeline "other", create + update per kind,
+    # pipeline "brain", deletes
+    assert audit[0]["kind"] == "pipelines"
+    newest = audit[1]
     assert newest["action"] == "deleted"
     assert newest["kind"] == "ae-titles"
     assert newest["who"] == "anonymous-loopback"
@@ -303,8 +333,10 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
         "port",
     ),
     ("/api/v1/destinations", {"name": "d", "aeTitle": "D", "hostIp": "h"}, 422, "port"),
-    ("/api/v1/ae-titles", {"aeTitle": "EXISTING"}, 409, "already"),
-    ("/api/v1/ae-titles", {"name": "other", "aeTitle": "EXISTING"}, 409, "already"),
+    ("/api/v1/ae-titles", {"aeTitle": "EXISTING", "pipeline": "p0"}, 409, "already"),
+    ("/api/v1/ae-titles", {"name": "o", "aeTitle": "EXISTING", "pipeline": "p0"}, 409, "already"),
+    ("/api/v1/ae-titles", {"aeTitle": "NEW"}, 422, "'NEW' names no pipeline"),
+    ("/api/v1/ae-titles", {"aeTitle": "NEW", "pipeline": "nope"}, 422, "pipeline 'nope'"),
     (
         "/api/v1/pipelines",
         {"name": "p", "routes": [{"selection": "s", "destinations": ["nowhere"]}]},
@@ -326,7 +358,9 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
 
 
 def test_bad_requests_change_nothing(client: TestClient, store: ObjectStore) -> None:
-    assert client.post("/api/v1/ae-titles", json={"aeTitle": "EXISTING"}).status_code == 201
+    assert client.post("/api/v1/pipelines", json={"name": "p0"}).status_code == 201
+    answer = client.post("/api/v1/ae-titles", json={"aeTitle": "EXISTING", "pipeline": "p0"})
+    assert answer.status_code == 201
     before = stored_config(store)
     for path, body, status, words in BAD_REQUESTS:
         answer = client.post(path, json=body)
@@ -337,7 +371,8 @@ def test_bad_requests_change_nothing(client: TestClient, store: ObjectStore) -> 
 
 
 def test_other_errors(client: TestClient, store: ObjectStore) -> None:
-    created = client.post("/api/v1/ae-titles", json={"aeTitle": "AE1"}).json()
+    assert client.post("/api/v1/pipelines", json={"name": "p0"}).status_code == 201
+    created = client.post("/api/v1/ae-titles", json={"aeTitle": "AE1", "pipeline": "p0"}).json()
     before = stored_config(store)
     malformed = client.post(
         "/api/v1/ae-titles", content=b"{not json", headers={"Content-Type": "application/json"}
@@ -460,6 +495,7 @@ def test_two_replicas_creating_the_same_name(settings: ServiceSettings) -> None:
 
 
 def test_changes_publish_config_changed(settings: ServiceSettings, client: TestClient) -> None:
+    register_clara_pipeline(client)
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
     try:
         channel = connection.channel()
@@ -511,6 +547,8 @@ def test_tokens(settings: ServiceSettings, store: ObjectStore, broker: Broker) -
     assert api.get("/health").status_code == 200
     alice = {"Authorization": "Bearer alice-token-456"}
     assert api.get("/api/v1/ae-titles", headers=alice).status_code == 200
+    clara_pipeline = api.post("/api/v1/pipelines", json=CLARA_PIPELINE, headers=alice)
+    assert clara_pipeline.status_code == 201
     assert api.post("/api/config/claraaetitle", json=CLARA_AE, headers=alice).status_code == 200
     single = {"Authorization": "Bearer single-token-123"}
     assert api.get("/api/config/claraaetitle", headers=single).status_code == 200
@@ -620,6 +658,7 @@ def test_schemathesis_finds_no_server_errors(client: TestClient) -> None:
     client.post(
         "/api/v1/destinations", json={"name": "PACS", "aeTitle": "P", "hostIp": "h", "port": 1}
     )
+    client.post("/api/v1/pipelines", json=CLARA_PIPELINE)
     client.post("/api/config/claraaetitle", json=CLARA_AE)
     failures: list[str] = []
     operations = 0

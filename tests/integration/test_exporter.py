@@ -35,6 +35,7 @@ from services.exporter.settings import ExporterSettings, exporter_settings
 from shared import keys
 from shared.broker import Broker
 from shared.events import EXCHANGE, Envelope, ExportCompleted, ExportRequested, event_id, new_id
+from shared.jobstore import JobStore
 from shared.manifest import InstanceRef, JobManifest
 from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
@@ -318,7 +319,7 @@ def test_every_file_arrives_as_stored_at_storescp_and_orthanc(
         assert events[name].job_id == request.job_id
         export_id = request.body.export_id  # type: ignore[union-attr]
         assert events[name].event_id == event_id(export_id, name, "completed", "succeeded")
-        state = load_state(store, export_id).destinations[name]
+        state = load_state(JobStore(store), export_id).destinations[name]
         assert state.confirmed() == set(sources)
         assert state.attempts == 1
 
@@ -339,7 +340,7 @@ def test_a_retry_sends_only_what_was_not_confirmed(
         earlier.files[key] = FileRecord(status="sent", attempt=1)
     for key in rest:
         earlier.files[key] = FileRecord(status="failed", detail="no response", attempt=1)
-    save_state(store, state)
+    save_state(JobStore(store), state)
 
     with storescp(tmp_path) as scp:
         config = exporter_config(
@@ -358,7 +359,7 @@ def test_a_retry_sends_only_what_was_not_confirmed(
     assert completed.status == "succeeded"
     assert completed.attempt == 2
     assert {f.key: f.status for f in completed.files} == dict.fromkeys(all_keys, "sent")
-    after = load_state(store, export_id).destinations["scp"]
+    after = load_state(JobStore(store), export_id).destinations["scp"]
     assert after.confirmed() == set(all_keys)
     assert {after.files[k].attempt for k in confirmed} == {1}
     assert {after.files[k].attempt for k in rest} == {2}
@@ -389,7 +390,7 @@ def test_an_unreachable_destination_is_retried_then_dead_lettered_with_the_reaso
     assert completed.status == "failed"
     assert completed.attempt == settings.delivery_limit
     assert {f.status for f in completed.files} == {"failed"}
-    state = load_state(store, request.body.export_id).destinations["down"]  # type: ignore[union-attr]
+    state = load_state(JobStore(store), request.body.export_id).destinations["down"]  # type: ignore[union-attr]
     assert state.attempts == settings.delivery_limit  # one attempt per delivery
     assert state.confirmed() == set()
 
@@ -458,7 +459,7 @@ def test_a_killed_exporter_finishes_the_export_after_a_restart_without_duplicate
             first_log.close()
         time.sleep(0.5)  # let Orthanc finish storing the file that was on the wire
         arrived_before_restart = pacs.count()
-        recorded = load_state(store, export_id).destinations["pacs"].confirmed()
+        recorded = load_state(JobStore(store), export_id).destinations["pacs"].confirmed()
         first_log_text = (tmp_path / "exporter-1.log").read_text()[-3000:]
         assert 10 <= arrived_before_restart < len(sources), (
             f"the kill did not land mid-export; exporter log: {first_log_text}"
@@ -486,7 +487,7 @@ def test_a_killed_exporter_finishes_the_export_after_a_restart_without_duplicate
     assert completed.status == "succeeded"
     assert completed.attempt == 2
     assert {f.status for f in completed.files} == {"sent"}
-    state = load_state(store, export_id).destinations["pacs"]
+    state = load_state(JobStore(store), export_id).destinations["pacs"]
     assert state.confirmed() == set(sources)
     logged = [json.loads(line) for line in second_log_path.read_text().splitlines() if line]
     done = [entry for entry in logged if entry.get("message") == "export completed"]
@@ -617,7 +618,7 @@ def test_files_the_destination_refuses_fail_at_once_without_retries(
     assert "accepted none of the proposed SOP classes" in headers["x-seriesflow-reason"]
     completed = body_of(event)
     assert (completed.status, completed.attempt) == ("failed", 1)
-    state = load_state(store, request.body.export_id).destinations["scp"]  # type: ignore[union-attr]
+    state = load_state(JobStore(store), request.body.export_id).destinations["scp"]  # type: ignore[union-attr]
     assert state.attempts == 1
 
 
@@ -627,9 +628,9 @@ def test_the_stored_state_never_lags_more_than_the_setting(
 ) -> None:
     store = ObjectStore(settings)
     store.ensure_bucket()
-    reader = ObjectStore(settings)
+    reader = JobStore(ObjectStore(settings))
     export_id = new_id()
-    with StateRecorder(store, ExportState(export_id=export_id), "d", lag) as recorder:
+    with StateRecorder(JobStore(store), ExportState(export_id=export_id), "d", lag) as recorder:
         assert recorder.start_attempt() == 1
         for n in range(40):
             recorder.record(f"incoming/x/1.2.{n}.dcm", "sent")

@@ -43,6 +43,7 @@ from shared.events import (
     event_id,
     new_id,
 )
+from shared.jobstore import JobStore
 from shared.manifest import InstanceRef, JobManifest
 from shared.operator.parser import run_parser_operator
 from shared.samples import write_brain_mr_study
@@ -235,8 +236,8 @@ def outputs(store: ObjectStore, job: str) -> dict[str, bytes]:
 
 def listing(store: ObjectStore, job: str) -> dict[str, tuple[str | None, Any, int | None]]:
     """Every object of the job with its ETag, modification time and size."""
-    objects = store.client.list_objects(store.bucket, prefix=keys.job_prefix(job), recursive=True)
-    return {str(o.object_name): (o.etag, o.last_modified, o.size) for o in objects}
+    infos = [store.stat(key) for key in store.list(keys.job_prefix(job))]
+    return {i.key: (i.etag, i.modified, i.size) for i in infos}
 
 
 def stored(store: ObjectStore, job: str, stage: str) -> Envelope:
@@ -380,7 +381,7 @@ def test_replaying_a_job_gives_identical_outputs(settings: ServiceSettings, tmp_
         export_stage = f"export-{export.event_id}"
 
         # Everything stored: every event is re-published; nothing is computed again.
-        assert replay_job(store, flow.broker, job.job_id) == 4
+        assert replay_job(JobStore(store), flow.broker, job.job_id) == 4
         observer.wait(observer.count(ExportRequested, job.job_id, 4))
         assert outputs(store, job.job_id) == original
 
@@ -388,7 +389,7 @@ def test_replaying_a_job_gives_identical_outputs(settings: ServiceSettings, tmp_
         store.delete_prefix(keys.output_prefix(job.job_id))
         for stage in ("parsed", "selected", export_stage):
             store.delete(keys.event(job.job_id, stage))
-        assert replay_job(store, flow.broker, job.job_id) == 1
+        assert replay_job(JobStore(store), flow.broker, job.job_id) == 1
         observer.wait(observer.count(ExportRequested, job.job_id, 5))
         flow.stop()
 

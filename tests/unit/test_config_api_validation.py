@@ -7,13 +7,10 @@ from typing import Any
 
 import pytest
 
-from services.config_api.repository import (
-    ApiError,
-    AuditRecord,
-    _etag,
-    audit_key,
-    normalize_spec,
-)
+from shared.configstore import AuditRecord, audit_key, normalize_spec
+from shared.configstore import ConfigError as ApiError
+from shared.pipelines import derived_pipeline_id
+from shared.store import _etag
 
 
 def test_ae_title_spec_is_canonical() -> None:
@@ -24,6 +21,9 @@ def test_ae_title_spec_is_canonical() -> None:
         "overwrite-same-instance": False,
         "ignored-sop-classes": [],
         "pipeline": "p",
+        "require-tls": False,
+        "grouping": "association",
+        "duplicates": None,
     }
 
 
@@ -63,9 +63,13 @@ def test_unknown_kind_is_404() -> None:
 
 def test_valid_destination_and_pipeline() -> None:
     dest = normalize_spec("destinations", "PACS", {"ae-title": "P", "host-ip": "::1", "port": 104})
-    assert dest == {"name": "PACS", "ae-title": "P", "host-ip": "::1", "port": 104}
+    assert dest == {"name": "PACS", "ae-title": "P", "host-ip": "::1", "port": 104, "tls": None}
     pipeline = {"image-format": "nii", "routes": [{"selection": "s", "destinations": ["PACS"]}]}
-    assert normalize_spec("pipelines", "p", pipeline) == {**pipeline, "name": "p"}
+    assert normalize_spec("pipelines", "p", pipeline) == {
+        **pipeline,
+        "name": "p",
+        "id": derived_pipeline_id("p"),
+    }
 
 
 def test_audit_record_shape_and_key() -> None:
@@ -96,6 +100,7 @@ def test_audit_record_shape_and_key() -> None:
         "after",
         "previous_revision",
         "revision",
+        "overrides_file",
     }
     with pytest.raises(ValueError):
         AuditRecord.model_validate({**record.model_dump(), "action": "renamed"})

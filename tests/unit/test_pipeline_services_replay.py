@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.replay import events_prefix, export_stage, replay_order, stage_of
 from shared import keys
 from shared.errors import InvalidIdentifierError
+from shared.jobstore import events_prefix, export_stage, replay_order, stage_of
 
 JOB = "0123456789abcdef0123456789abcdef"
 EXPORT_A = "a" * 32
