@@ -15,6 +15,12 @@
   only; pixel data is untouched).
 * **Socket.** ``TCP_NODELAY`` is set as the connection opens (``EVT_CONN_OPEN``), so
   small PDUs (the command set, the last fragment) never wait for Nagle's algorithm.
+* **DICOM TLS.** A destination with ``tls`` is reached over TLS (BCP 195 profile,
+  :func:`shared.tls.client_context`): its certificate is checked against the destination's
+  ``ca-certificates`` (else the system's) and, unless ``verify-hostname`` is false, against
+  ``server-name`` (else ``host-ip``); our client certificate is presented when configured.
+  A TLS setting that cannot be used (missing file, wrong key) is a permanent error; a
+  refused handshake is reported like an unreachable destination (transient).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from services.exporter.meta import FileMeta
 from services.exporter.status import StoreOutcome, classify_store_status, status_text
 from shared.config import DestinationConfig
 from shared.logs import get_logger
+from shared.tls import TlsConfigError, client_context
 
 MAX_CONTEXTS = 128
 _LITTLE_ENDIAN_ALTERNATIVE = {
@@ -161,6 +168,9 @@ class StoreAssociation:
         ae.dimse_timeout = self.timeouts.dimse
         ae.network_timeout = self.timeouts.network
         where = f"{self.destination.ae_title}@{self.destination.host_ip}:{self.destination.port}"
+        tls_args = self._tls_args()
+        if tls_args is not None:
+            where += " over TLS"
         try:
             assoc = ae.associate(
                 self.destination.host_ip,
@@ -169,6 +179,7 @@ class StoreAssociation:
                 ae_title=self.destination.ae_title,
                 max_pdu=self.max_pdu,
                 evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+                tls_args=tls_args,
             )
         except OSError as exc:  # name resolution
             raise AssociationError(
@@ -200,7 +211,24 @@ class StoreAssociation:
             )
         if assoc.is_aborted:
             raise AssociationError(f"destination {name} ({where}) aborted the association", True)
+        if tls_args is not None:
+            raise AssociationError(
+                f"destination {name} ({where}) is unreachable or refused the TLS handshake "
+                "(its certificate, ca-certificates, server-name)",
+                True,
+            )
         raise AssociationError(f"destination {name} ({where}) is unreachable", True)
+
+    def _tls_args(self) -> tuple[Any, str] | None:
+        """pynetdicom's ``tls_args`` for a destination with ``tls``, else None."""
+        tls = self.destination.tls
+        if tls is None:
+            return None
+        try:
+            context = client_context(tls, f"destination {self.destination.name}: tls")
+        except TlsConfigError as exc:
+            raise AssociationError(exc.reason, transient=False) from exc
+        return context, tls.server_name or self.destination.host_ip
 
     def send(self, path: Path, meta: FileMeta) -> SendResult:
         """C-STORE the file at ``path`` (its header is ``meta``) and classify the response."""
