@@ -20,9 +20,20 @@ import pytest
 
 from services.exporter.main import ExporterService
 from services.exporter.settings import ExporterSettings
+from services.parser.main import ParserService
+from shared import keys
 from shared.broker import Broker, Delivery, dead_letter_queue, queue_name
-from shared.events import EXCHANGE, Envelope, ExportRequested, JobReceived, event_id, new_id
+from shared.events import (
+    EXCHANGE,
+    Envelope,
+    ExportRequested,
+    JobFailed,
+    JobReceived,
+    event_id,
+    new_id,
+)
 from shared.settings import ServiceSettings
+from shared.store import ObjectStore
 
 from .infra import free_port
 from .processes import wait_until
@@ -128,6 +139,25 @@ def test_a_message_rabbitmq_dead_letters_at_the_delivery_limit_is_reported(
     assert envelope.job_id == job
     assert "delivery limit" in reason
     assert broker.stats(SERVICE).dead_letters == 1  # still there, for replay
+
+
+def test_a_job_the_parser_dies_on_every_time_is_reported_failed(
+    settings: ServiceSettings, broker: Broker, amqp_url: str
+) -> None:
+    """Issue 9, 8: such a job showed "received" forever; now the parser stores and
+    publishes job.failed when RabbitMQ gives up on it."""
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    broker.declare_service_queue(SERVICE, BINDINGS, notices=True)  # as at the parser's start
+    job = new_id()
+    broker.publish(received(job))
+    die_on_deliveries(amqp_url, queue_name(SERVICE), settings.delivery_limit + 3)
+    with ParserService(settings):
+        wait_until(lambda: store.exists(keys.event(job, "failed")), 30, "job.failed stored")
+    failure = Envelope.from_bytes(store.get_bytes(keys.event(job, "failed")))
+    assert isinstance(failure.body, JobFailed)
+    assert (failure.job_id, failure.body.stage, failure.body.pipeline) == (job, "parser", "brain")
+    assert "delivery limit" in failure.body.reason
 
 
 def test_a_message_seriesflow_dead_letters_itself_is_not_reported_twice(
