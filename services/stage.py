@@ -4,7 +4,9 @@ the consume loop with the pipeline registry.
 A stage handler subclasses :class:`JobStageHandler` and implements ``_handle``. Around it:
 a message of the wrong type is a permanent error; a permanent error is reported as
 ``job.failed`` (and stored) before the broker dead-letters the message; a transient one
-is reported only on the last delivery the broker allows, when retrying stops.
+is reported only on the last delivery the broker allows, when retrying stops; a message
+RabbitMQ dead-letters itself at the delivery limit (the stage died on it each time) is
+reported by :meth:`JobStageHandler.dead_lettered` (see :mod:`shared.broker`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,25 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
                     )
                 raise
 
+    def dead_lettered(self, envelope: Envelope, reason: str) -> None:
+        """RabbitMQ dead-lettered one of our messages (delivery limit): the job failed.
+
+        Store errors propagate, so the broker offers the notice again later.
+        """
+        pipeline = getattr(envelope.body, "pipeline", None)
+        if isinstance(envelope.body, self.expects) and isinstance(pipeline, str):
+            with job_context(envelope.job_id, envelope.correlation_id):
+                report_failure(
+                    self.jobs,
+                    self.broker,
+                    job_id=envelope.job_id,
+                    correlation_id=envelope.correlation_id,
+                    pipeline=pipeline,
+                    stage=self.service,
+                    reason=reason,
+                    producer=self.service,
+                )
+
     def _handle(self, envelope: Envelope, body: BodyT) -> None:
         raise NotImplementedError
 
@@ -123,7 +144,7 @@ def run_stage(
     handler = handler_class(JobStore(store), broker, registry, settings)
     log.info(f"{service} started", extra={"pipelines": [p.name for p in registry.all()]})
     try:
-        broker.consume(service, bindings, handler, stop)
+        broker.consume(service, bindings, handler, stop, on_dead_letter=handler.dead_lettered)
     finally:
         broker.close()
         log.info(f"{service} stopped")
