@@ -18,6 +18,8 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 from services.replay import report_failure
 from services.runtime import connect_broker, connect_store
 from shared.broker import Broker, Delivery
+from shared.config import load_config
+from shared.configstore import LiveConfig
 from shared.errors import PermanentError, SeriesflowError
 from shared.events import Envelope
 from shared.jobstore import JobStore
@@ -132,17 +134,21 @@ def run_stage(
     handler_class: type[JobStageHandler[BodyT, SettingsT]],
     bindings: Iterable[str],
 ) -> None:
-    """Load the pipelines, connect (retrying until stop), consume until ``stop`` is set."""
+    """Load the pipelines folder (a bad one fails at once), connect (retrying until stop),
+    consume until ``stop`` is set. Pipelines are looked up live for every job: the folder's
+    and those stored through the REST API (:class:`shared.configstore.LiveConfig`)."""
     service = handler_class.service
-    registry = PipelineRegistry.load(settings.pipelines)
+    folder = PipelineRegistry.load(settings.pipelines)
+    static = load_config(settings.config)
     store = connect_store(settings, stop)
     if store is None:
         return
     broker = connect_broker(settings, service, stop)
     if broker is None:
         return
-    handler = handler_class(JobStore(store), broker, registry, settings)
-    log.info(f"{service} started", extra={"pipelines": [p.name for p in registry.all()]})
+    live = LiveConfig(store, static, file_pipelines=folder)
+    handler = handler_class(JobStore(store), broker, live, settings)
+    log.info(f"{service} started", extra={"pipelines": [p.name for p in live.all()]})
     try:
         broker.consume(service, bindings, handler, stop, on_dead_letter=handler.dead_lettered)
     finally:

@@ -854,6 +854,10 @@ class LiveConfig:
     # PipelineLookup (services.stage): pipelines by name or Clara id, as configured now.
 
     def get(self, key: str) -> Pipeline | None:
+        """The pipeline as stored now: the store's listing is checked on every call (one
+        LIST request; contents are read again only when it changed), so the next job after
+        a change through the API uses the changed pipeline."""
+        self.invalidate()
         return self.view().pipelines.get(key)
 
     def all(self) -> list[Pipeline]:
