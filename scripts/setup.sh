@@ -2,10 +2,17 @@
 # Installs everything seriesflow needs on a fresh Debian machine: the DICOM tools used by
 # tests and benchmarks (Debian packages) and a virtual environment with the project and its
 # development dependencies. Safe to run again: it only installs what is missing.
+#
+#   bash scripts/setup.sh            # what the tests and operator mode need
+#   bash scripts/setup.sh --docker   # also Debian's Docker engine (docker.io) and mmdebstrap,
+#                                    # for the compose stack in CI (scripts/compose-ci.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dcm2niix orthanc rabbitmq-server)
+APT_PACKAGES=(dcmtk dcm2niix orthanc rabbitmq-server curl)
+if [ "${1:-}" = "--docker" ]; then
+  APT_PACKAGES+=(docker.io mmdebstrap)
+fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# Sets everything up and runs every check CI runs: ruff, mypy and the whole test suite.
+# Sets everything up and runs every check CI runs: ruff, mypy, the whole test suite (the
+# acceptance suite in tests/acceptance against `seriesflow up` started by scripts/stack.sh
+# included), then the acceptance suite again against the real compose stack
+# (scripts/compose-ci.sh: private Docker engine, images built, `docker compose up --wait`).
+#
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh tests/unit -q   # pytest with these arguments only, no compose stage
+#   SERIESFLOW_COMPOSE_TESTS=0 bash scripts/test.sh   # everything but the compose stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+compose_stage=1
+if [ "$#" -gt 0 ] || [ "${SERIESFLOW_COMPOSE_TESTS:-1}" = 0 ]; then
+  compose_stage=0
+fi
+if [ "$compose_stage" = 1 ]; then
+  bash scripts/setup.sh --docker
+else
+  bash scripts/setup.sh
+fi
 bash scripts/services.sh
 # The environment's tools are called by path: .venv/bin also holds pynetdicom's scripts
 # named storescu, storescp and echoscu, which must not shadow dcmtk's.
@@ -21,6 +36,17 @@ status=$?
 set -e
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2
-  exit 1
+  status=1
+fi
+if [ "$compose_stage" = 1 ]; then
+  echo "== compose: the acceptance suite against docker compose up"
+  set +e
+  bash scripts/compose-ci.sh
+  compose_status=$?
+  set -e
+  if [ "$compose_status" -ne 0 ]; then
+    echo "the compose acceptance stage failed (exit status $compose_status)" >&2
+    [ "$status" -ne 0 ] || status=$compose_status
+  fi
 fi
 exit "$status"

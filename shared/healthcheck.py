@@ -3,8 +3,15 @@
 Exit status 0 when healthy, 1 (with the reason on stderr) when not. Standard library only,
 so a check costs a fraction of a second and imports none of the services.
 
-- ``listening PORT``: something accepts TCP connections on 127.0.0.1:PORT (the receiver's
-  DICOM port; the connection is closed before any A-ASSOCIATE, which the receiver ignores).
+- ``listening PORT``: something accepts TCP connections on 127.0.0.1:PORT.
+- ``dicom PORT``: the DICOM SCP on 127.0.0.1:PORT answers an A-ASSOCIATE-RQ (accepted, or
+  rejected for any reason: it answers), and the association is released properly. Not a bare
+  TCP connection: pynetdicom counts a connection that never associates as an active
+  association until its ARTIM timer expires, so TCP probes every few seconds exhaust
+  ``max-associations`` and the receiver then rejects every modality ("local limit
+  exceeded"). The called AE title is the first of ``dicom > scp > ae-titles`` in
+  ``SERIESFLOW_CONFIG`` (``HEALTHCHECK`` when there is none); the calling one is
+  ``HEALTHCHECK``.
 - ``http URL``: ``GET URL`` answers 200 (the config API's ``/health``).
 - ``broker``: this container holds an established connection to the AMQP port of
   ``SERIESFLOW_AMQP_URL`` (the parser, selector and exporter consume while connected, and
@@ -34,6 +41,36 @@ def listening(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> str |
     except OSError as exc:
         return f"nothing accepts connections on {host}:{port}: {exc}"
     return None
+
+
+def called_ae_title(config_path: str | None) -> str:
+    """The first SCP AE title of a configuration file, else ``HEALTHCHECK``."""
+    try:
+        import yaml
+
+        config = yaml.safe_load(Path(config_path or "").read_text(encoding="utf-8"))
+        return str(config["dicom"]["scp"]["ae-titles"][0]["ae-title"])
+    except Exception:
+        return "HEALTHCHECK"
+
+
+def dicom_answers(
+    port: int, called: str, host: str = "127.0.0.1", timeout: float = 5.0
+) -> str | None:
+    """None when the SCP at ``host:port`` answers an association request, else why not."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="HEALTHCHECK")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    association = ae.associate(host, port, ae_title=called)
+    if association.is_established:
+        association.release()
+        return None
+    if association.is_rejected:
+        return None
+    return f"no answer to an A-ASSOCIATE-RQ on {host}:{port}"
 
 
 def http_ok(url: str, timeout: float = 3.0) -> str | None:
@@ -75,10 +112,13 @@ def broker_connected(url: str) -> str | None:
 
 
 def run(argv: list[str]) -> int:
-    usage = "usage: python -m shared.healthcheck listening PORT | http URL | broker"
+    usage = "usage: python -m shared.healthcheck listening PORT | dicom PORT | http URL | broker"
     problem: str | None
     if len(argv) == 2 and argv[0] == "listening" and argv[1].isdigit():
         problem = listening(int(argv[1]))
+    elif len(argv) == 2 and argv[0] == "dicom" and argv[1].isdigit():
+        called = called_ae_title(os.environ.get("SERIESFLOW_CONFIG"))
+        problem = dicom_answers(int(argv[1]), called)
     elif len(argv) == 2 and argv[0] == "http":
         problem = http_ok(argv[1])
     elif argv == ["broker"]:

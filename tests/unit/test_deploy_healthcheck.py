@@ -7,11 +7,22 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.healthcheck import amqp_port, established_to, http_ok, listening, run
+from shared.healthcheck import (
+    amqp_port,
+    called_ae_title,
+    dicom_answers,
+    established_to,
+    http_ok,
+    listening,
+    run,
+)
 
 # /proc/net/tcp: local 127.0.0.1:40000 -> remote 127.0.0.1:5672 (0x1628), state 01 and 0A.
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
@@ -87,3 +98,66 @@ def test_command_line(server: int) -> None:
     )
     assert bad.returncode == 1 and "unhealthy" in bad.stderr
     assert run(["nonsense"]) == 2
+
+
+@pytest.fixture
+def scp() -> Iterator[tuple[int, Any]]:
+    """A pynetdicom SCP (AE title RECEIVER) that allows two associations at once."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="RECEIVER")
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    assert server is not None
+    try:
+        yield port, server
+    finally:
+        server.shutdown()
+
+
+def _wait_idle(server: Any) -> None:
+    deadline = time.monotonic() + 10
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_dicom_check_releases_its_association(scp: tuple[int, Any]) -> None:
+    port, server = scp
+    for _ in range(5):  # more than maximum_associations
+        assert dicom_answers(port, "RECEIVER") is None
+    _wait_idle(server)
+    assert not server.active_associations, "the check leaves no association behind"
+
+
+def test_a_rejected_association_is_an_answer(scp: tuple[int, Any]) -> None:
+    port, _ = scp
+    assert dicom_answers(port, "NOT-THIS-AE") is None
+
+
+def test_bare_tcp_connections_hold_associations(scp: tuple[int, Any]) -> None:
+    """Why the receiver's check is not a TCP connection: each holds an association slot."""
+    port, server = scp
+    for _ in range(3):
+        assert listening(port) is None
+    time.sleep(0.5)
+    assert len(server.active_associations) >= 2
+
+
+def test_no_scp_is_unhealthy() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert dicom_answers(port, "RECEIVER", timeout=2) is not None
+
+
+def test_called_ae_title_from_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("dicom:\n  scp:\n    ae-titles:\n      - ae-title: SERIESFLOW\n")
+    assert called_ae_title(str(config)) == "SERIESFLOW"
+    assert called_ae_title(str(tmp_path / "missing.yaml")) == "HEALTHCHECK"
+    assert called_ae_title(None) == "HEALTHCHECK"

@@ -431,7 +431,7 @@ def test_config_api_has_a_token_from_the_secret_because_it_binds_every_interface
 # --------------------------------------------------------------------------------------------
 
 
-def test_probes_config_api_http_receiver_tcp_consumers_broker_readiness() -> None:
+def test_probes_config_api_http_receiver_dicom_consumers_broker_readiness() -> None:
     api = _container("config-api")
     for probe in ("readinessProbe", "livenessProbe"):
         http = api[probe]["httpGet"]
@@ -440,7 +440,9 @@ def test_probes_config_api_http_receiver_tcp_consumers_broker_readiness() -> Non
     receiver = _container("receiver")
     scp_port = _config().dicom.scp.port
     for probe in ("readinessProbe", "livenessProbe"):
-        assert _port(receiver, receiver[probe]["tcpSocket"]["port"]) == scp_port
+        command = receiver[probe]["exec"]["command"]
+        assert command == ["python", "-m", "shared.healthcheck", "dicom", str(scp_port)]
+        assert "tcpSocket" not in receiver[probe], "bare TCP probes exhaust max-associations"
 
     for service in CONSUMERS:
         container = _container(service)
