@@ -40,7 +40,7 @@ from shared.dicom.metadata import (
     load_metadata,
     load_series_images,
 )
-from shared.errors import SeriesflowError
+from shared.errors import InvalidInputError, SeriesflowError
 from shared.logs import configure_logging, job_context
 from shared.operator.parser import ParseSummary, run_parser_operator
 from shared.operator.selector import run_selector_operator
@@ -53,7 +53,7 @@ from shared.selection import (
     resolve_rules,
 )
 from shared.volumes.convert import ConversionOptions
-from shared.volumes.writer import IMAGE_FORMATS
+from shared.volumes.writer import parse_image_format
 
 EXIT_BAD_INPUT = 1
 EXIT_DAMAGED = 3
@@ -150,9 +150,11 @@ def process(
     """Parse every DICOM file below INPUT, convert its series, and select (the DICOM Parser)."""
     settings = _settings()
     _start_logging(logs, settings)
-    fmt = (image_format or settings.image_format).strip().lower().lstrip(".")
-    if fmt not in IMAGE_FORMATS:
-        _fail(f"--format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}", 2)
+    try:
+        fmt = parse_image_format(image_format or settings.image_format, "--format")
+    except InvalidInputError as exc:
+        _fail(exc.reason, 2)
+        return
     options = ConversionOptions(
         image_format=fmt,
         min_slices=min_slices if min_slices is not None else settings.min_slices,

@@ -55,7 +55,7 @@ from shared.selection import (
     rules_from_data,
 )
 from shared.strict_keys import unknown_key, unknown_keys
-from shared.volumes.writer import ImageFormat
+from shared.volumes.writer import ImageFormat, parse_image_format
 
 
 class Route(BaseModel):
@@ -106,7 +106,7 @@ def parse_pipeline(data: Any, source: str, base: Path | None = None) -> Pipeline
         return Pipeline(
             name=data.get("name"),
             id=_id(data),
-            image_format=data.get("image-format", "mhd"),
+            image_format=parse_image_format(data.get("image-format"), "image-format"),
             rules=rules,
             routes=tuple(Route.model_validate(r) for r in data.get("routes") or ()),
             source=source,
@@ -202,7 +202,9 @@ def _clara_pipeline(data: dict[str, Any], source: str, base: Path | None) -> Pip
     return Pipeline(
         name=data.get("name"),
         id=_id(data),
-        image_format=variables.get("NVIDIA_CLARA_IMAGE_FORMAT", "mhd") or "mhd",
+        image_format=parse_image_format(
+            variables.get("NVIDIA_CLARA_IMAGE_FORMAT"), "NVIDIA_CLARA_IMAGE_FORMAT"
+        ),
         rules=rules,
         source=source,
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.volumes.writer import IMAGE_FORMATS, ImageFormat
+from shared.errors import InvalidInputError
+from shared.volumes.writer import ImageFormat, parse_image_format
 
 
 class OperatorSettings(BaseSettings):
@@ -29,13 +30,8 @@ class OperatorSettings(BaseSettings):
     @classmethod
     def _format(cls, value: object) -> object:
         if isinstance(value, str):
-            cleaned = value.strip().lower().lstrip(".")
-            if cleaned == "":
-                return "mhd"
-            if cleaned not in IMAGE_FORMATS:
-                raise ValueError(
-                    f"NVIDIA_CLARA_IMAGE_FORMAT must be one of {', '.join(IMAGE_FORMATS)}, "
-                    f"not {value!r}"
-                )
-            return cleaned
+            try:
+                return parse_image_format(value, "NVIDIA_CLARA_IMAGE_FORMAT")
+            except InvalidInputError as exc:
+                raise ValueError(exc.reason) from exc
         return value

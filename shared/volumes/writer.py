@@ -16,10 +16,25 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from shared.errors import OutputError
+from shared.errors import InvalidInputError, OutputError
 
 ImageFormat = Literal["mhd", "nii", "nii.gz"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("mhd", "nii", "nii.gz")
+
+
+def parse_image_format(value: object, what: str = "image format") -> ImageFormat:
+    """The one reading of an image format (``--format``, ``NVIDIA_CLARA_IMAGE_FORMAT``, a
+    pipeline's ``image-format``): case and a leading dot ignored, empty or absent means
+    ``mhd``; anything else is an :class:`InvalidInputError` naming ``what``."""
+    if value is None:
+        return "mhd"
+    cleaned = str(value).strip().lower().lstrip(".")
+    if cleaned == "":
+        return "mhd"
+    for known in IMAGE_FORMATS:
+        if cleaned == known:
+            return known
+    raise InvalidInputError(f"{what} must be one of {', '.join(IMAGE_FORMATS)}, not {value!r}")
 
 _SCALAR_TYPES = {
     "uint8": sitk.sitkUInt8,
