@@ -49,19 +49,25 @@ class Records(logging.Handler):
         return [r for r in self.records if text in r.getMessage()]
 
 
-@pytest.fixture
-def transport_log() -> Iterator[Records]:
-    """What the transport logs, at INFO (the default level)."""
-    logger = logging.getLogger(TRANSPORT_LOGGER)
+@contextmanager
+def recording(name: str, level: int = logging.INFO) -> Iterator[Records]:
+    """What logger ``name`` logs at ``level`` (INFO: the default level)."""
+    logger = logging.getLogger(name)
     handler = Records()
-    level = logger.level
+    before = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(before)
+
+
+@pytest.fixture
+def transport_log() -> Iterator[Records]:
+    with recording(TRANSPORT_LOGGER) as records:
+        yield records
 
 
 def connect_from(source: str, port: int) -> socket.socket:

@@ -7,7 +7,6 @@ nobody trusts."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import socket
 import ssl
@@ -28,7 +27,7 @@ from shared.tls import BCP195_CIPHERS
 
 from .infra import dcmtk, dcmtk_available, free_port, wait_for_port
 from .test_receiver import running, storescu, write_config
-from .test_receiver_network import TRANSPORT_LOGGER, Records
+from .test_receiver_network import TRANSPORT_LOGGER, Records, recording
 
 pytestmark = pytest.mark.skipif(
     not dcmtk_available("storescu") or shutil.which("openssl") is None,
@@ -100,16 +99,8 @@ def ct(tmp_path: Path) -> list[Path]:
 
 @pytest.fixture
 def transport_log() -> Iterator[Records]:
-    logger = logging.getLogger(TRANSPORT_LOGGER)
-    handler = Records()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    with recording(TRANSPORT_LOGGER) as records:
+        yield records
 
 
 def storescu_tls(
