@@ -262,22 +262,35 @@ def load_pipeline_file(path: Path) -> Pipeline:
 
 
 class PipelineRegistry:
-    """Pipelines found by name, by their own ``id``, or by an id a pipeline-ids file maps.
+    """Pipelines found by name or by their Clara pipeline-id.
 
-    ``ids`` maps Clara pipeline-ids to pipeline names; an id naming no pipeline, or a key
-    used twice, is an error.
+    A pipeline has at most one id: its own ``id``, or the one ``ids`` (a pipeline-ids
+    document: id -> pipeline name) gives it, which then becomes its ``id``. An id naming no
+    pipeline, a second id for one pipeline, or a key used twice is an error.
     """
 
     def __init__(self, pipelines: list[Pipeline], ids: dict[str, str] | None = None) -> None:
         self._by_key: dict[str, Pipeline] = {}
+        by_name: dict[str, Pipeline] = {}
         for pipeline in pipelines:
+            if pipeline.name in by_name:
+                raise InvalidInputError(
+                    f"pipeline {pipeline.name!r} is defined twice "
+                    f"({by_name[pipeline.name].source}, {pipeline.source})"
+                )
+            by_name[pipeline.name] = pipeline
+        for key, name in (ids or {}).items():
+            pipeline = by_name.get(name)
+            if pipeline is None:
+                raise InvalidInputError(f"{PIPELINE_IDS_KEY}: {key}: no pipeline named {name!r}")
+            if pipeline.id is not None and pipeline.id != key:
+                raise InvalidInputError(
+                    f"{PIPELINE_IDS_KEY}: {key}: pipeline {name!r} already has id {pipeline.id}"
+                )
+            by_name[name] = pipeline.model_copy(update={"id": key})
+        for pipeline in by_name.values():
             for key in filter(None, (pipeline.name, pipeline.id)):
                 self._add(key, pipeline, pipeline.source)
-        by_name = {p.name: p for p in pipelines}
-        for key, name in (ids or {}).items():
-            if name not in by_name:
-                raise InvalidInputError(f"{PIPELINE_IDS_KEY}: {key}: no pipeline named {name!r}")
-            self._add(key, by_name[name], PIPELINE_IDS_KEY)
 
     def _add(self, key: str, pipeline: Pipeline, source: str) -> None:
         if key in self._by_key and self._by_key[key] is not pipeline:

@@ -162,6 +162,21 @@ def test_an_id_used_by_two_pipelines_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "pipeline-ids.yaml", {"pipeline-ids": {CLARA_ID: "b"}})
     with pytest.raises(InvalidInputError, match="defined twice"):
         PipelineRegistry.load(tmp_path)
+    write(tmp_path, "pipeline-ids.yaml", {"pipeline-ids": {"1234": "a"}})
+    with pytest.raises(InvalidInputError, match=f"pipeline 'a' already has id {CLARA_ID}"):
+        PipelineRegistry.load(tmp_path)
+    write(tmp_path, "pipeline-ids.yaml", {"pipeline-ids": {"1234": "b"}})
+    write(tmp_path, "c.yaml", {"name": "b", "image-format": "nii"})
+    with pytest.raises(InvalidInputError, match="pipeline 'b' is defined twice"):
+        PipelineRegistry.load(tmp_path)
+
+
+def test_a_mapped_id_becomes_the_pipeline_id(tmp_path: Path) -> None:
+    write(tmp_path, "series-selection.yaml", clara_definition())
+    write(tmp_path, "pipeline-ids.yaml", {"pipeline-ids": {CLARA_ID: "series-selection-pipeline"}})
+    registry = PipelineRegistry.load(tmp_path)
+    by_id, by_name = registry.get(CLARA_ID), registry.get("series-selection-pipeline")
+    assert by_id is by_name and by_id is not None and by_id.id == CLARA_ID
 
 
 def test_registration_gives_a_stable_clara_style_id() -> None:
