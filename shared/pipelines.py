@@ -280,14 +280,14 @@ class PipelineRegistry:
                 )
             by_name[pipeline.name] = pipeline
         for key, name in (ids or {}).items():
-            pipeline = by_name.get(name)
-            if pipeline is None:
+            mapped = by_name.get(name)
+            if mapped is None:
                 raise InvalidInputError(f"{PIPELINE_IDS_KEY}: {key}: no pipeline named {name!r}")
-            if pipeline.id is not None and pipeline.id != key:
+            if mapped.id is not None and mapped.id != key:
                 raise InvalidInputError(
-                    f"{PIPELINE_IDS_KEY}: {key}: pipeline {name!r} already has id {pipeline.id}"
+                    f"{PIPELINE_IDS_KEY}: {key}: pipeline {name!r} already has id {mapped.id}"
                 )
-            by_name[name] = pipeline.model_copy(update={"id": key})
+            by_name[name] = mapped.model_copy(update={"id": key})
         for pipeline in by_name.values():
             for key in filter(None, (pipeline.name, pipeline.id)):
                 self._add(key, pipeline, pipeline.source)
