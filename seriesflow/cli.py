@@ -32,6 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from seriesflow.quarantine_commands import quarantine_app
 from seriesflow.service_commands import register as register_service_commands
 from shared.dicom.metadata import (
     METADATA_FILE,
@@ -71,6 +72,7 @@ sample_app = typer.Typer(
 )
 app.add_typer(rules_app, name="rules")
 app.add_typer(sample_app, name="sample")
+app.add_typer(quarantine_app, name="quarantine")
 
 err = Console(stderr=True)
 out = Console()

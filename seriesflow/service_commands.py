@@ -156,6 +156,7 @@ def status(
             stats = queue_stats(broker)
         store = ObjectStore(settings)
         latest = latest_jobs(JobStore(store), jobs)
+        quarantined = JobStore(store).quarantined()
     except SeriesflowError as exc:
         _fail(exc.reason)
         return
@@ -178,6 +179,10 @@ def status(
             job.updated.isoformat(),
         )
     out.print(job_table)
+    if quarantined:  # associations that ended without release (seriesflow quarantine)
+        from seriesflow.quarantine_commands import quarantine_table
+
+        out.print(quarantine_table(quarantined))
 
 
 def replay(

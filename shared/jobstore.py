@@ -28,9 +28,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -376,3 +376,89 @@ class JobStore:
             self.objects.delete(manifest_key)
             deleted += 1
         return deleted
+
+    # -- quarantine (receiver; docs/receiver.md) -------------------------------------------
+    # Associations that ended without A-RELEASE: the receiver writes their record at
+    # quarantine/<association_id>.json and leaves their instances under incoming/. These
+    # operations are the operator's: see them, ask for them to be released as a job (the
+    # receiver does it, under a job ID derived from the association), or delete them.
+
+    def quarantined(self) -> list[QuarantinedAssociation]:
+        """Every quarantined association, oldest first."""
+        found = []
+        for key in list(self.objects.list(keys.QUARANTINE)):
+            try:
+                found.append(QuarantinedAssociation.of(self.objects.get_json(key)))
+            except ObjectNotFoundError:
+                continue
+            except (KeyError, TypeError, ValueError):
+                found.append(QuarantinedAssociation.damaged(key))
+        return sorted(found, key=lambda q: (q.quarantined_at, q.association_id))
+
+    def quarantined_association(self, association_id: str) -> QuarantinedAssociation:
+        """One quarantined association; ObjectNotFoundError if there is none."""
+        return QuarantinedAssociation.of(
+            self.objects.get_json(keys.quarantine_record(association_id))
+        )
+
+    def request_quarantine_release(self, association_id: str) -> QuarantinedAssociation:
+        """Ask the receiver to release a quarantined association as a job (it does within
+        SERIESFLOW_QUARANTINE_CHECK_SECONDS); asking again changes nothing."""
+        key = keys.quarantine_record(association_id)
+        data, etag = self.objects.get_with_etag(key)
+        record = json.loads(data)
+        if not record.get("release_requested"):
+            record["release_requested"] = True
+            self.objects.put_json(key, record, if_match=etag)
+        return QuarantinedAssociation.of(record)
+
+    def delete_quarantined(self, association_id: str) -> int:
+        """Delete a quarantined association's instances, then its record; how many objects
+        (ObjectNotFoundError if it is not quarantined)."""
+        key = keys.quarantine_record(association_id)
+        if not self.objects.exists(key):
+            raise ObjectNotFoundError(f"association {association_id} is not quarantined")
+        deleted = self.objects.delete_prefix(keys.incoming_prefix(association_id))
+        self.objects.delete(key)
+        return deleted + 1
+
+
+@dataclass(frozen=True)
+class QuarantinedAssociation:
+    """What ``seriesflow quarantine`` and ``/api/v1/quarantine`` show of one."""
+
+    association_id: str
+    called_ae_title: str
+    calling_ae_title: str
+    calling_host: str
+    ended: str
+    reason: str
+    quarantined_at: datetime
+    instances: int
+    studies: int
+    release_requested: bool
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> QuarantinedAssociation:
+        instances = record.get("instances") or []
+        return cls(
+            association_id=keys.validate_id(str(record["association_id"]), "association id"),
+            called_ae_title=str(record.get("called_ae_title", "")),
+            calling_ae_title=str(record.get("calling_ae_title", "")),
+            calling_host=str(record.get("calling_host", "")),
+            ended=str(record.get("ended", "aborted")),
+            reason=str(record.get("reason", "")),
+            quarantined_at=datetime.fromisoformat(
+                str(record.get("quarantined_at") or record["released_at"])
+            ),
+            instances=len(instances),
+            studies=len({i.get("study_instance_uid") for i in instances}),
+            release_requested=bool(record.get("release_requested", False)),
+        )
+
+    @classmethod
+    def damaged(cls, key: str) -> QuarantinedAssociation:
+        name = key.rsplit("/", 1)[-1].removesuffix(".json")
+        never = datetime.min.replace(tzinfo=UTC)
+        unreadable = "the record cannot be read"
+        return cls(name, "", "", "", "damaged", unreadable, never, 0, 0, False)

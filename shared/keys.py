@@ -2,6 +2,8 @@
 
     incoming/<association_id>/<SOPInstanceUID>.dcm    instances as received
     incoming/<association_id>/association.json       the receiver's record of a release
+    quarantine/<association_id>.json                  record of an association that ended
+                                                      without release (instances kept)
     jobs/<job_id>/manifest.json                       the job: pipeline, AE titles, instances
     jobs/<job_id>/output/<file>                       parser and selector outputs
     jobs/<job_id>/events/<stage>.json                 every event the job produced (replay)
@@ -18,6 +20,7 @@ import re
 from shared.errors import InvalidIdentifierError
 from shared.identifiers import validate_name, validate_uid
 
+QUARANTINE = "quarantine/"
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -44,6 +47,12 @@ def incoming_instance(association_id: str, sop_instance_uid: str) -> str:
 
 def association_record(association_id: str) -> str:
     return incoming_prefix(association_id) + "association.json"
+
+
+def quarantine_record(association_id: str) -> str:
+    """An association that ended without A-RELEASE: its record, while its instances stay
+    under ``incoming/<association_id>/`` (see docs/receiver.md, quarantine)."""
+    return f"{QUARANTINE}{validate_id(association_id, 'association id')}.json"
 
 
 def job_prefix(job_id: str) -> str:

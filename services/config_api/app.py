@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.config_api import clara, retention_routes, routes
+from services.config_api import clara, quarantine_routes, retention_routes, routes
 from services.config_api.deps import caller
 from services.config_api.guard import ApiGuard
 from services.config_api.models import Health
@@ -100,6 +100,7 @@ def create_app(
         return Health(status="ok")
 
     secured = [Depends(caller)]
+    quarantine_routes.install(app)  # before routes: /api/v1/{kind}/{name} would match
     app.include_router(clara.router, dependencies=secured)
     app.include_router(routes.router, dependencies=secured)
     retention_routes.install(app, config)

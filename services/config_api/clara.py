@@ -58,6 +58,10 @@ class CrdMetadata(BaseModel):
     name: str
     resourceVersion: str
     creationTimestamp: str
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="seriesflow/origin: file for entries of the configuration file (read-only)",
+    )
 
 
 class Crd(BaseModel):
@@ -114,6 +118,7 @@ def crd(path_kind: str, stored: StoredObject) -> Crd:
             name=stored.name,
             resourceVersion=stored.revision,
             creationTimestamp=stored.created_at,
+            labels={"seriesflow/origin": "file"} if stored.origin == "file" else {},
         ),
         spec=_spec(kind, stored),
     )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from services.receiver.job import DuplicateConflict, Group
 from shared.config import ScpConfig
 from shared.manifest import InstanceRef
 
@@ -174,12 +175,16 @@ class OpenAssociation:
     calling_host: str
     started: float = field(default_factory=time.time)
     instances: dict[str, InstanceRef] = field(default_factory=dict)  # by SOPInstanceUID
+    stored_at: dict[str, float] = field(default_factory=dict)  # by SOPInstanceUID
+    digests: dict[str, str] = field(default_factory=dict)  # by SOPInstanceUID
+    duplicates: list[DuplicateConflict] = field(default_factory=list)
+    groups: set[Group] = field(default_factory=set)  # the groups its instances went to
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def group(self) -> tuple[str, str]:
+    def group(self) -> Group:
         """Associations with the same group may form one job (AE titles with a timeout)."""
-        return (self.called_ae_title, self.calling_ae_title)
+        return ("pair", self.called_ae_title, self.calling_ae_title)
 
 
 class OpenAssociations:

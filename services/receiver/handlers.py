@@ -3,26 +3,32 @@
 ==================  =================================================================
 event               handler
 ==================  =================================================================
-EVT_CONN_OPEN       :func:`handle_connection_open`: TCP_NODELAY on the accepted socket
+EVT_CONN_OPEN       :func:`handle_connection_open`: TCP_NODELAY on the accepted socket;
+                    malformed Affected SOP Instance UIDs answered 0x0117
+                    (:mod:`services.receiver.dimse`)
 EVT_REQUESTED       :func:`handle_requested`: A-ASSOCIATE-RJ for an unknown called AE
                     title or source, before negotiation
 EVT_ESTABLISHED     :func:`handle_established`: the association gets its ID
 EVT_C_ECHO          :func:`handle_echo`: Success
 EVT_C_STORE         :func:`handle_store`: store as received, then answer (statuses below)
 EVT_RELEASED        :func:`handle_released`: the association's instances go to a job
-EVT_ABORTED         :func:`handle_aborted`: the association's instances are deleted
+EVT_ABORTED         :func:`handle_aborted`: the association's instances are quarantined
 ==================  =================================================================
 
 C-STORE statuses (:mod:`services.receiver.statuses`):
 
 * ``SUCCESS`` (0x0000): the instance is in the object store (``put`` returned), or its
-  SOP Class is ignored for this AE title, or it repeats an instance of this association
-  and ``overwrite-same-instance`` is false (the first copy is kept);
+  SOP Class is ignored for this AE title, or the job already has this copy or keeps its
+  first copy (:mod:`services.receiver.duplicates`);
 * ``INVALID_SOP_INSTANCE`` (0x0117): the Affected SOP Instance UID is not a valid UID;
-* ``DATA_SET_DOES_NOT_MATCH_SOP_CLASS`` (0xA900): the data set's SOP Class or Instance UID
-  contradicts the request;
-* ``CANNOT_UNDERSTAND`` (0xC000): the data set cannot be read;
-* ``OUT_OF_RESOURCES`` (0xA700): the object store did not take it (unreachable, refused);
+* ``DATA_SET_DOES_NOT_MATCH_SOP_CLASS`` (0xA900): an identifying UID of the data set is
+  missing, not a UID, or contradicts the request;
+* ``CANNOT_UNDERSTAND`` (0xC000): the data set is not well formed
+  (:mod:`services.receiver.encoding`);
+* ``DUPLICATE_SOP_INSTANCE`` (0x0111): different content for an instance the job has, and
+  the policy is ``reject``;
+* ``OUT_OF_RESOURCES`` (0xA700): the object store did not take it in time (unreachable,
+  refused, stalled past ``SERIESFLOW_STORE_TIMEOUT_SECONDS``);
 * ``PROCESSING_FAILURE`` (0x0110): anything unexpected. Never success unless stored.
 """
 
@@ -31,10 +37,12 @@ C-STORE statuses (:mod:`services.receiver.statuses`):
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-from services.receiver import statuses
+from services.receiver import dimse, statuses
 from services.receiver.association import (
     AssociationPolicy,
     OpenAssociation,
@@ -42,8 +50,12 @@ from services.receiver.association import (
     Rejection,
     new_association_id,
 )
+from services.receiver.duplicates import DuplicatePolicy, Seen, digest, policy_of
+from services.receiver.grouping import group_for
 from services.receiver.instance import InstanceError, check_sop_instance_uid, describe, part10
+from services.receiver.job import DuplicateConflict, Ending
 from services.receiver.release import JobService
+from services.receiver.storing import TimedStore
 from shared import keys
 from shared.config import AETitleConfig
 from shared.logs import get_logger
@@ -60,7 +72,10 @@ class ReceiverContext:
     policy: AssociationPolicy
     store: ObjectStore
     jobs: JobService
+    puts: TimedStore
     associations: OpenAssociations = field(default_factory=OpenAssociations)
+    stopping: bool = False
+    """Set when the receiver ends the open associations itself (shutdown)."""
 
 
 def _titles(event: Any) -> tuple[str, str]:
@@ -69,11 +84,27 @@ def _titles(event: Any) -> tuple[str, str]:
 
 
 def handle_connection_open(event: Any, context: ReceiverContext) -> None:
-    """Every accepted DICOM socket sends small PDUs (responses) without Nagle's delay."""
+    """Every accepted DICOM socket sends small PDUs (responses) without Nagle's delay, and
+    answers a malformed Affected SOP Instance UID with 0x0117 instead of aborting."""
     try:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError) as exc:
         log.warning("TCP_NODELAY not set", extra={"error": type(exc).__name__})
+    assoc = event.assoc
+
+    def refused(reason: str) -> None:
+        association = context.associations.get(assoc)
+        log.warning(
+            "instance refused",
+            extra={
+                "association": association.association_id if association else None,
+                "peer": str(assoc.requestor.address),
+                "reason": reason,
+                "status": statuses.INVALID_SOP_INSTANCE,
+            },
+        )
+
+    dimse.guard(assoc, refused)
 
 
 def handle_requested(event: Any, context: ReceiverContext) -> None:
@@ -163,24 +194,38 @@ def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -
             extra={**extra, "sop_class_uid": sop_class_uid},
         )
         return statuses.SUCCESS
-    with association.lock:
-        repeated = sop_instance_uid in association.instances
-    if repeated and not config.overwrite_same_instance:
-        log.info("instance received again: first copy kept", extra=extra)
-        return statuses.SUCCESS
     key = keys.incoming_instance(association.association_id, sop_instance_uid)
+    data_set = event.encoded_dataset(include_meta=False)
     data = part10(
-        event.file_meta, event.encoded_dataset(include_meta=False), association.calling_ae_title
+        event.file_meta, data_set, association.calling_ae_title, association.called_ae_title
     )
     try:
         ref = describe(
             data, key, sop_class_uid, sop_instance_uid, str(event.context.transfer_syntax)
         )
     except InstanceError as exc:
-        log.warning("instance refused", extra={**extra, "reason": exc.reason})
+        log.warning("instance refused", extra={**extra, "reason": exc.reason, "status": exc.status})
         return exc.status
+    group = group_for(
+        config, association.association_id, association.calling_ae_title, ref.study_instance_uid
+    )
+    copy = digest(data_set)
+    replace = False
+    seen = context.jobs.index.seen(group, sop_instance_uid)
+    if seen is not None and seen.digest == copy:
+        if seen.association_id == association.association_id:
+            log.info("instance received again, identical: already stored", extra=extra)
+            return statuses.SUCCESS
+    elif seen is not None:
+        policy = policy_of(config)
+        _audit(association, sop_instance_uid, policy, seen, copy)
+        if policy is DuplicatePolicy.KEEP_FIRST:
+            return statuses.SUCCESS
+        if policy is DuplicatePolicy.REJECT:
+            return statuses.DUPLICATE_SOP_INSTANCE
+        replace = True
     try:
-        context.store.put_bytes(key, data, "application/dicom")
+        context.puts.put(key, data, lambda: sop_instance_uid in association.instances)
     except Exception as exc:
         log.error(
             "instance not stored: answering Refused (out of resources)",
@@ -189,8 +234,54 @@ def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -
         return statuses.OUT_OF_RESOURCES
     with association.lock:
         association.instances[sop_instance_uid] = ref
-    context.jobs.instance_stored(association)
+        association.stored_at[sop_instance_uid] = time.time()
+        association.digests[sop_instance_uid] = copy
+        association.groups.add(group)
+    context.jobs.index.stored(
+        group, sop_instance_uid, Seen(association.association_id, copy), replace
+    )
+    context.jobs.instance_stored(association, group)
     return statuses.SUCCESS
+
+
+_OUTCOMES: dict[DuplicatePolicy, Literal["kept-first", "overwritten", "rejected"]] = {
+    DuplicatePolicy.KEEP_FIRST: "kept-first",
+    DuplicatePolicy.OVERWRITE: "overwritten",
+    DuplicatePolicy.REJECT: "rejected",
+}
+
+
+def _audit(
+    association: OpenAssociation,
+    sop_instance_uid: str,
+    policy: DuplicatePolicy,
+    seen: Seen,
+    copy: str,
+) -> None:
+    """Log and record a SOP Instance UID received again with different content."""
+    conflict = DuplicateConflict(
+        sop_instance_uid=sop_instance_uid,
+        policy=policy.value,
+        outcome=_OUTCOMES[policy],
+        first_association=seen.association_id,
+        first_digest=seen.digest,
+        digest=copy,
+        at=datetime.now(UTC),
+    )
+    with association.lock:
+        association.duplicates.append(conflict)
+    log.warning(
+        "SOP Instance UID received again with different content",
+        extra={
+            "association": association.association_id,
+            "sop_instance_uid": sop_instance_uid,
+            "policy": conflict.policy,
+            "outcome": conflict.outcome,
+            "first_association": seen.association_id,
+            "first_digest": seen.digest,
+            "digest": copy,
+        },
+    )
 
 
 def handle_released(event: Any, context: ReceiverContext) -> None:
@@ -202,7 +293,7 @@ def handle_released(event: Any, context: ReceiverContext) -> None:
 def handle_aborted(event: Any, context: ReceiverContext) -> None:
     association = context.associations.close(event.assoc)
     if association is not None:
-        context.jobs.association_aborted(association)
+        context.jobs.association_aborted(association, _ending(context))
 
 
 def end_quietly_ended(context: ReceiverContext) -> None:
@@ -215,4 +306,9 @@ def end_quietly_ended(context: ReceiverContext) -> None:
         if getattr(assoc, "is_released", False):
             context.jobs.association_released(association)
         else:
-            context.jobs.association_aborted(association)
+            context.jobs.association_aborted(association, _ending(context))
+
+
+def _ending(context: ReceiverContext) -> Ending:
+    """How an association that ended without release ended: we stopped it, or the peer."""
+    return "interrupted" if context.stopping else "aborted"

@@ -3,24 +3,36 @@
 An instance is stored exactly as the peer encoded it, in its transfer syntax: the 128-byte
 preamble, ``DICM``, the File Meta Information (built from the C-STORE request and the
 presentation context, plus the calling AE title as Source Application Entity Title), then
-the data set bytes untouched. Only the four identifying UIDs are read from the data set,
-and pixel data is never decoded.
+the data set bytes untouched. Before that, the data set's encoding is walked from end to
+end (:mod:`services.receiver.encoding`) and its four identifying UIDs are checked; pixel
+data is never decoded.
 """
 
 from __future__ import annotations
 
 import copy
-from io import BytesIO
 
-import pydicom
 from pydicom.dataset import FileMetaDataset
 from pynetdicom.dsutils import encode_file_meta
 
 from services.receiver import statuses
+from services.receiver.encoding import (
+    SERIES_INSTANCE_UID,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    EncodingError,
+    check_encoding,
+)
 from shared.identifiers import is_valid_uid
 from shared.manifest import InstanceRef
 
-_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+_IDENTIFYING = (
+    (SOP_CLASS_UID, "SOPClassUID"),
+    (SOP_INSTANCE_UID, "SOPInstanceUID"),
+    (STUDY_INSTANCE_UID, "StudyInstanceUID"),
+    (SERIES_INSTANCE_UID, "SeriesInstanceUID"),
+)
 
 
 class InstanceError(Exception):
@@ -40,40 +52,70 @@ def check_sop_instance_uid(uid: str) -> str:
     return uid
 
 
-def part10(file_meta: FileMetaDataset, encoded_dataset: bytes, source_ae_title: str) -> bytes:
-    """The DICOM file: preamble, prefix, File Meta Information, data set as encoded."""
+def part10(
+    file_meta: FileMetaDataset,
+    encoded_dataset: bytes,
+    source_ae_title: str,
+    called_ae_title: str = "",
+) -> bytes:
+    """The DICOM file: preamble, prefix, File Meta Information, data set as encoded.
+
+    The calling AE title goes in as Source Application Entity Title, the called one as
+    Receiving Application Entity Title, so an instance left without its association's
+    record (a receiver killed mid-association) still says where it was sent."""
     meta = copy.deepcopy(file_meta)
     if source_ae_title:
         meta.SourceApplicationEntityTitle = source_ae_title
+    if called_ae_title:
+        meta.ReceivingApplicationEntityTitle = called_ae_title
     return b"".join((b"\0" * 128, b"DICM", encode_file_meta(meta), encoded_dataset))
 
 
 def describe(
     data: bytes, key: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str
 ) -> InstanceRef:
-    """The manifest entry of the Part-10 ``data``; InstanceError if its UIDs disagree."""
+    """The manifest entry of the Part-10 ``data``; InstanceError if it may not be accepted.
+
+    The whole data set must be well formed (:func:`encoding.check_encoding`), and its SOP
+    Class, SOP Instance, Study and Series Instance UIDs present, valid UIDs, and the first
+    two equal to the request's.
+    """
     try:
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_TAGS)
-        found = {tag: _text(ds.get(tag)) for tag in _TAGS}
-    except Exception as exc:
-        raise InstanceError(
-            statuses.CANNOT_UNDERSTAND, f"data set cannot be read ({type(exc).__name__})"
-        ) from exc
-    for tag, expected in (("SOPClassUID", sop_class_uid), ("SOPInstanceUID", sop_instance_uid)):
-        if found[tag] and found[tag] != expected:
+        found = check_encoding(data[_data_set_offset(data) :], transfer_syntax_uid)
+    except EncodingError as exc:
+        reason = f"data set is not well formed: {exc}"
+        raise InstanceError(statuses.CANNOT_UNDERSTAND, reason) from exc
+    for tag, name in _IDENTIFYING:
+        value = found.get(tag, "")
+        if not value:
+            raise InstanceError(
+                statuses.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"data set has no {name}"
+            )
+        if not is_valid_uid(value):
             raise InstanceError(
                 statuses.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                f"data set {tag} differs from the C-STORE request's",
+                f"data set {name} is not a valid UID",
+            )
+    for tag, name, expected in (
+        (SOP_CLASS_UID, "SOPClassUID", sop_class_uid),
+        (SOP_INSTANCE_UID, "SOPInstanceUID", sop_instance_uid),
+    ):
+        if found[tag] != expected:
+            raise InstanceError(
+                statuses.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"data set {name} differs from the C-STORE request's",
             )
     return InstanceRef(
         key=key,
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
-        series_instance_uid=found["SeriesInstanceUID"],
-        study_instance_uid=found["StudyInstanceUID"],
+        series_instance_uid=found[SERIES_INSTANCE_UID],
+        study_instance_uid=found[STUDY_INSTANCE_UID],
         transfer_syntax_uid=transfer_syntax_uid,
     )
 
 
-def _text(value: object) -> str:
-    return "" if value is None else str(value).strip("\0 ")
+def _data_set_offset(data: bytes) -> int:
+    """Where the data set starts in a Part-10 file made by :func:`part10`."""
+    meta_length = int.from_bytes(data[140:144], "little")
+    return 144 + meta_length

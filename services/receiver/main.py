@@ -14,12 +14,14 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
-from services.receiver import handlers, scp
+from services.receiver import drain, handlers, scp
 from services.receiver.association import AssociationPolicy
 from services.receiver.cleanup import SweepResult, sweep
 from services.receiver.handlers import ReceiverContext
+from services.receiver.quarantine import check_quarantine
 from services.receiver.release import JobService
 from services.receiver.settings import receiver_settings
+from services.receiver.storing import TimedStore
 from shared.config import SeriesflowConfig, load_config
 from shared.configstore import LiveConfig
 from shared.errors import InvalidIdentifierError, InvalidInputError
@@ -86,6 +88,7 @@ class Receiver:
             policy=AssociationPolicy.from_config(self.scp_config),
             store=self.store,
             jobs=self.jobs,
+            puts=TimedStore(self.store, self.settings.store_timeout_seconds),
         )
         self._stop = threading.Event()
         self._ae: Any = None
@@ -138,13 +141,19 @@ class Receiver:
         )
 
     def stop(self) -> None:
-        """Stop listening (open associations are aborted), finish queued job work, stop."""
-        self._stop.set()
+        """Drain (:mod:`services.receiver.drain`): stop accepting, let open associations
+        finish within ``SERIESFLOW_DRAIN_SECONDS``, end the rest (their instances are
+        quarantined), finish queued job work, stop."""
         if self._server is not None:
             self._server.stop_accepting()
         if self._ae is not None:
+            drain.wait_for_associations(self._ae, self.settings.drain_seconds)
+        self._stop.set()
+        self.context.stopping = True
+        if self._ae is not None:
             self._ae.shutdown()
         handlers.end_quietly_ended(self.context)
+        self.context.puts.close()
         if self._housekeeper is not None:
             self._housekeeper.join(10)
         self.jobs.stop()
@@ -161,6 +170,10 @@ class Receiver:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def check_quarantine(self) -> tuple[int, int]:
+        """Operator releases and expiry of ``quarantine/`` now: (jobs released, deleted)."""
+        return check_quarantine(self.store, self.jobs, self.settings.quarantine_seconds)
 
     def sweep(self) -> SweepResult:
         """One sweep of ``incoming/`` now (see :mod:`services.receiver.cleanup`)."""
@@ -215,6 +228,7 @@ class Receiver:
     def _housekeep(self) -> None:
         next_sweep = 0.0
         next_config = 0.0
+        next_quarantine = 0.0
         while not self._stop.is_set():
             handlers.end_quietly_ended(self.context)
             now = time.monotonic()
@@ -231,13 +245,24 @@ class Receiver:
                 next_sweep = now + self.settings.orphan_sweep_seconds
                 try:
                     if self._bucket_ready or self._ensure_bucket(1):
-                        self.sweep()
+                        due = self.sweep().next_due
+                        if due is not None:  # a record seen at start: adopt it when due
+                            next_sweep = min(next_sweep, now + max(due - time.time(), 0) + 0.1)
                 except Exception as exc:
                     log.warning(
                         "sweep of incoming/ failed; trying again later",
                         extra={"reason": getattr(exc, "reason", type(exc).__name__)},
                     )
                     next_sweep = now + min(self.settings.orphan_sweep_seconds, 30.0)
+            if now >= next_quarantine and self._bucket_ready:
+                next_quarantine = now + self.settings.quarantine_check_seconds
+                try:
+                    self.check_quarantine()
+                except Exception as exc:
+                    log.warning(
+                        "quarantine check failed; trying again later",
+                        extra={"reason": getattr(exc, "reason", type(exc).__name__)},
+                    )
             self._stop.wait(
                 min(self.settings.association_check_seconds, self.settings.live_config_seconds)
             )

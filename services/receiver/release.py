@@ -1,11 +1,12 @@
 """From released associations to published jobs, durably and in order.
 
 When an association is released, its record (:class:`AssociationRecord`) is written
-beside its instances. Then, at once (``timeout: 0``) or when its group falls quiet, the
-job is released by one worker thread, each step idempotent and retried with backoff until
-it succeeds (a broker or store outage delays jobs, it never loses them):
+beside its instances. Then, at once (``timeout: 0``) or when its group falls quiet
+(:mod:`services.receiver.job`), the job is released by one worker thread, each step
+idempotent and retried with backoff until it succeeds (a broker or store outage delays
+jobs, it never loses them):
 
-1. every record of the job is stamped with the job ID;
+1. every record of the job is stamped with the job ID (per study, for study grouping);
 2. the manifest is written at ``jobs/<job_id>/manifest.json``;
 3. ``job.received.<pipeline>`` is stored at ``jobs/<job_id>/events/received.json`` and
    published with confirms (an already stored event is re-published as it is);
@@ -14,7 +15,8 @@ it succeeds (a broker or store outage delays jobs, it never loses them):
 
 A process that dies anywhere in between leaves records that say how far it got;
 :mod:`services.receiver.cleanup` finds them and finishes the job under the same job ID.
-Instances of an aborted association are deleted.
+An association that ends without A-RELEASE starts no job: its record goes to the
+quarantine (:mod:`services.receiver.quarantine`) and its instances stay.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.receiver.association import OpenAssociation
-from services.receiver.job import AssociationRecord, Job, JobGrouper, job_id_for
+from services.receiver.duplicates import DuplicatePolicy, InstanceIndex, policy_of
+from services.receiver.grouping import quiet_period
+from services.receiver.job import (
+    AssociationRecord,
+    Ending,
+    Group,
+    Job,
+    JobGrouper,
+    job_id_for,
+    part_of,
+)
 from services.receiver.settings import ReceiverSettings
 from services.replay import record_and_publish
 from shared import keys
@@ -45,15 +57,14 @@ log = get_logger("receiver.jobs")
 @dataclass(frozen=True)
 class _WriteRecord:
     record: AssociationRecord
-    timeout: float
 
 
 @dataclass(frozen=True)
-class _DeleteAssociation:
-    association_id: str
+class _Quarantine:
+    record: AssociationRecord
 
 
-_Work = Job | _WriteRecord | _DeleteAssociation
+_Work = Job | _WriteRecord | _Quarantine
 
 
 class JobService:
@@ -77,6 +88,7 @@ class JobService:
         self.ae_titles = ae_titles
         self.pipelines = pipelines
         self.grouper = JobGrouper()
+        self.index = InstanceIndex()
         self._broker = (broker_factory or (lambda: Broker(settings, PRODUCER)))()
         self._connected = False
         self._queue: queue.Queue[_Work] = queue.Queue()
@@ -118,32 +130,50 @@ class JobService:
 
     # -- entry points (association threads) -----------------------------------------------
 
-    def instance_stored(self, association: OpenAssociation) -> None:
-        config = self.ae_titles.get(association.called_ae_title)
-        if config is not None and config.timeout > 0:
-            self.grouper.activity(association.group)
+    def instance_stored(self, association: OpenAssociation, group: Group) -> None:
+        if group[0] != "association":
+            self.grouper.activity(group, association.association_id)
 
-    def association_released(self, association: OpenAssociation) -> None:
+    def _config(self, ae_title: str) -> AETitleConfig:
+        return self.ae_titles.get(ae_title) or AETitleConfig.model_validate({"ae-title": ae_title})
+
+    def _record(self, association: OpenAssociation, ended: Ending) -> AssociationRecord:
+        config = self._config(association.called_ae_title)
         with association.lock:
             instances = list(association.instances.values())
-        config = self.ae_titles.get(association.called_ae_title) or AETitleConfig.model_validate(
-            {"ae-title": association.called_ae_title}
-        )
-        if not instances:
-            log.info(
-                "association released without instances: no job",
-                extra={"association": association.association_id},
-            )
-            return
-        record = AssociationRecord(
+            stored_at = dict(association.stored_at)
+            duplicates = list(association.duplicates)
+        association_grouped = config.grouping == "association"
+        return AssociationRecord(
             association_id=association.association_id,
             called_ae_title=association.called_ae_title,
             calling_ae_title=association.calling_ae_title,
             calling_host=association.calling_host,
             released_at=datetime.now(UTC),
             instances=instances,
-            job_id=job_id_for([association.association_id]) if config.timeout == 0 else None,
+            job_id=(
+                job_id_for([association.association_id])
+                if association_grouped and config.timeout == 0 and ended == "released"
+                else None
+            ),
+            grouping=config.grouping,
+            stored_at=stored_at,
+            duplicates=duplicates,
+            ended=ended,
         )
+
+    def association_released(self, association: OpenAssociation) -> None:
+        record = self._record(association, "released")
+        instances = record.instances
+        if not instances:
+            self.grouper.ended(association.association_id)
+            if record.duplicates:
+                self._keep_audit(record, "released: every instance was a duplicate")
+            log.info(
+                "association released without instances: no job",
+                extra={"association": association.association_id},
+            )
+            return
         log.info(
             "association released",
             extra={
@@ -160,49 +190,104 @@ class JobService:
                 "association record not written yet, retrying in the background",
                 extra={"association": record.association_id, "error": type(exc).__name__},
             )
-            self._queue.put(_WriteRecord(record, config.timeout))
+            self._queue.put(_WriteRecord(record))
             return
-        self._released(record, config.timeout)
+        self._released(record)
 
-    def association_aborted(self, association: OpenAssociation) -> None:
-        with association.lock:
-            count = len(association.instances)
-        log.warning(
-            "association aborted: its instances start no job and are deleted",
-            extra={"association": association.association_id, "instances": count},
+    def association_aborted(self, association: OpenAssociation, ended: Ending) -> None:
+        """An association ended without A-RELEASE: no job; its instances are quarantined.
+
+        ``ended`` is ``aborted`` (the peer aborted, or the connection was lost) or
+        ``interrupted`` (the receiver ended it while stopping)."""
+        self.grouper.ended(association.association_id)
+        self.index.forget_association(association.association_id)
+        record = self._record(association, ended)
+        record.quarantined_at = record.released_at
+        record.reason = (
+            "the receiver stopped before the association was released"
+            if ended == "interrupted"
+            else "the association ended without A-RELEASE (A-ABORT or connection lost)"
         )
-        if count:
-            self._queue.put(_DeleteAssociation(association.association_id))
+        log.warning(
+            "association ended without release: no job, its instances are quarantined",
+            extra={
+                "association": association.association_id,
+                "ended": ended,
+                "instances": len(record.instances),
+            },
+        )
+        if record.instances or record.duplicates:
+            self._queue.put(_Quarantine(record))
+
+    def _keep_audit(self, record: AssociationRecord, reason: str) -> None:
+        """Keep the audit of an association that stored nothing but had duplicates."""
+        record.reason = reason
+        record.published = True
+        self._queue.put(_WriteRecord(record))
 
     def adopt(self, records: Iterable[AssociationRecord]) -> int:
-        """Release jobs for records another (dead) process left unpublished; how many jobs."""
-        by_job: dict[str, list[AssociationRecord]] = {}
-        by_group: dict[tuple[str, str], list[AssociationRecord]] = {}
+        """Release jobs for records another (dead) process left unpublished, or that an
+        operator released from quarantine; how many jobs."""
+        by_job: dict[tuple[str, str], list[AssociationRecord]] = {}
+        by_group: dict[Group, list[AssociationRecord]] = {}
         for record in records:
             self.remember(record.association_id)
-            if record.job_id:
-                by_job.setdefault(record.job_id, []).append(record)
-            else:
-                by_group.setdefault(record.group, []).append(record)
-        jobs = [self._job(group, job_id) for job_id, group in by_job.items()]
-        jobs += [self._job(group) for group in by_group.values()]
+            for part in record.parts():
+                if record.is_published(part):
+                    continue
+                job_id = record.job_of(part)
+                if job_id:
+                    by_job.setdefault((job_id, part), []).append(record)
+                else:
+                    group = ("study", record.called_ae_title, part) if part else record.group
+                    by_group.setdefault(group, []).append(record)
+        jobs = [self._job(group, job_id, part) for (job_id, part), group in by_job.items()]
+        jobs += [self._job(records, part=part_of(g)) for g, records in by_group.items()]
         for job in jobs:
             if job is not None:
                 log.info("recovering job", extra={"job": job.job_id, "pipeline": job.pipeline})
                 self._queue.put(job)
         return sum(job is not None for job in jobs)
 
+    def release_quarantined(self, record: AssociationRecord) -> int:
+        """An operator released a quarantined association: its instances become a job
+        (one per study for study grouping), written as a released record; how many jobs."""
+        record.release_requested = True
+        for part in record.parts():
+            record.stamp(part, job_id_for([record.association_id], part))
+        self._write_record(record)
+        self.store.delete(keys.quarantine_record(record.association_id))
+        log.info(
+            "quarantined association released as a job by an operator",
+            extra={"association": record.association_id, "instances": len(record.instances)},
+        )
+        return self.adopt([record])
+
     # -- internals --------------------------------------------------------------------------
 
-    def _released(self, record: AssociationRecord, timeout: float) -> None:
-        if timeout > 0:
-            self.grouper.add(record, timeout)
+    def _released(self, record: AssociationRecord) -> None:
+        """Hand a written record's parts to their groups (or straight to a job)."""
+        self.grouper.ended(record.association_id)
+        if not record.instances:
             return
-        job = self._job([record])
+        config = self._config(record.called_ae_title)
+        if record.grouping == "study":
+            for part in record.parts():
+                self.grouper.add(
+                    ("study", record.called_ae_title, part), record, quiet_period(config)
+                )
+            return
+        if record.job_id is None:
+            self.grouper.add(record.group, record, quiet_period(config))
+            return
+        self.index.forget_group(("association", record.association_id))
+        job = self._job([record], record.job_id)
         if job is not None:
             self._queue.put(job)
 
-    def _job(self, records: list[AssociationRecord], job_id: str = "") -> Job | None:
+    def _job(
+        self, records: list[AssociationRecord], job_id: str = "", part: str = ""
+    ) -> Job | None:
         called = records[0].called_ae_title
         pipeline = self.pipelines.get(called)
         if pipeline is None:
@@ -211,9 +296,8 @@ class JobService:
                 extra={"called_ae_title": called, "associations": len(records)},
             )
             return None
-        config = self.ae_titles.get(called)
-        overwrite = config.overwrite_same_instance if config is not None else False
-        return Job(pipeline, records, overwrite, job_id)
+        overwrite = policy_of(self._config(called)) is DuplicatePolicy.OVERWRITE
+        return Job(pipeline, records, overwrite, job_id, part)
 
     def _write_record(self, record: AssociationRecord) -> None:
         self.store.put_json(
@@ -223,8 +307,9 @@ class JobService:
     def _schedule(self) -> None:
         while not self._stop.is_set():
             self.grouper.wait(self._stop)
-            for records in self.grouper.due():
-                job = self._job(records)
+            for group, records in self.grouper.due():
+                self.index.forget_group(group)
+                job = self._job(records, part=part_of(group))
                 if job is not None:
                     self._queue.put(job)
 
@@ -277,26 +362,30 @@ class JobService:
             self._release(item)
         elif isinstance(item, _WriteRecord):
             self._write_record(item.record)
-            self._released(item.record, item.timeout)
+            self._released(item.record)
         else:
-            deleted = self.store.delete_prefix(keys.incoming_prefix(item.association_id))
+            self.store.put_json(
+                keys.quarantine_record(item.record.association_id),
+                item.record.model_dump(mode="json"),
+            )
             log.info(
-                "aborted association's instances deleted",
-                extra={"association": item.association_id, "objects": deleted},
+                "association quarantined",
+                extra={
+                    "association": item.record.association_id,
+                    "instances": len(item.record.instances),
+                },
             )
 
     def _release(self, job: Job) -> None:
         with job_context(job.job_id):
             for record in job.records:
-                if record.job_id != job.job_id:
-                    record.job_id = job.job_id
+                if record.stamp(job.part, job.job_id):
                     self._write_record(record)
             manifest = job.manifest()
             manifest_key = JobStore(self.store).put_manifest(manifest)
             self._publish(job, manifest_key, len(manifest.instances))
             for record in job.records:
-                if not record.published:
-                    record.published = True
+                if record.mark_published(job.part):
                     self._write_record(record)
             for key in job.unused_keys():
                 try:
@@ -309,6 +398,7 @@ class JobService:
                     "pipeline": job.pipeline,
                     "instances": len(manifest.instances),
                     "associations": len(job.records),
+                    "study_instance_uid": job.part or None,
                 },
             )
 

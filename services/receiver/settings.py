@@ -41,6 +41,29 @@ class ReceiverSettings(ServiceSettings):
     store_attempts_at_start: int = Field(
         default=3, ge=1, description="Tries to reach the object store before listening anyway"
     )
+    store_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for the object store to take an instance; past it C-STORE "
+        "answers Refused (0xA700), well before a sender's own timeout makes it abort",
+    )
+    drain_seconds: float = Field(
+        default=25.0,
+        ge=0,
+        description="On SIGTERM, how long open associations may go on (no new ones are "
+        "accepted) before they are ended and their instances quarantined",
+    )
+    quarantine_seconds: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="How long instances of an association that ended without A-RELEASE are "
+        "kept in quarantine (for an operator to release as a job or delete)",
+    )
+    quarantine_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often quarantine/ is checked for operator releases and expiry",
+    )
 
 
 def receiver_settings(settings: ServiceSettings) -> ReceiverSettings:

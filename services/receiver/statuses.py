@@ -19,6 +19,10 @@ INVALID_SOP_INSTANCE = 0x0117
 """Failure: Invalid SOP Instance (PS3.7 C, allowed for C-STORE by PS3.7 9.1.1.1.9): the
 Affected SOP Instance UID breaks the UID construction rules, so it cannot name an object."""
 
+DUPLICATE_SOP_INSTANCE = 0x0111
+"""Failure: Duplicate SOP Instance (PS3.7 C): the SOP Instance UID was already received for
+this job with different content, and the AE title's ``duplicates`` policy is ``reject``."""
+
 PROCESSING_FAILURE = 0x0110
 """Failure: Processing failure (PS3.7 C): an unexpected error in the receiver."""
 

@@ -7,11 +7,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pika
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from pynetdicom import AE
@@ -23,6 +25,7 @@ from services.config_api.settings import ConfigApiSettings
 from services.selector.selecting import volume_series
 from shared import keys
 from shared.broker import Broker
+from shared.configstore import LiveConfig
 from shared.errors import InvalidInputError
 from shared.events import EXCHANGE, Envelope, JobFailed, event_id
 from shared.settings import ServiceSettings
@@ -690,3 +693,94 @@ def test_schemathesis_finds_no_server_errors(client: TestClient) -> None:
                 continue
     assert operations >= 20
     assert failures == []
+
+
+# -- the configuration file's entries (Clara's read-*-from-crd) --------------------------
+
+
+def file_client(
+    settings: ServiceSettings, store: ObjectStore, tmp_path: Path, **flags: bool
+) -> TestClient:
+    """A client whose configuration file defines an AE title, a source and a destination,
+    and whose pipelines folder defines ``filepipe``; ``flags`` are read-*-from-crd."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir(exist_ok=True)
+    (folder / "filepipe.yaml").write_text("name: filepipe\n")
+    scp: dict[str, Any] = {
+        "ae-titles": [{"ae-title": "FILEAE", "pipeline": "filepipe"}],
+        "sources": [{"ae-title": "FILECT", "host-ip": "10.1.1.1"}],
+    }
+    scu: dict[str, Any] = {
+        "destinations": [
+            {"name": "FILEPACS", "ae-title": "FILEPACS", "host-ip": "10.1.1.2", "port": 104}
+        ]
+    }
+    for flag, value in flags.items():
+        (scu if "destinations" in flag else scp)[flag.replace("_", "-")] = value
+    config = tmp_path / "seriesflow.yaml"
+    config.write_text(yaml.safe_dump({"dicom": {"scp": scp, "scu": scu}}))
+    return make_client(settings, store, None, config=config, pipelines=folder)
+
+
+def test_the_file_entries_are_listed_and_win_unless_overridden(
+    settings: ServiceSettings, store: ObjectStore, tmp_path: Path
+) -> None:
+    client = file_client(settings, store, tmp_path)
+    titles = client.get("/api/v1/ae-titles").json()
+    assert [(t["aeTitle"], t["origin"]) for t in titles] == [("FILEAE", "file")]
+    clara = client.get("/api/config/claraaetitle").json()["items"]
+    assert clara[0]["metadata"]["labels"] == {"seriesflow/origin": "file"}
+    assert client.get("/api/v1/destinations/FILEPACS").json()["origin"] == "file"
+    assert [s["aeTitle"] for s in client.get("/api/v1/sources").json()] == ["FILECT"]
+    assert client.get("/api/v1/pipelines/filepipe").json()["origin"] == "file"
+
+    # The file wins: the same AE title or destination again is a conflict that says so.
+    again = {"aeTitle": "FILEAE", "pipeline": "filepipe", "timeout": 9}
+    refused = client.post("/api/v1/ae-titles", json=again)
+    assert refused.status_code == 409
+    assert "configuration file" in refused.json()["message"]
+    assert "overrideFile=true" in refused.json()["message"]
+    dest = {"name": "FILEPACS", "aeTitle": "FILEPACS", "hostIp": "10.9.9.9", "port": 11112}
+    assert client.post("/api/v1/destinations", json=dest).status_code == 409
+    for path in ("/api/v1/destinations/FILEPACS", "/api/v1/pipelines/filepipe"):
+        answer = client.delete(path)
+        assert answer.status_code == 409, path
+        assert "cannot be deleted through the API" in answer.json()["message"]
+    assert stored_config(store) == {}
+
+    # ... unless the request overrides it explicitly; the audit log says so.
+    overridden = client.post("/api/v1/destinations?overrideFile=true", json=dest)
+    assert overridden.status_code == 201, overridden.text
+    assert overridden.json()["overridesFile"] is True
+    assert client.get("/api/v1/audit").json()[0]["overrides_file"] is True
+    live = LiveConfig(store, client.app.state.repository.static, 0.0)  # type: ignore[attr-defined]
+    pacs = live.current().destination("FILEPACS")
+    assert pacs is not None and (pacs.host_ip, pacs.port) == ("10.9.9.9", 11112)
+    # Deleting the override brings the file's entry back.
+    assert client.delete("/api/v1/destinations/FILEPACS").status_code == 204
+    pacs = live.current().destination("FILEPACS")
+    assert pacs is not None and pacs.host_ip == "10.1.1.2"
+
+    # A stored entry written without the override (behind the API's back) does not win.
+    store.put_json(
+        keys.config("destinations", "FILEPACS"),
+        {"kind": "destinations", "name": "FILEPACS", "spec": {**dest, "host-ip": "10.6.6.6"}},
+    )
+    pacs = live.current().destination("FILEPACS")
+    assert pacs is not None and pacs.host_ip == "10.1.1.2"
+
+
+def test_read_from_crd_flags(settings: ServiceSettings, store: ObjectStore, tmp_path: Path) -> None:
+    # false: the file's entries only; the API refuses to write that kind.
+    client = file_client(settings, store, tmp_path, read_destinations_from_crd=False)
+    dest = {"name": "OTHER", "aeTitle": "OTHER", "hostIp": "10.9.9.9", "port": 104}
+    refused = client.post("/api/v1/destinations", json=dest)
+    assert refused.status_code == 409
+    assert "read-destinations-from-crd: false" in refused.json()["message"]
+    assert [d["name"] for d in client.get("/api/v1/destinations").json()] == ["FILEPACS"]
+    # true: the file's list is not used; the API's entries only.
+    client = file_client(settings, store, tmp_path, read_aetitles_from_crd=True)
+    assert client.get("/api/v1/ae-titles").json() == []
+    created = client.post("/api/v1/ae-titles", json={"aeTitle": "FILEAE", "pipeline": "filepipe"})
+    assert created.status_code == 201, created.text
+    assert created.json()["origin"] == "store"

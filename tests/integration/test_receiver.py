@@ -304,7 +304,7 @@ def test_store_down_answers_failure_not_success(
         assert received(observer) == []
 
 
-def test_an_aborted_association_starts_no_job_and_its_instances_are_deleted(
+def test_an_aborted_association_starts_no_job_and_its_instances_are_quarantined(
     settings: ServiceSettings, observer: Broker, tmp_path: Path, ct: list[Path]
 ) -> None:
     port = free_port()
@@ -314,8 +314,13 @@ def test_an_aborted_association_starts_no_job_and_its_instances_are_deleted(
             assert assoc.send_c_store(pydicom.dcmread(path)).Status == statuses.SUCCESS
         assert len(incoming(receiver.store)) == 2, "stored before success was answered"
         assoc.abort()
-        wait_until(lambda: list(receiver.store.list("incoming/")) == [], 10, "prefix deleted")
+        wait_until(lambda: list(receiver.store.list("quarantine/")) != [], 10, "quarantined")
         time.sleep(0.3)
+        assert len(incoming(receiver.store)) == 2, "acknowledged instances are kept"
+        (key,) = receiver.store.list("quarantine/")
+        record = AssociationRecord.model_validate(receiver.store.get_json(key))
+        assert record.ended == "aborted" and len(record.instances) == 2
+        assert record.job_id is None
         assert list(receiver.store.list("jobs/")) == []
         assert received(observer) == []
 
@@ -440,7 +445,7 @@ def test_max_associations_is_enforced_and_sockets_have_tcp_nodelay(
 # -- after a crash: recovery and orphans ------------------------------------------------
 
 
-def test_a_restarted_receiver_finishes_pending_jobs_and_deletes_orphans(
+def test_a_restarted_receiver_finishes_pending_jobs_and_quarantines_orphans(
     settings: ServiceSettings, observer: Broker, tmp_path: Path, ct: list[Path]
 ) -> None:
     def config(timeout: float) -> Path:
@@ -508,4 +513,7 @@ def test_a_restarted_receiver_finishes_pending_jobs_and_deletes_orphans(
         again = AssociationRecord.model_validate(store.get_json(keys.association_record(stamped)))
         assert again.published
         left = {k.split("/")[1] for k in store.list("incoming/")}
-        assert left == {record.association_id, stamped, just_now, foreign}
+        assert left == {record.association_id, stamped, just_now, foreign, hours_ago}
+        orphan = AssociationRecord.model_validate(store.get_json(keys.quarantine_record(hours_ago)))
+        assert orphan.ended == "orphaned", "an orphan is quarantined, never deleted at once"
+        assert list(store.list("quarantine/")) == [keys.quarantine_record(hours_ago)]
