@@ -23,10 +23,11 @@ from services.receiver.release import JobService
 from services.receiver.settings import receiver_settings
 from services.receiver.storing import TimedStore
 from shared.config import SeriesflowConfig, load_config
-from shared.configstore import LiveConfig
+from shared.configstore import LiveConfig, LiveView
 from shared.errors import InvalidIdentifierError, InvalidInputError
 from shared.identifiers import validate_name
 from shared.logs import get_logger
+from shared.pipelines import PipelineRegistry
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
@@ -79,7 +80,13 @@ class Receiver:
         self.scp_config = self.config.dicom.scp
         ae_titles = {a.ae_title: a for a in self.scp_config.ae_titles}
         self.store = ObjectStore(self.settings)
-        self.live = LiveConfig(self.store, self.config, self.settings.live_config_seconds)
+        self.live = LiveConfig(
+            self.store,
+            self.config,
+            self.settings.live_config_seconds,
+            file_pipelines=PipelineRegistry.load(self.settings.pipelines),
+        )
+        self._pipelines: PipelineRegistry | None = None
         self.jobs = JobService(
             self.settings, self.store, ae_titles, pipelines_by_ae_title(self.config)
         )
@@ -119,6 +126,9 @@ class Receiver:
         """Connect to the store, start the job threads and listen; returns at once."""
         self._stop.clear()
         self._ensure_bucket(self.settings.store_attempts_at_start)
+        view = self.live.view()
+        self._check_pipelines(view)
+        self.apply_config(view.config, view.pipelines)
         self.jobs.start()
         self._ae = scp.build_ae(self.scp_config, self.settings)
         try:
@@ -201,15 +211,46 @@ class Receiver:
                 delay = min(delay * 2, self.settings.retry_backoff_max_seconds or 30.0)
         return False
 
-    def apply_config(self, config: SeriesflowConfig) -> None:
+    def _checks_pipelines(self, registry: PipelineRegistry) -> bool:
+        """Whether the receiver knows the pipelines: a pipelines folder, or stored ones."""
+        return self.settings.pipelines is not None or bool(registry.all())
+
+    def _check_pipelines(self, view: LiveView) -> None:
+        """Refuse to start when an AE title names a pipeline that does not exist."""
+        if not self._checks_pipelines(view.pipelines):
+            log.warning("no pipelines folder and no stored pipeline: AE titles not checked")
+            return
+        for entry in view.config.dicom.scp.ae_titles:
+            target = view.config.pipeline_for(entry.ae_title)
+            if target is not None and view.pipelines.get(target) is None:
+                raise InvalidInputError(
+                    f"AE title {entry.ae_title!r} names pipeline {target!r}, which is not "
+                    "defined (neither in the pipelines folder nor stored through the API)"
+                )
+
+    def apply_config(
+        self, config: SeriesflowConfig, registry: PipelineRegistry | None = None
+    ) -> None:
         """Use ``config``'s AE titles and sources from now on (live reconfiguration).
 
         New associations see the new AE titles and sources at once; open associations
-        keep going. The listening address, port and limits stay as started.
+        keep going. The listening address, port and limits stay as started. An AE title
+        whose pipeline ``registry`` does not define is left out of the pipeline map, so
+        C-STORE to it is refused (never answered success for a job that cannot run).
         """
         scp_config = config.dicom.scp
         ae_titles = {a.ae_title: a for a in scp_config.ae_titles}
         pipelines = pipelines_by_ae_title(config, strict=False)
+        if registry is not None:
+            self._pipelines = registry
+            if self._checks_pipelines(registry):
+                for ae_title, target in list(pipelines.items()):
+                    if registry.get(target) is None:
+                        log.warning(
+                            "AE title's pipeline is not defined: C-STORE to it is refused",
+                            extra={"ae_title": ae_title, "pipeline": target},
+                        )
+                        del pipelines[ae_title]
         policy = AssociationPolicy.from_config(scp_config)
         # Each assignment replaces a whole object, so a reader sees the old or the new one.
         self.jobs.ae_titles = ae_titles
@@ -221,9 +262,9 @@ class Receiver:
 
     def _watch_config(self) -> None:
         """Apply the configuration the REST API stores, when it changed."""
-        config = self.live.current()
-        if config is not self.config:
-            self.apply_config(config)
+        view = self.live.view()
+        if view.config is not self.config or view.pipelines is not self._pipelines:
+            self.apply_config(view.config, view.pipelines)
 
     def _housekeep(self) -> None:
         next_sweep = 0.0
