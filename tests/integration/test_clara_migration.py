@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
+from services.config_api.app import create_app
 from shared.operator.parser import run_parser_operator
+from shared.pipelines import derived_pipeline_id
 from shared.samples import write_brain_mr_study
 from shared.selection import load_rules_file
 from shared.settings import ServiceSettings
@@ -164,3 +167,71 @@ def test_a_misspelt_key_stops_a_service_naming_its_path(
     else:
         assert "operators[1].variabels: unknown key; did you mean variables?" in log, log
     assert "Traceback" not in log
+
+
+def test_a_clara_pipeline_registered_through_the_api_answers_its_id_and_runs(
+    settings: ServiceSettings, tmp_path: Path
+) -> None:
+    """Clara's ``create pipelines`` then ``POST /api/config/claraaetitle`` with the id it
+    answered; the file says ``read-aetitles-from-crd: true``, so its own AE title is not
+    used: the AE title comes from the API only."""
+    study = tmp_path / "study"
+    write_brain_mr_study(study, seed=12)
+    port = free_port()
+    config = clara_adapter_file(tmp_path / "app.yaml", port, **{"read-aetitles-from-crd": True})
+    data = yaml.safe_load(config.read_text())
+    data.pop("pipeline-mappings")  # its AE title is set aside; the API maps the new one
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    image = tmp_path / "image"
+    shutil.copytree(EXAMPLE / "config", image / "config")
+    env = service_environment(settings, config, pipelines)
+    processes = [
+        ServiceInFolder(name, env, tmp_path, image).start()
+        for name in ("receiver", "parser", "selector")
+    ]
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    api = TestClient(create_app(settings, store, None), base_url="http://localhost:5000")
+    try:
+        definition = yaml.safe_load(
+            (EXAMPLE / "pipelines" / "series-selection-pipeline.yaml").read_text()
+        )
+        created = api.post("/api/v1/pipelines", json=definition)
+        assert created.status_code == 201, created.text
+        pipeline_id = created.json()["definition"]["id"]
+        assert pipeline_id == derived_pipeline_id("series-selection-pipeline")
+        title = api.post(
+            "/api/config/claraaetitle",
+            json={"name": "brain", "pipelineId": pipeline_id, "aeTitle": "BRAINMODEL"},
+        )
+        assert title.status_code == 200, title.text
+        assert title.json()["spec"]["pipelineId"] == pipeline_id
+        # Clara's meaning of read-aetitles-from-crd: true: the file's AE title is not used.
+        listed = api.get("/api/config/claraaetitle").json()["items"]
+        assert [i["spec"]["aeTitle"] for i in listed] == ["BRAINMODEL"]
+
+        wait_for_port(port, timeout=60)
+
+        def echo() -> bool:
+            run = subprocess.run(
+                [dcmtk("echoscu"), "-aet", "DCM4CHEE", "-aec", "BRAINMODEL", "127.0.0.1",
+                 str(port)],
+                capture_output=True, timeout=30,
+            )  # fmt: skip
+            return run.returncode == 0
+
+        wait_until(echo, 30, "C-ECHO to the AE title created through the API")
+        storescu(port, study, called="BRAINMODEL")
+
+        def selected() -> list[str]:
+            return [k for k in store.list("jobs/") if k.endswith("/output/selected-images.json")]
+
+        wait_until(lambda: len(selected()) == 1, 90, "selected-images.json")
+        in_store = json.loads(store.get_bytes(selected()[0]))
+    finally:
+        for process in processes:
+            process.stop()
+    assert list(in_store) == ["T1C"], "\n".join(p.log()[-3000:] for p in processes)
+    assert "Traceback" not in "".join(p.log() for p in processes)
