@@ -17,9 +17,10 @@ start as not used (:attr:`ConfigReport.notices`).
 ``read-aetitles-from-crd``, ``read-sources-from-crd`` and ``read-destinations-from-crd``
 keep Clara's meaning (:meth:`SeriesflowConfig.origin`): ``true``, the file's list is not
 used and the entries come from the REST API only; ``false``, the file's list only. Absent
-(seriesflow's default, where Clara's was ``true``): both, the stored entry winning over the
-file's entry with the same key, because a file that lists entries without the flag (as
-Clara's own sample does) means them to be used.
+(seriesflow's default, where Clara's was ``true``): both, because a file that lists entries
+without the flag (as Clara's own sample does) means them to be used; how the two merge
+(the file's entry wins unless a stored one overrides it explicitly) is
+:mod:`shared.configstore`'s.
 """
 
 from __future__ import annotations
@@ -340,9 +341,8 @@ class SeriesflowConfig(_Model):
 
         ``"store"`` (flag true): the REST API's stored entries only; the file's list was
         dropped when loaded. ``"file"`` (flag false): the file's entries only; stored ones
-        are not used. ``"both"`` (flag absent): the file's entries and the stored ones, a
-        stored entry replacing the file's entry with the same key (AE title, destination
-        name); sources are the union.
+        are not used. ``"both"`` (flag absent): the file's entries and the stored ones
+        (merged by :class:`shared.configstore.LiveConfig`).
         """
         flag = {
             "ae-titles": self.dicom.scp.read_aetitles_from_crd,
