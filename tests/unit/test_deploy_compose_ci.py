@@ -83,3 +83,11 @@ def test_the_compose_binary_checksum_is_recorded() -> None:
     assert re.search(r"^COMPOSE_SHA256=[0-9a-f]{64}$", text, re.M)
     assert re.search(r"^COMPOSE_VERSION=2\.\d+\.\d+$", text, re.M)
     assert "--iptables=false --ip-forward=false --ip-masq=false --bridge=none" in text
+
+
+def test_the_dockerfile_builds_without_a_registry_frontend_and_takes_extra_cas() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a frontend image from a registry"
+    builder, runtime = text.split("AS runtime", 1)
+    assert 'ARG EXTRA_CA_CERTS=""' in builder and "PIP_CERT" in builder
+    assert "EXTRA_CA_CERTS" not in runtime, "the extra CAs stay out of the image"
