@@ -276,3 +276,8 @@ def _errors(what: str, *, local: bool = False) -> Iterator[None]:
         if exc.errno in _DISK_FULL:
             raise LocalDiskFullError(f"{what}: local disk full ({reason})") from exc
         raise LocalFileError(f"{what}: local file error ({reason})") from exc
+    except ValueError as exc:
+        if not local:
+            raise
+        # minio checks local paths itself ("path ... is not a directory")
+        raise LocalFileError(f"{what}: local file error ({exc})") from exc

@@ -3,9 +3,11 @@ dead-letter with the reason, replay, and the store's key handling."""
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +15,14 @@ from shared.broker import Broker, Delivery
 from shared.errors import PermanentError, TransientError
 from shared.events import Envelope, JobReceived, event_id, new_id
 from shared.settings import ServiceSettings
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.store import (
+    LocalDiskFullError,
+    LocalFileError,
+    ObjectNotFoundError,
+    ObjectStore,
+    PreconditionFailedError,
+    _errors,
+)
 
 
 def received(pipeline: str, count: int) -> Envelope:
@@ -126,3 +135,49 @@ def test_an_unreachable_store_is_a_transient_error(settings: ServiceSettings) ->
     down = settings.model_copy(update={"s3_endpoint": "127.0.0.1:9"})
     with pytest.raises(TransientError):
         ObjectStore(down, timeout=1).put_bytes("a", b"x")
+
+
+def test_conditional_writes_ranges_and_etags(settings: ServiceSettings) -> None:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    first = store.put_bytes("config/x.json", b"0123456789", if_none_match=True)
+    with pytest.raises(PreconditionFailedError):
+        store.put_bytes("config/x.json", b"again", if_none_match=True)
+    data, etag = store.get_with_etag("config/x.json")
+    assert (data, etag) == (b"0123456789", first)
+    assert store.stat("config/x.json").etag == first
+    assert store.get_range("config/x.json", 2, 3) == b"234"
+    assert store.get_range("config/x.json", 8, 100) == b"89"
+    second = store.put_bytes("config/x.json", b"new", if_match=first)
+    with pytest.raises(PreconditionFailedError):
+        store.put_bytes("config/x.json", b"lost update", if_match=first)
+    with pytest.raises(PreconditionFailedError):
+        store.delete("config/x.json", if_match=first)
+    store.delete("config/x.json", if_match=second)
+    assert not store.exists("config/x.json")
+    store.put_bytes("empty", b"")
+    assert store.get_range("empty", 0, 10) == b""
+    store.check_conditional_writes("config/probe/p.json")
+
+
+def test_a_local_file_error_is_not_an_unreachable_store(
+    settings: ServiceSettings, tmp_path: Path
+) -> None:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    store.put_bytes("a.dcm", b"x")
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(LocalFileError) as caught:
+        store.get_file("a.dcm", blocker / "below-a-file.dcm")  # NotADirectoryError
+    assert "local file error" in caught.value.reason
+    assert "unreachable" not in caught.value.reason
+    with pytest.raises(LocalFileError):
+        store.put_file("b.dcm", tmp_path / "missing.dcm")
+
+
+def test_a_full_local_disk_is_reported_as_such() -> None:
+    with pytest.raises(LocalDiskFullError, match="local disk full"), _errors("get k", local=True):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(TransientError, match="unreachable"), _errors("get k", local=True):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
