@@ -144,7 +144,15 @@ def process(
     ] = None,
     rules: RulesOption = None,
     min_slices: Annotated[
-        int | None, typer.Option(help="Fewest slices a multi-image stack needs (default 3).")
+        int | None, typer.Option(help="Fewest slices a multi-image stack needs (default 2).")
+    ] = None,
+    resample: Annotated[
+        bool | None,
+        typer.Option(
+            "--resample/--no-resample",
+            help="Resample gantry-tilted and unevenly spaced stacks onto a regular grid "
+            "(default; SERIESFLOW_RESAMPLE). --no-resample refuses them instead.",
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     logs: LogsOption = None,
@@ -160,6 +168,7 @@ def process(
     options = ConversionOptions(
         image_format=fmt,
         min_slices=min_slices if min_slices is not None else settings.min_slices,
+        resample=resample if resample is not None else settings.resample,
     )
     if options.min_slices < 2:
         _fail("--min-slices must be at least 2", 2)

@@ -11,7 +11,12 @@ from shared.settings import ServiceSettings
 
 class ParserSettings(ServiceSettings):
     min_slices: int = Field(
-        default=3, ge=2, description="Fewest slices a stack needs to become a volume"
+        default=2, ge=2, description="Fewest slices a stack needs to become a volume"
+    )
+    resample: bool = Field(
+        default=True,
+        description="Resample tilted and unevenly spaced stacks onto a regular grid; "
+        "false refuses them (gantry_tilt, inconsistent_spacing)",
     )
     work_dir: Path | None = Field(
         default=None, description="Where jobs are parsed, in a temporary folder each"

@@ -63,6 +63,61 @@ class NotConverted(_Model):
     instances: list[str] = Field(default_factory=list, description="SOP Instance UIDs concerned")
 
 
+class AcquiredGeometry(_Model):
+    """Where a resampled volume's slices were acquired (LPS, mm)."""
+
+    spacing: list[float] = Field(
+        description="mm between columns and rows, and the median gap between slices"
+    )
+    direction: list[float] = Field(
+        description="3x3 direction cosines, row-major, as for the volume: the acquired row, "
+        "column and slice-normal directions"
+    )
+    slicePositions: list[list[float]] = Field(
+        description="ImagePositionPatient of each acquired slice, in order along the normal"
+    )
+
+
+class Resampling(_Model):
+    """What was done to a stack that was not a regular grid (see docs/conversion.md)."""
+
+    reasons: list[Literal["gantry_tilt", "inconsistent_spacing"]] = Field(
+        description="gantry_tilt: the slices drift in-plane as they advance; "
+        "inconsistent_spacing: uneven distances between slices"
+    )
+    tiltDegrees: float | None = Field(
+        default=None,
+        description="Gantry tilt measured from the slice positions, degrees (null if none)",
+    )
+    interpolation: Literal["linear"] = Field(
+        description="Bilinear within the two nearest acquired slices, linear between them"
+    )
+    fillValue: float = Field(
+        description="Value of voxels outside every acquired slice: the smallest in the stack"
+    )
+    acquired: AcquiredGeometry
+    description: str = Field(description="What was done, for a person")
+
+
+class Scaling(_Model):
+    """The scale factors applied to a volume's stored values: value = stored * slope + intercept."""
+
+    values: Literal["stored", "display", "precise"] = Field(
+        description="stored: no scaling; display: RescaleSlope/Intercept (else the Real World "
+        "Value mapping); precise: Philips floating-point values, (stored * RS + RI) / (RS * SS)"
+    )
+    source: str = Field(
+        description="RescaleSlope, RealWorldValueMapping, or 'Philips scale slope (2005,100E)'"
+    )
+    factors: list[list[float]] = Field(
+        description="The distinct [slope, intercept] pairs applied to the volume's frames"
+    )
+    philipsScaleSlopes: list[float] = Field(
+        default_factory=list,
+        description="Distinct Philips private scale slopes SS (2005,100E) of the frames",
+    )
+
+
 class Volume(_Model):
     """One image file made from a stack of frames of a series."""
 
@@ -94,6 +149,10 @@ class Volume(_Model):
     notes: list[str] = Field(
         default_factory=list,
         description="What conversion did, e.g. 'MONOCHROME1 inverted', 'rescaled to float32'",
+    )
+    resampling: Resampling | None = Field(
+        default=None,
+        description="Present when the acquired slices were resampled onto the volume's grid",
     )
 
 

@@ -21,7 +21,10 @@ class OperatorSettings(BaseSettings):
     selection_rules_base64: str | None = Field(
         default=None, alias="NVIDIA_CLARA_SELECTION_RULES_BASE64"
     )
-    min_slices: int = Field(default=3, ge=2, alias="SERIESFLOW_MIN_SLICES")
+    min_slices: int = Field(default=2, ge=2, alias="SERIESFLOW_MIN_SLICES")
+    resample: bool = Field(default=True, alias="SERIESFLOW_RESAMPLE")
+    """Resample tilted and unevenly spaced stacks; false refuses them (gantry_tilt,
+    inconsistent_spacing), as before."""
     log_dir: str | None = Field(default=None, alias="SERIESFLOW_LOG_DIR")
     log_level: str = Field(default="INFO", alias="SERIESFLOW_LOG_LEVEL")
     log_phi: bool = Field(default=False, alias="SERIESFLOW_LOG_PHI")

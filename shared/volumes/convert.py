@@ -20,12 +20,19 @@ from pydicom.uid import UID
 
 from shared.dicom.files import InstanceFile
 from shared.dicom.json_model import JsonAttributes, tag_key
-from shared.dicom.metadata import NotConverted, Volume
+from shared.dicom.metadata import AcquiredGeometry, NotConverted, Resampling, Volume
 from shared.errors import InvalidInputError
 from shared.identifiers import is_valid_uid
 from shared.volumes.frames import Frame, frames_of
-from shared.volumes.pixels import load_stack
-from shared.volumes.stacks import Refusal, orientation_label, plan_stack, split_stacks
+from shared.volumes.pixels import Array, load_stack
+from shared.volumes.resample import resample_stack
+from shared.volumes.stacks import (
+    Refusal,
+    StackPlan,
+    orientation_label,
+    plan_stack,
+    split_stacks,
+)
 from shared.volumes.writer import ImageFormat, VolumeBuffer, set_geometry, write_image
 
 _LOCALIZER_DESCRIPTION = re.compile(
@@ -36,7 +43,9 @@ _LOCALIZER_DESCRIPTION = re.compile(
 @dataclass(frozen=True)
 class ConversionOptions:
     image_format: ImageFormat = "mhd"
-    min_slices: int = 3
+    min_slices: int = 2
+    resample: bool = True
+    """Resample tilted and unevenly spaced stacks (else refuse them)."""
 
 
 def image_stem(series_instance_uid: str) -> str:
@@ -102,7 +111,7 @@ def convert_series(
     for number, stack in enumerate(stacks, start=1):
         key = stem if len(stacks) == 1 else f"{stem}-{number}"
         instance_uids = list(dict.fromkeys(files[f.instance].sop_instance_uid for f in stack))
-        plan = plan_stack(stack, options.min_slices)
+        plan = plan_stack(stack, options.min_slices, options.resample)
         if isinstance(plan, Refusal):
             not_converted.append(
                 NotConverted(
@@ -115,8 +124,12 @@ def convert_series(
             continue
         image_name = f"{key}.{options.image_format}"
         buffer = VolumeBuffer()
+        resampling: Resampling | None = None
         try:
-            voxels, notes = load_stack(files, plan.frames, buffer)
+            if plan.resampling is None:
+                voxels, notes = load_stack(files, plan.frames, buffer)
+            else:
+                voxels, notes, resampling = _load_resampled(files, plan, buffer)
         except InvalidInputError as exc:
             not_converted.append(
                 NotConverted(
@@ -137,7 +150,7 @@ def convert_series(
         set_geometry(image, plan.origin, plan.spacing, plan.direction, time_spacing)
         write_image(image, output_dir / image_name)
         del image, buffer
-        shape = [plan.frames[0][0].columns, plan.frames[0][0].rows, plan.slice_count]
+        shape = list(plan.shape)
         if plan.timepoint_count > 1:
             shape.append(plan.timepoint_count)
         volumes.append(
@@ -157,9 +170,38 @@ def convert_series(
                 attributes=_stack_attributes(stack[0]) if len(stacks) > 1 else {},
                 instances=instance_uids,
                 notes=plan.notes + notes,
+                resampling=resampling,
             )
         )
     return volumes, not_converted
+
+
+def _load_resampled(
+    files: Sequence[InstanceFile], plan: StackPlan, buffer: VolumeBuffer
+) -> tuple[Array, list[str], Resampling]:
+    """Load a stack as acquired, resample it into ``buffer``; say what was done."""
+    grid = plan.resampling
+    assert grid is not None
+    acquired, notes = load_stack(files, plan.frames)
+    shape = (acquired.shape[0], grid.slices, grid.rows, grid.columns, *acquired.shape[4:])
+    voxels = buffer(shape, acquired.dtype)
+    fill = resample_stack(acquired, grid, voxels)
+    first = plan.frames[0][0]
+    assert first.pixel_spacing is not None
+    gaps = [b - a for a, b in zip(grid.depths, grid.depths[1:], strict=False)]
+    record = Resampling(
+        reasons=list(grid.reasons),
+        tiltDegrees=grid.tilt_degrees,
+        interpolation="linear",
+        fillValue=fill,
+        acquired=AcquiredGeometry(
+            spacing=[first.pixel_spacing[1], first.pixel_spacing[0], sorted(gaps)[len(gaps) // 2]],
+            direction=list(plan.direction),
+            slicePositions=[list(f.position or ()) for f in plan.frames[0]],
+        ),
+        description=grid.describe(),
+    )
+    return voxels, notes, record
 
 
 def _stack_attributes(frame: Frame) -> JsonAttributes:

@@ -42,6 +42,7 @@ class Frame:
     stack_key: tuple[Any, ...]  # frames with different keys never share a volume
     order_key: tuple[Any, ...]  # temporal order of frames at the same position
     stack_attributes: tuple[tuple[str, Any], ...]  # what the stack key is made of, for metadata
+    refusal: tuple[str, str] | None = None  # (code, reason) when the frame cannot be placed
 
 
 def _floats(value: Any, count: int) -> tuple[float, ...] | None:
@@ -123,9 +124,9 @@ def frames_of(item: InstanceFile, index: int) -> list[Frame]:
         return _enhanced_frames(ds, index)
     image_type = _image_kind(ds)
     if "MOSAIC" in image_type:
-        mosaic = _mosaic_frames(ds, index)
-        if mosaic is not None:
-            return mosaic
+        return _mosaic_frames(ds, index)
+    if "VFRAME" in image_type and _UIH_SLICES in ds:
+        return _uih_mosaic_frames(ds, index)
     if "GridFrameOffsetVector" in ds and _int(ds.get("NumberOfFrames"), 1) > 1:
         return _grid_frames(ds, index)
     return _classic_frames(ds, index)
@@ -280,9 +281,52 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
     return frames
 
 
-def _mosaic_frames(ds: Dataset, index: int) -> list[Frame] | None:
-    """Siemens mosaic: n slices tiled in one image. None if it cannot be unpacked."""
-    count = _int(ds.get((0x0019, 0x100A)).value if (0x0019, 0x100A) in ds else None, 0)
+_SIEMENS_MOSAIC_COUNT = (0x0019, 0x100A)
+"""NumberOfImagesInMosaic, Siemens' private (0019,100A)."""
+_UIH_SLICES = (0x0065, 0x1051)
+"""UIH's per-slice sequence of a VFRAME mosaic: one item per tile, with its position."""
+_UIH_TILE = (0x0065, 0x1004)
+"""UIH's tile size as text, e.g. '64*64'."""
+
+
+def _unplaced(ds: Dataset, index: int, code: str, reason: str) -> list[Frame]:
+    """The file's frames as they are, marked as not forming a volume, and why."""
+    return [_replace(f, refusal=(code, reason)) for f in _classic_frames(ds, index)]
+
+
+def _mosaic_tiles(
+    base: Frame, count: int, tile_shape: tuple[int, int]
+) -> tuple[list[Frame], int] | None:
+    """``count`` tiles of ``tile_shape`` cut from a mosaic frame, row by row; also the number
+    of tiles per row. None when the tiles do not fit the image."""
+    rows, cols = tile_shape
+    if rows < 1 or cols < 1 or base.rows % rows or base.columns % cols:
+        return None
+    per_row = base.columns // cols
+    if count > per_row * (base.rows // rows):
+        return None
+    tiles = [
+        _replace(
+            base,
+            tile=tile,
+            rows=rows,
+            columns=cols,
+            stack_key=(("Mosaic", per_row), ("Rows", rows), ("Columns", cols), *base.stack_key),
+            order_key=(*base.order_key, tile),
+        )
+        for tile in range(count)
+    ]
+    return tiles, per_row
+
+
+def _mosaic_frames(ds: Dataset, index: int) -> list[Frame]:
+    """Siemens mosaic: n slices tiled in a square grid in one image.
+
+    The number of slices comes from (0019,100A) or the CSA header; without it, which tiles
+    hold slices is unknown (dcm2niix guesses every tile of the grid), and the file's frames
+    are marked ``mosaic_layout_unknown``.
+    """
+    count = _int(ds[_SIEMENS_MOSAIC_COUNT].value if _SIEMENS_MOSAIC_COUNT in ds else None, 0)
     normal: np.ndarray[Any, np.dtype[np.float64]] | None = None
     try:
         with warnings.catch_warnings():
@@ -295,22 +339,40 @@ def _mosaic_frames(ds: Dataset, index: int) -> list[Frame] | None:
             vec = csareader.get_slice_normal(csa)
             if vec is not None:
                 normal = np.asarray(vec, dtype=float)
-    except Exception:  # a broken private header just means: not unpackable
+    except Exception:  # a broken private header just means: no count, no normal from it
         csa = None
     base = _classic_frames(ds, index)[0]
-    if count < 1 or base.position is None or base.row_cosine is None:
-        return None
+    size = f"{base.columns}x{base.rows}"
+    if count < 1:
+        return _unplaced(
+            ds,
+            index,
+            "mosaic_layout_unknown",
+            f"Siemens mosaic ({size} pixels) without the number of images it holds "
+            "((0019,100A) NumberOfImagesInMosaic, or the CSA image header): which of its "
+            "tiles hold slices is unknown",
+        )
+    grid = math.ceil(math.sqrt(count))
+    cut = _mosaic_tiles(base, count, (base.rows // grid, base.columns // grid))
+    if cut is None or base.rows % grid or base.columns % grid:
+        return _unplaced(
+            ds,
+            index,
+            "mosaic_layout_unknown",
+            f"Siemens mosaic of {count} images in {size} pixels: not a {grid}x{grid} grid of "
+            "whole tiles",
+        )
+    tiles, _ = cut
+    if base.position is None or base.row_cosine is None:
+        return tiles
     if base.column_cosine is None or base.pixel_spacing is None:
-        return None
-    tiles = math.ceil(math.sqrt(count))
-    rows, cols = base.rows // tiles, base.columns // tiles
-    if rows * tiles != base.rows or cols * tiles != base.columns:
-        return None
+        return tiles
     row_cos, col_cos = np.array(base.row_cosine), np.array(base.column_cosine)
     if normal is None or np.linalg.norm(normal) < 1e-6:
         normal = np.cross(row_cos, col_cos)
     normal = normal / np.linalg.norm(normal)
     # The header's position is that of the whole mosaic; move it to the first tile.
+    rows, cols = tiles[0].rows, tiles[0].columns
     row_spacing, col_spacing = base.pixel_spacing
     first = (
         np.array(base.position)
@@ -318,18 +380,59 @@ def _mosaic_frames(ds: Dataset, index: int) -> list[Frame] | None:
         + row_cos * col_spacing * (base.columns - cols) / 2
     )
     step = base.spacing_between_slices or base.slice_thickness or 1.0
-    frames = []
-    for tile in range(count):
-        pos = first + tile * step * normal
-        frames.append(
-            _replace(
-                base,
-                tile=tile,
-                rows=rows,
-                columns=cols,
-                position=(float(pos[0]), float(pos[1]), float(pos[2])),
-                stack_key=(("Mosaic", tiles), ("Rows", rows), ("Columns", cols), *base.stack_key),
-                order_key=(*base.order_key, tile),
-            )
+    placed = []
+    for tile in tiles:
+        pos = first + (tile.tile or 0) * step * normal
+        placed.append(_replace(tile, position=(float(pos[0]), float(pos[1]), float(pos[2]))))
+    return placed
+
+
+def _uih_tile_shapes(ds: Dataset) -> list[tuple[int, int]]:
+    """Tile sizes a UIH VFRAME mosaic may have: its (0065,1004) text, its AcquisitionMatrix."""
+    shapes: list[tuple[int, int]] = []
+    text = str(ds[_UIH_TILE].value) if _UIH_TILE in ds else ""
+    parts = [p.strip() for p in text.split("*")]
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        shapes += [(int(parts[0]), int(parts[1])), (int(parts[1]), int(parts[0]))]
+    matrix = [_int(v) for v in ds.get("AcquisitionMatrix") or []]
+    if len(matrix) == 4:
+        frequency = matrix[0] or matrix[1]
+        phase = matrix[2] or matrix[3]
+        shapes += [(frequency, phase), (phase, frequency)]
+    return list(dict.fromkeys(s for s in shapes if s[0] > 0 and s[1] > 0))
+
+
+def _uih_mosaic_frames(ds: Dataset, index: int) -> list[Frame]:
+    """UIH VFRAME mosaic: slices tiled row by row, each with its own position in (0065,1051).
+
+    The tile size must be the one of (0065,1004) or AcquisitionMatrix that divides the
+    image into enough whole tiles; when none or several do, the layout is unknown.
+    """
+    items = list(ds[_UIH_SLICES].value or [])
+    base = _classic_frames(ds, index)[0]
+    count = len(items)
+    found = [cut for shape in _uih_tile_shapes(ds) if (cut := _mosaic_tiles(base, count, shape))]
+    layouts = {(cut[0][0].rows, cut[0][0].columns) for cut in found}
+    if len(layouts) != 1:
+        candidates = ", ".join(f"{r}x{c}" for r, c in _uih_tile_shapes(ds)) or "none given"
+        return _unplaced(
+            ds,
+            index,
+            "mosaic_layout_unknown",
+            f"UIH mosaic (VFRAME) of {count} slices in {base.columns}x{base.rows} pixels: "
+            f"no single tile size (candidates: {candidates}) cuts it into {count} whole tiles",
         )
-    return frames
+    tiles, _ = found[0]
+    placed = []
+    for tile, item in zip(tiles, items, strict=True):
+        position = _floats(item.get("ImagePositionPatient"), 3)
+        if position is None:
+            return _unplaced(
+                ds,
+                index,
+                "mosaic_layout_unknown",
+                f"UIH mosaic (VFRAME): slice {(tile.tile or 0) + 1} of {count} has no "
+                "ImagePositionPatient in (0065,1051)",
+            )
+        placed.append(_replace(tile, position=position))
+    return placed

@@ -2,8 +2,12 @@
 
 Frames are split into stacks by everything that must not be mixed in one volume (size,
 orientation, pixel spacing, echo, image type, colour). Within a stack, frames are ordered
-along the slice normal; frames sharing a position are timepoints of a 4-D volume. A stack
-is refused, never silently stacked, when its geometry is not that of a regular volume:
+along the slice normal; frames sharing a position are timepoints of a 4-D volume.
+
+A stack whose slices are parallel but drift in-plane as they advance (gantry tilt) or lie
+at uneven distances is resampled onto a regular grid (:mod:`shared.volumes.resample`),
+unless resampling is off: then it is refused, as is every stack whose geometry is not that
+of a volume at all. Nothing is stacked silently:
 
 ==========================  ===================================================
 code                        found
@@ -12,8 +16,10 @@ code                        found
 ``not_a_volume``            several frames, all at one position
 ``too_few_slices``          fewer positions than ``min_slices``
 ``missing_timepoints``      positions holding different numbers of frames
-``gantry_tilt``             slices shifted in-plane as they advance (tilted gantry)
-``inconsistent_spacing``    uneven distances between slices (missing slices)
+``missing_slices``          a gap wider than two slice spacings (resampling on)
+``gantry_tilt``             slices shifted in-plane as they advance (resampling off)
+``inconsistent_spacing``    uneven distances between slices (resampling off)
+``mosaic_layout_unknown``   (from the frames) a mosaic whose tiles are unknown
 ==========================  ===================================================
 """
 
@@ -28,6 +34,7 @@ import numpy as np
 
 from shared.dicom.metadata import Orientation
 from shared.volumes.frames import Frame
+from shared.volumes.resample import Resampling, plan_resampling
 
 POSITION_TOLERANCE_MM = 0.01
 """Frames closer than this along the normal share a position (they are timepoints)."""
@@ -37,6 +44,8 @@ SPACING_TOLERANCE_MM = 0.02
 TILT_TOLERANCE_PIXELS = 0.1
 """Largest in-plane drift of a slice, in pixels, before a stack counts as tilted."""
 ORIENTATION_TOLERANCE = 1e-3
+MAX_GAP_SLICES = 2.0
+"""Largest gap, in resampled slice spacings, interpolated across: one missing slice."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,20 @@ class StackPlan:
     spacing: tuple[float, float, float]  # columns, rows, slices (mm)
     direction: tuple[float, ...]  # 3x3 row-major; columns are row, column, slice directions
     notes: list[str] = field(default_factory=list)
+    resampling: Resampling | None = None
+    """How the acquired frames map onto the volume's grid; None when they are the grid."""
 
     @property
     def slice_count(self) -> int:
-        return len(self.frames[0])
+        return self.resampling.slices if self.resampling else len(self.frames[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Voxels along columns, rows and slices."""
+        if self.resampling:
+            return (self.resampling.columns, self.resampling.rows, self.resampling.slices)
+        first = self.frames[0][0]
+        return (first.columns, first.rows, len(self.frames[0]))
 
     @property
     def timepoint_count(self) -> int:
@@ -109,8 +128,13 @@ def _same_stack(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return True
 
 
-def plan_stack(frames: Sequence[Frame], min_slices: int = 3) -> StackPlan | Refusal:
+def plan_stack(
+    frames: Sequence[Frame], min_slices: int = 3, resample: bool = True
+) -> StackPlan | Refusal:
     """Order a stack's frames into a volume, or say why they do not form one."""
+    unusable = next((f.refusal for f in frames if f.refusal is not None), None)
+    if unusable is not None:
+        return Refusal(*unusable)
     if len(frames) == 1:
         return _single_frame_plan(frames[0])
     geometric = [
@@ -152,56 +176,122 @@ def plan_stack(frames: Sequence[Frame], min_slices: int = 3) -> StackPlan | Refu
             "too_few_slices",
             f"{len(groups)} slices, fewer than the {min_slices} a volume needs",
         )
-    centres = np.array([distance[g[0]] for g in groups])
-    problems = []
-    tilt = _tilt(positions[[g[0] for g in groups]], normal, row, col, first)
-    if tilt is not None:
-        problems.append(("gantry_tilt", tilt))
-    gaps = np.diff(centres)
-    median_gap = float(np.median(gaps))
-    worst = float(np.max(np.abs(gaps - median_gap)))
-    if worst > max(SPACING_TOLERANCE * median_gap, SPACING_TOLERANCE_MM):
-        problems.append(
-            (
-                "inconsistent_spacing",
-                f"slice gaps range from {gaps.min():.3f} to {gaps.max():.3f} mm around a "
-                f"median of {median_gap:.3f} mm: slices are missing or unevenly spaced",
-            )
-        )
-    if problems:
-        return Refusal(problems[0][0], "; ".join(text for _, text in problems))
+    assert first.pixel_spacing is not None
+    geometry = _StackGeometry(positions[[g[0] for g in groups]], row, col, normal, first)
+    problems = geometry.problems()
     # Frames sharing a position are timepoints, ordered by their temporal key.
     by_time = [sorted((frames[i] for i in g), key=lambda f: f.order_key) for g in groups]
     ordered = [[by_time[z][t] for z in range(len(groups))] for t in range(len(groups[0]))]
-    origin = ordered[0][0].position
-    assert origin is not None and first.pixel_spacing is not None
+    direction = _direction(row, col, normal)
+    if not problems:
+        origin = ordered[0][0].position
+        assert origin is not None
+        return StackPlan(
+            frames=ordered,
+            origin=origin,
+            spacing=(first.pixel_spacing[1], first.pixel_spacing[0], geometry.median_gap),
+            direction=direction,
+        )
+    if not resample:
+        return Refusal(problems[0][0], "; ".join(text for _, text in problems))
+    missing = geometry.missing_slices()
+    if missing is not None:
+        return Refusal("missing_slices", missing)
+    zeros = np.zeros(len(groups))
+    resampling, row_start, col_start = plan_resampling(
+        reasons=tuple(code for code, _ in problems),
+        tilt_degrees=geometry.tilt_degrees() if geometry.tilted else None,
+        row_shift=geometry.row_shift if geometry.tilted else zeros,
+        column_shift=geometry.column_shift if geometry.tilted else zeros,
+        depths=geometry.depths,
+        rows=first.rows,
+        columns=first.columns,
+        even_spacing=None if geometry.uneven else geometry.median_gap,
+    )
+    corner = (
+        geometry.positions[0]
+        + row * col_start * first.pixel_spacing[1]
+        + col * row_start * first.pixel_spacing[0]
+    )
     return StackPlan(
         frames=ordered,
-        origin=origin,
-        spacing=(first.pixel_spacing[1], first.pixel_spacing[0], median_gap),
-        direction=_direction(row, col, normal),
+        origin=(float(corner[0]), float(corner[1]), float(corner[2])),
+        spacing=(first.pixel_spacing[1], first.pixel_spacing[0], resampling.slice_spacing),
+        direction=direction,
+        notes=[resampling.describe()],
+        resampling=resampling,
     )
 
 
-def _tilt(
-    positions: np.ndarray[Any, np.dtype[np.float64]],
-    normal: np.ndarray[Any, np.dtype[np.float64]],
-    row: np.ndarray[Any, np.dtype[np.float64]],
-    col: np.ndarray[Any, np.dtype[np.float64]],
-    first: Frame,
-) -> str | None:
-    offsets = positions - positions[0]
-    in_plane = offsets - np.outer(offsets @ normal, normal)
-    drift = np.linalg.norm(in_plane, axis=1)
-    assert first.pixel_spacing is not None
-    if float(drift.max()) <= TILT_TOLERANCE_PIXELS * min(first.pixel_spacing):
-        return None
-    along = float(np.abs(offsets[-1] @ normal))
-    angle = math.degrees(math.atan2(float(drift[-1]), along)) if along > 0 else 90.0
-    return (
-        f"slices shift {drift.max():.2f} mm in-plane as they advance: gantry tilt of about "
-        f"{angle:.1f} degrees"
-    )
+class _StackGeometry:
+    """Where a stack's slices lie: along the normal and in-plane, relative to the first."""
+
+    def __init__(
+        self,
+        positions: np.ndarray[Any, np.dtype[np.float64]],
+        row: np.ndarray[Any, np.dtype[np.float64]],
+        col: np.ndarray[Any, np.dtype[np.float64]],
+        normal: np.ndarray[Any, np.dtype[np.float64]],
+        first: Frame,
+    ) -> None:
+        assert first.pixel_spacing is not None
+        self.positions = positions
+        offsets = positions - positions[0]
+        self.depths = offsets @ normal
+        in_plane = offsets - np.outer(self.depths, normal)
+        self.drift = np.linalg.norm(in_plane, axis=1)
+        row_spacing, col_spacing = first.pixel_spacing
+        self.row_shift = (offsets @ col) / row_spacing  # in rows
+        self.column_shift = (offsets @ row) / col_spacing  # in columns
+        self.tilted = float(self.drift.max()) > TILT_TOLERANCE_PIXELS * min(first.pixel_spacing)
+        self.gaps = np.diff(self.depths)
+        self.median_gap = float(np.median(self.gaps))
+        worst = float(np.max(np.abs(self.gaps - self.median_gap)))
+        self.uneven = worst > max(SPACING_TOLERANCE * self.median_gap, SPACING_TOLERANCE_MM)
+        # Along an axis where the slices drift less than the tilt tolerance, none is shifted.
+        for shift in (self.row_shift, self.column_shift):
+            if float(np.max(np.abs(shift))) <= TILT_TOLERANCE_PIXELS:
+                shift[:] = 0.0
+
+    def tilt_degrees(self) -> float:
+        along = float(abs(self.depths[-1]))
+        return math.degrees(math.atan2(float(self.drift[-1]), along)) if along > 0 else 90.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.tilted:
+            problems.append(
+                (
+                    "gantry_tilt",
+                    f"slices shift {self.drift.max():.2f} mm in-plane as they advance: gantry "
+                    f"tilt of about {self.tilt_degrees():.1f} degrees",
+                )
+            )
+        if self.uneven:
+            problems.append(
+                (
+                    "inconsistent_spacing",
+                    f"slice gaps range from {self.gaps.min():.3f} to {self.gaps.max():.3f} mm "
+                    f"around a median of {self.median_gap:.3f} mm: slices are missing or "
+                    "unevenly spaced",
+                )
+            )
+        return problems
+
+    def missing_slices(self) -> str | None:
+        """Why the gaps are too wide to interpolate across, or None."""
+        if not self.uneven:
+            return None
+        extent = float(self.depths[-1])
+        spacing = extent / round(extent / float(self.gaps.min()))
+        widest = float(self.gaps.max())
+        if widest <= MAX_GAP_SLICES * spacing * (1 + SPACING_TOLERANCE):
+            return None
+        return (
+            f"a gap of {widest:.3f} mm between slices {spacing:.3f} mm apart: about "
+            f"{round(widest / spacing) - 1} slices are missing, more than resampling fills in "
+            f"(one slice at most)"
+        )
 
 
 def _direction(

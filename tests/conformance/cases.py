@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -47,6 +48,7 @@ from shared.dicom.metadata import (
 )
 
 from .compare import Comparison, compare_nifti
+from .resampled import compare_resampled, dcm2niix_output
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 300.0
@@ -670,7 +672,82 @@ def _refusals(result: RunResult) -> str:
     return "; ".join(d for d in (_describe_refusals(s) for s in result.series()) if d)
 
 
-Check = ReferenceCheck | SidecarCheck | CrossCheck | RefusalCheck
+@dataclass(frozen=True)
+class GeometryCheck:
+    """A volume that is not a plain stack of its files' slices, against a reference.
+
+    ``resampled``: the volume must say it was resampled (its ``resampling`` record) and is
+    compared by the rules of ``resampled.py`` (same grid, voxel correlation), its first
+    ``slices`` slices only when given; otherwise it must be a plain stack, compared exactly.
+    The reference is ``reference``, or else what Debian's dcm2niix writes for ``source``
+    into a file ending in ``dcm2niix_suffix``. ``series`` picks the volume of that
+    SeriesNumber when the run has several. ``note`` explains what the reference differs in.
+    """
+
+    set_name: str
+    check_id: str
+    run: str
+    source: Path
+    why: str
+    reference: Path | None = None
+    dcm2niix_suffix: str | None = None
+    series: int | None = None
+    resampled: bool = True
+    slices: int | None = None
+    note: str = ""
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    @property
+    def label(self) -> str:
+        where = self.reference.name if self.reference else f"dcm2niix *{self.dcm2niix_suffix}"
+        return f"{self.check_id} vs {where}: {self.why}"
+
+    def evaluate(self, store: RunStore) -> Outcome:
+        label = self.label
+        result = store.get(self.run)
+        if not result.ok:
+            return _run_failed(self.set_name, label, result)
+        found = [
+            (s, v)
+            for s, v in result.volumes()
+            if self.series is None or series_number(s, v) == self.series
+        ]
+        if len(found) != 1:
+            detail = f"{len(found)} volumes, expected one"
+            if _refusals(result):
+                detail += "; not converted: " + _refusals(result)
+            return Outcome(self.set_name, label, "-", Status.NOT_FOUND, detail)
+        _, volume = found[0]
+        if self.resampled != (volume.resampling is not None):
+            detail = "stacked without resampling" if self.resampled else "resampled, not stacked"
+            return Outcome(self.set_name, label, volume.key, Status.WRONGLY_CONVERTED, detail)
+        with tempfile.TemporaryDirectory(prefix="seriesflow-dcm2niix-") as tmp:
+            reference = self.reference
+            if reference is None and self.dcm2niix_suffix:
+                reference = dcm2niix_output(self.source, self.dcm2niix_suffix, Path(tmp))
+            if reference is None or not reference.is_file():
+                return Outcome(
+                    self.set_name,
+                    label,
+                    volume.key,
+                    Status.NO_REFERENCE,
+                    "no reference: dcm2niix is not installed or wrote no such file",
+                )
+            if self.resampled:
+                comparison = compare_resampled(result.image(volume), reference, self.slices)
+            else:
+                comparison = compare_nifti(result.image(volume), reference)
+        detail = "; ".join(
+            [comparison.summary(), *comparison.notes, *([self.note] * bool(self.note))]
+        )
+        status = Status.MATCH if comparison.ok else Status.MISMATCH
+        return Outcome(self.set_name, label, volume.key, status, detail, comparison)
+
+
+Check = ReferenceCheck | SidecarCheck | CrossCheck | RefusalCheck | GeometryCheck
 
 
 # --------------------------------------------------------------------------------------
@@ -687,36 +764,100 @@ instances (same SOP Instance UIDs, same decoded pixels; ``compressed`` and
 ``compressed_j2k`` are byte-identical JPEG 2000 files). Note that they are *not* the same
 image as ``generic/anatomical/001``: same geometry, different pixel data and UIDs."""
 
-RESAMPLING_REFERENCES = frozenset({"sliceincrement/002"})
-"""Failing cases whose ground truth is what resampling produces (dicom2nifti corrected the
-gantry tilt, 512x514 pixels, and filled the missing slice, 5 slices). The slicecount ground
-truth is a plain two-slice stack: it is no resampling reference, only shown for information
-when seriesflow converts that case."""
+RESAMPLING_REFERENCES: frozenset[str] = frozenset()
+"""Failing cases refused by seriesflow whose ground truth is a resampling. None since
+seriesflow resamples tilt and uneven spacing itself: those cases are in ``GEOMETRY``."""
 
-_GANTRY_TILT_WHY = "slice positions advance along z while the slice normal is tilted"
 FAILING: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     # case: (accepted codes, per-stack codes for a split series, why)
-    "gantrytilting/001": (("gantry_tilt",), (), _GANTRY_TILT_WHY + " by 14 degrees"),
     "notavolume/001": (("not_a_volume",), (), "all four images at one position"),
-    "slicecount/001": (("too_few_slices",), (), "two slices"),
-    "sliceincrement/001": (
-        ("inconsistent_spacing",),
-        (),
-        "z = 18.1, 23.1, 28.1, 38.1: a slice is missing",
+}
+"""The failing cases seriesflow refuses; the others it converts (see ``GEOMETRY``)."""
+
+_TILT_WHY = "slice positions advance along z while the slice normal is tilted"
+_D2N_GRID = (
+    "dicom2nifti's 002_ground_truth is on another grid (slices 0.778 mm apart, the table "
+    "increment, where the tilted planes are 0.750 mm apart; 5 slices from a different "
+    "origin), so it is not compared voxel by voxel"
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A case whose slices are not a plain stack, and the reference it must match."""
+
+    source: str
+    """Input folder, relative to the test data root."""
+    why: str
+    reference: str | None = None
+    """Reference file, relative to the test data root; else dcm2niix's output."""
+    dcm2niix_suffix: str | None = None
+    series: int | None = None
+    resampled: bool = True
+    slices: int | None = None
+    note: str = ""
+
+
+GEOMETRY: dict[str, Geometry] = {
+    "fidelity/dcm_qa_ct_philips_tilt": Geometry(
+        "fidelity/dcm_qa_ct_philips_tilt/In",
+        "Philips head CT, 18.5 degrees of gantry tilt, resampled like dcm2niix's _Tilt_1",
+        reference="fidelity/dcm_qa_ct_philips_tilt/Ref/201_STEREOTAXIS_Tilt_1.nii.gz",
+        note="dcm2niix's 201_STEREOTAXIS.nii.gz (the tilted slices stacked as they are: a "
+        "sheared volume) has no counterpart; seriesflow never writes a sheared stack",
     ),
-    "sliceincrement/002": (
-        ("inconsistent_spacing", "gantry_tilt"),
-        (),
-        "instance 4 is missing AND the series is tilted by 15.5 degrees "
-        "(" + _GANTRY_TILT_WHY + "); either defect alone forbids plain stacking, so "
-        "whichever seriesflow detects first is a correct refusal",
+    "fidelity/dcm_qa_stc_uih": Geometry(
+        "fidelity/dcm_qa_stc_uih/In",
+        "UIH VFRAME mosaics unpacked into 64x64x20 slices x 17 volumes",
+        reference="fidelity/dcm_qa_stc_uih/Ref/12_dti_tra_dir16_PA_rot_SaveBySlc.nii.gz",
+        resampled=False,
     ),
-    "sliceorientation/001": (
-        ("inconsistent_orientation",),
-        ("too_few_slices",),
-        "one SeriesInstanceUID, two orientations (series numbers 202 and 501), two slices each",
+    "dicom2nifti/failing/gantrytilting/001": Geometry(
+        "dicom2nifti/failing/gantrytilting/001",
+        _TILT_WHY + " by 14 degrees: resampled",
+        dcm2niix_suffix="_Tilt_1.nii",
+    ),
+    "dicom2nifti/failing/sliceincrement/001": Geometry(
+        "dicom2nifti/failing/sliceincrement/001",
+        "z = 18.1, 23.1, 28.1, 38.1: the missing slice at 33.1 is interpolated (5 slices)",
+        dcm2niix_suffix="_Eq_1.nii",
+        slices=4,
+        note="dcm2niix's _Eq_1 stops at 33.1 mm, short of the last slice",
+    ),
+    "dicom2nifti/failing/sliceincrement/002": Geometry(
+        "dicom2nifti/failing/sliceincrement/002",
+        "instance 4 missing and tilted by 15.5 degrees: both resampled (5 slices)",
+        dcm2niix_suffix="_Tilt_Eq_1.nii",
+        slices=3,
+        note="dcm2niix's _Tilt_Eq_1 stops short of the last slice; " + _D2N_GRID,
+    ),
+    "dicom2nifti/failing/slicecount/001": Geometry(
+        "dicom2nifti/failing/slicecount/001",
+        "two slices: a volume (the minimum is 2 slices)",
+        reference="dicom2nifti/failing/slicecount/001_ground_truth.nii.gz",
+        resampled=False,
+    ),
+    "dicom2nifti/failing/sliceorientation/001 202": Geometry(
+        "dicom2nifti/failing/sliceorientation/001",
+        "one SeriesInstanceUID, two orientations: series 202, two slices",
+        dcm2niix_suffix="202.nii",
+        series=202,
+        resampled=False,
+    ),
+    "dicom2nifti/failing/sliceorientation/001 501": Geometry(
+        "dicom2nifti/failing/sliceorientation/001",
+        "one SeriesInstanceUID, two orientations: series 501, two slices",
+        dcm2niix_suffix="501.nii",
+        series=501,
+        resampled=False,
     ),
 }
+"""Cases converted by resampling or unpacking, or plain 2-slice volumes, and their references."""
+
+MOSAIC_LAYOUT_UNKNOWN = ("001", "001_implicit")
+"""``fidelity/dicom2nifti_siemens_fmri/In`` folders: Siemens mosaics without the number of
+images (no (0019,100A), no CSA header). dcm2niix guesses 64 slices (the whole 8x8 grid);
+dicom2nifti's ground truth has 50; seriesflow refuses them as ``mosaic_layout_unknown``."""
 
 
 def _reference_cases(root: Path) -> list[Path]:
@@ -835,6 +976,40 @@ def build_catalogue(root: Path) -> Catalogue:
                 resampling_reference=case_name in RESAMPLING_REFERENCES,
             )
         )
+    for name, geometry in GEOMETRY.items():
+        source = root / geometry.source
+        if not source.is_dir():
+            continue
+        run_name = run(geometry.source.removesuffix("/In"), source)
+        cat.checks.append(
+            GeometryCheck(
+                set_name="dicom2nifti/failing" if "failing" in run_name else run_name,
+                check_id=name.split("/", 2)[-1] if "failing" in name else name.split("/")[-1],
+                run=run_name,
+                source=source,
+                why=geometry.why,
+                reference=root / geometry.reference if geometry.reference else None,
+                dcm2niix_suffix=geometry.dcm2niix_suffix,
+                series=geometry.series,
+                resampled=geometry.resampled,
+                slices=geometry.slices,
+                note=geometry.note,
+            )
+        )
+    fmri = root / "fidelity" / "dicom2nifti_siemens_fmri" / "In"
+    for layout_case in MOSAIC_LAYOUT_UNKNOWN:
+        if not (fmri / layout_case).is_dir():
+            continue
+        name = run(f"fidelity/dicom2nifti_siemens_fmri/{layout_case}", fmri / layout_case)
+        cat.checks.append(
+            RefusalCheck(
+                "fidelity/dicom2nifti_siemens_fmri",
+                layout_case,
+                name,
+                ("mosaic_layout_unknown",),
+                "Siemens mosaic without the number of images it holds",
+            )
+        )
     cat.runs = list(runs.values())
     return cat
 
@@ -843,6 +1018,12 @@ def unreferenced_volumes(
     catalogue: Catalogue, store: RunStore, run_name: str
 ) -> list[tuple[str, str]]:
     """Our volumes of ``run_name`` that no reference was matched to: (key, what it is)."""
+    return [(key, what) for key, _, what in _unreferenced(catalogue, store, run_name)]
+
+
+def _unreferenced(
+    catalogue: Catalogue, store: RunStore, run_name: str
+) -> list[tuple[str, tuple[int | None, str | None], str]]:
     checks = [c for c in catalogue.checks_of(SidecarCheck) if c.run == run_name]
     sidecars = [load_sidecar(check.sidecar) for check in checks]
     taken = {outcome.ours for outcome in (check.evaluate(store) for check in checks)}
@@ -856,5 +1037,28 @@ def unreferenced_volumes(
         what = f"series {number} '{description}', {shape}"
         if any(is_series_of(car, series, volume) for car in sidecars):
             what += " (another stack of a series that has a reference)"
-        rows.append((volume.key, what))
+        rows.append((volume.key, (number, description), what))
     return rows
+
+
+EXPECTED_UNREFERENCED: dict[str, dict[tuple[int, str], str]] = {
+    "dcm_qa_enh": {},
+    "dcm_qa_nih": {},
+}
+"""For the whole-folder runs: the volumes that no reference matches, by (SeriesNumber,
+SeriesDescription), each with the reason it has none. Empty: every volume seriesflow writes
+for these folders has its reference. A volume without one that is not listed here, or an
+entry here that no longer applies, fails ``test_volumes_without_reference_are_expected``."""
+
+
+def unexpected_unreferenced(
+    catalogue: Catalogue, store: RunStore, run_name: str
+) -> tuple[list[str], list[str]]:
+    """(our volumes without a reference that ``EXPECTED_UNREFERENCED`` does not list,
+    entries of it that no volume needs)."""
+    expected = EXPECTED_UNREFERENCED.get(run_name, {})
+    rows = _unreferenced(catalogue, store, run_name)
+    unexpected = [f"{key}: {what}" for key, series, what in rows if series not in expected]
+    seen = {series for _, series, _ in rows}
+    stale = [f"{series}: {why}" for series, why in expected.items() if series not in seen]
+    return unexpected, stale

@@ -8,7 +8,6 @@ tests.conformance.report`` runs the same checks and writes ``docs/conformance.md
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from .cases import (
     SidecarCheck,
     build_catalogue,
     locate_testdata,
-    unreferenced_volumes,
+    unexpected_unreferenced,
 )
 
 pytestmark = pytest.mark.conformance
@@ -116,18 +115,14 @@ def test_dcm_qa_nih_matches_reference(check: SidecarCheck, runs: RunStore) -> No
 @pytest.mark.parametrize(
     "run_name", [n for n in ("dcm_qa_enh", "dcm_qa_nih") if n in CATALOGUE.run_names()]
 )
-def test_volumes_without_reference_are_listed(run_name: str, runs: RunStore) -> None:
-    """Not a conformance failure: says which of our volumes no reference covers."""
+def test_volumes_without_reference_are_expected(run_name: str, runs: RunStore) -> None:
+    """Every volume of the run matches a reference, or is listed with its reason in
+    ``cases.EXPECTED_UNREFERENCED``; and every entry listed there is still needed."""
     result = runs.get(run_name)
-    if not result.ok:
-        pytest.skip("the run failed; see test_run_writes_consistent_outputs")
-    rows = unreferenced_volumes(CATALOGUE, runs, run_name)
-    if rows:
-        warnings.warn(
-            f"{run_name}: volumes with no reference: "
-            + "; ".join(f"{key}: {what}" for key, what in rows),
-            stacklevel=1,
-        )
+    assert result.ok, result.describe_failure()
+    unexpected, stale = unexpected_unreferenced(CATALOGUE, runs, run_name)
+    assert not unexpected, f"{run_name}: volumes with no reference: " + "; ".join(unexpected)
+    assert not stale, f"{run_name}: EXPECTED_UNREFERENCED entries not needed: " + "; ".join(stale)
 
 
 # -- dicom2nifti -------------------------------------------------------------------------

@@ -48,14 +48,14 @@ def frame(
     )
 
 
-def plan(frames: list[Frame], min_slices: int = 3) -> StackPlan:
-    result = plan_stack(frames, min_slices)
+def plan(frames: list[Frame], min_slices: int = 2, resample: bool = True) -> StackPlan:
+    result = plan_stack(frames, min_slices, resample)
     assert isinstance(result, StackPlan), result
     return result
 
 
-def refusal(frames: list[Frame], min_slices: int = 3) -> Refusal:
-    result = plan_stack(frames, min_slices)
+def refusal(frames: list[Frame], min_slices: int = 2, resample: bool = True) -> Refusal:
+    result = plan_stack(frames, min_slices, resample)
     assert isinstance(result, Refusal), result
     return result
 
@@ -91,11 +91,39 @@ def test_repeated_positions_become_timepoints_in_temporal_order() -> None:
         assert [f.instance for f in row] == [10 * t + z for z in range(5)]
 
 
-def test_a_gap_in_slice_positions_is_refused() -> None:
+def test_a_gap_in_slice_positions_is_refused_when_resampling_is_off() -> None:
     frames = [frame(z, index=i) for i, z in enumerate([0.0, 5.0, 10.0, 20.0, 25.0])]
-    result = refusal(frames)
+    result = refusal(frames, resample=False)
     assert result.code == "inconsistent_spacing"
     assert "10.000" in result.reason and "5.000" in result.reason
+
+
+def test_one_missing_slice_is_resampled_onto_even_slices() -> None:
+    frames = [frame(z, index=i) for i, z in enumerate([0.0, 5.0, 10.0, 20.0, 25.0])]
+    result = plan(frames)
+    assert result.resampling is not None
+    assert result.resampling.reasons == ("inconsistent_spacing",)
+    assert result.resampling.tilt_degrees is None
+    assert result.shape == (4, 4, 6)
+    assert result.spacing == pytest.approx((0.7, 0.5, 5.0))
+    assert result.origin == pytest.approx(frames[0].position)
+    assert [f.instance for f in result.frames[0]] == [0, 1, 2, 3, 4]  # as acquired
+    assert any("resampled" in note for note in result.notes)
+
+
+def test_uneven_spacing_uses_the_smallest_gap_and_reaches_the_last_slice() -> None:
+    frames = [frame(z, index=i) for i, z in enumerate([0.0, 2.5, 5.0, 10.0, 15.0])]
+    result = plan(frames)
+    assert result.resampling is not None
+    assert result.slice_count == 7
+    assert result.spacing[2] == pytest.approx(2.5)
+
+
+def test_several_missing_slices_in_a_row_are_refused() -> None:
+    frames = [frame(z, index=i) for i, z in enumerate([0.0, 5.0, 10.0, 30.0, 35.0])]
+    result = refusal(frames)
+    assert result.code == "missing_slices"
+    assert "20.000 mm" in result.reason and "3 slices are missing" in result.reason
 
 
 def test_jitter_below_tolerance_is_accepted() -> None:
@@ -103,12 +131,45 @@ def test_jitter_below_tolerance_is_accepted() -> None:
     assert plan(frames).spacing[2] == pytest.approx(2.0, abs=0.01)
 
 
-def test_gantry_tilt_is_refused_with_its_angle() -> None:
+def test_gantry_tilt_is_refused_with_its_angle_when_resampling_is_off() -> None:
     tilt = math.radians(15)
     frames = [frame(5.0 * i, index=i, xy=(0.0, 5.0 * i * math.tan(tilt))) for i in range(6)]
-    result = refusal(frames)
+    result = refusal(frames, resample=False)
     assert result.code == "gantry_tilt"
     assert "15.0 degrees" in result.reason
+
+
+def test_gantry_tilt_is_resampled_onto_the_acquired_planes() -> None:
+    # Table positions advance along z; the planes are tilted by 15 degrees about x.
+    tilt = math.radians(15)
+    plane = ((1.0, 0.0, 0.0), (0.0, math.cos(tilt), -math.sin(tilt)))
+    normal = np.cross(*plane)
+    frames = []
+    for i in range(6):
+        position = np.array([0.0, 0.0, 5.0 * i])
+        offset = position - (position @ normal) * normal  # what frame() must add in-plane
+        f = frame(float(position @ normal), index=i, orientation=plane)
+        frames.append(replace(f, position=(0.0, 0.0, 5.0 * i)))
+        assert np.allclose(np.array(f.position) + offset, position)
+    result = plan(list(reversed(frames)))
+    grid = result.resampling
+    assert grid is not None and grid.reasons == ("gantry_tilt",)
+    assert grid.tilt_degrees == pytest.approx(15.0)
+    assert not grid.resample_depth
+    # Planes 5 cos(15) mm apart, along the tilted normal; rows cover every slice's drift.
+    assert result.spacing == pytest.approx((0.7, 0.5, 5.0 * math.cos(tilt)))
+    assert np.array(result.direction).reshape(3, 3)[:, 2] == pytest.approx(normal)
+    drift_rows = 5 * 5.0 * math.sin(tilt) / 0.5  # 12.9 rows of drift over five gaps
+    assert result.shape == (4, 4 + math.ceil(drift_rows), 6)
+    # Rows run along +column direction; the slices drift towards -column, so the grid
+    # starts ceil(drift) rows before the first slice.
+    expected_origin = np.array(frames[0].position) - math.ceil(drift_rows) * 0.5 * np.array(
+        plane[1]
+    )
+    assert result.origin == pytest.approx(tuple(expected_origin))
+    assert grid.row_offsets[0] == pytest.approx(math.ceil(drift_rows))
+    assert grid.row_offsets[-1] == pytest.approx(math.ceil(drift_rows) - drift_rows)
+    assert grid.column_offsets == pytest.approx((0.0,) * 6)
 
 
 def test_one_position_is_not_a_volume() -> None:
@@ -116,10 +177,18 @@ def test_one_position_is_not_a_volume() -> None:
     assert result.code == "not_a_volume"
 
 
-def test_too_few_slices_is_refused_and_the_minimum_is_configurable() -> None:
+def test_two_slices_are_a_volume_by_default_and_the_minimum_is_configurable() -> None:
     frames = [frame(0.0, index=0), frame(1.0, index=1)]
-    assert refusal(frames).code == "too_few_slices"
-    assert plan(frames, min_slices=2).slice_count == 2
+    assert plan(frames).slice_count == 2
+    assert refusal(frames, min_slices=3).code == "too_few_slices"
+
+
+def test_a_frame_that_cannot_be_placed_refuses_its_stack() -> None:
+    why = ("mosaic_layout_unknown", "which tiles hold slices is unknown")
+    frames = [frame(0.0, index=0), replace(frame(1.0, index=1), refusal=why)]
+    result = refusal(frames)
+    assert (result.code, result.reason) == why
+    assert refusal([replace(frame(0.0), refusal=why)]).code == "mosaic_layout_unknown"
 
 
 def test_a_single_image_is_a_one_slice_volume() -> None:
