@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from shared import keys
 from shared.broker import Broker, Delivery
 from shared.errors import PermanentError, TransientError
 from shared.events import Envelope, JobReceived, event_id, new_id
+from shared.jobstore import JobStore, export_stage
+from shared.manifest import InstanceRef, JobManifest
 from shared.settings import ServiceSettings
 from shared.store import (
     LocalDiskFullError,
@@ -181,3 +184,68 @@ def test_a_full_local_disk_is_reported_as_such() -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(TransientError, match="unreachable"), _errors("get k", local=True):
         raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+
+
+def test_the_job_store_lists_and_deletes_a_job(settings: ServiceSettings) -> None:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    jobs = JobStore(store)
+    association, other = new_id(), new_id()
+    job = new_id()
+    instances = [
+        InstanceRef(
+            key=keys.incoming_instance(association, f"1.2.3.{n}"),
+            sop_instance_uid=f"1.2.3.{n}",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            series_instance_uid="1.2.3",
+            study_instance_uid="1.2",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
+        for n in (1, 2)
+    ]
+    for ref in instances:
+        store.put_bytes(ref.key, b"dicom")
+    store.put_json(keys.association_record(association), {"association_id": association})
+    kept = keys.incoming_instance(other, "1.2.3.9")
+    store.put_bytes(kept, b"another job's")
+    jobs.put_manifest(
+        JobManifest(
+            job_id=job,
+            pipeline="brain",
+            called_ae_title="SF",
+            calling_ae_title="CT",
+            associations=[association],
+            instances=instances,
+        )
+    )
+    export = new_id()
+    received = Envelope.wrap(
+        JobReceived(
+            pipeline="brain",
+            manifest_key=keys.manifest(job),
+            instance_count=2,
+            called_ae_title="SF",
+            calling_ae_title="CT",
+        ),
+        job_id=job,
+        producer="test",
+        event_id=event_id(job, "received"),
+    )
+    jobs.record_event(job, "received", received)
+    jobs.record_event(job, export_stage(export), received)
+    jobs.put_export_state(export, b"{}")
+    jobs.put_output(job, "selected-images.json", b"{}")
+    (listed,) = jobs.list_jobs()
+    assert (listed.job_id, listed.pipeline, listed.stage, listed.state) == (
+        job,
+        "brain",
+        "received",
+        "running",
+    )
+    assert listed.export_requests == 1
+    assert (
+        jobs.delete_job(job) == 2 + 1 + 1 + 3 + 1
+    )  # instances, record, state, events+output, manifest
+    assert jobs.list_jobs() == []
+    assert jobs.job(job) is None
+    assert list(store.list("")) == [kept]
