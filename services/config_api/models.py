@@ -59,6 +59,9 @@ class AETitleIn(_In):
     duplicates: Literal["keep-first", "overwrite", "reject"] | None = Field(
         default=None, description="A SOP Instance UID received again with different content"
     )
+    requireTls: bool = Field(
+        default=False, description="Associations to this AE title on the DICOM TLS port only"
+    )
     revision: str | None = Field(default=None, description="For updates (or If-Match)")
 
     def spec(self) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class AETitleIn(_In):
             "ignored-sop-classes": self.ignoredSopClasses,
             "grouping": self.grouping,
             "duplicates": self.duplicates,
+            "require-tls": self.requireTls,
         }
 
 
@@ -82,6 +86,7 @@ class AETitleOut(_Out):
     ignoredSopClasses: list[str]
     grouping: str = "association"
     duplicates: str | None = None
+    requireTls: bool = False
 
     @classmethod
     def of(cls, stored: StoredObject) -> AETitleOut:
@@ -95,6 +100,7 @@ class AETitleOut(_Out):
             ignoredSopClasses=list(spec.get("ignored-sop-classes") or ()),
             grouping=spec.get("grouping") or "association",
             duplicates=spec.get("duplicates"),
+            requireTls=bool(spec.get("require-tls", False)),
             **_meta(stored),
         )
 
@@ -130,15 +136,59 @@ class SourceOut(_Out):
 # -- destinations ---------------------------------------------------------------------
 
 
+class DestinationTls(_In):
+    """DICOM TLS to a destination (paths are on the exporter's host)."""
+
+    caCertificates: str | None = Field(
+        default=None,
+        description="CA certificates (PEM) the destination's certificate is checked "
+        "against; default: the system's",
+    )
+    certificate: str | None = Field(default=None, description="Our client certificate (PEM)")
+    privateKey: str | None = Field(default=None, description="Its private key (PEM)")
+    serverName: str | None = Field(
+        default=None, description="The name the destination's certificate must carry"
+    )
+    verifyHostname: bool = True
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "ca-certificates": self.caCertificates,
+            "certificate": self.certificate,
+            "private-key": self.privateKey,
+            "server-name": self.serverName,
+            "verify-hostname": self.verifyHostname,
+        }
+
+    @classmethod
+    def of(cls, spec: dict[str, Any] | None) -> DestinationTls | None:
+        if not spec:
+            return None
+        return cls(
+            caCertificates=spec.get("ca-certificates"),
+            certificate=spec.get("certificate"),
+            privateKey=spec.get("private-key"),
+            serverName=spec.get("server-name"),
+            verifyHostname=spec.get("verify-hostname", True),
+        )
+
+
 class DestinationIn(_In):
     name: str | None = Field(default=None, description="Required when creating")
     aeTitle: str
     hostIp: str
     port: int
+    tls: DestinationTls | None = Field(default=None, description="Send over DICOM TLS")
     revision: str | None = None
 
     def spec(self, name: str) -> dict[str, Any]:
-        return {"name": name, "ae-title": self.aeTitle, "host-ip": self.hostIp, "port": self.port}
+        return {
+            "name": name,
+            "ae-title": self.aeTitle,
+            "host-ip": self.hostIp,
+            "port": self.port,
+            "tls": None if self.tls is None else self.tls.spec(),
+        }
 
 
 class DestinationOut(_Out):
@@ -146,6 +196,7 @@ class DestinationOut(_Out):
     aeTitle: str
     hostIp: str
     port: int
+    tls: DestinationTls | None = None
 
     @classmethod
     def of(cls, stored: StoredObject) -> DestinationOut:
@@ -154,6 +205,7 @@ class DestinationOut(_Out):
             aeTitle=stored.spec["ae-title"],
             hostIp=stored.spec["host-ip"],
             port=stored.spec["port"],
+            tls=DestinationTls.of(stored.spec.get("tls")),
             **_meta(stored),
         )
 

@@ -20,12 +20,15 @@ import pytest
 from services.exporter.association import AssociationError, StoreAssociation
 from services.exporter.meta import parse_file_meta
 from services.exporter.status import StoreOutcome
-from shared.config import DestinationConfig
+from shared.config import DestinationConfig, SeriesflowConfig
+from shared.configstore import LiveConfig
 from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
+from shared.store import ObjectStore
 from shared.tls import BCP195_CIPHERS
 
 from .infra import dcmtk, dcmtk_available, free_port, wait_for_port
+from .test_config_api import make_client
 from .test_receiver import running, storescu, write_config
 from .test_receiver_network import TRANSPORT_LOGGER, Records, recording
 
@@ -255,3 +258,36 @@ def test_exporter_sends_over_tls_to_storescp(tmp_path: Path, pki: Pki, ct: list[
         assert len(list((tmp_path / "received").iterdir())) == len(ct)
     finally:
         scp.stop()
+
+
+def test_tls_settings_flow_through_the_config_api(
+    settings: ServiceSettings, tmp_path: Path, pki: Pki
+) -> None:
+    """A destination's ``tls`` and an AE title's ``requireTls`` posted through the REST API
+    reach the configuration the exporter and receiver use (the live view)."""
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    client = make_client(settings, store, None)
+    tls = {"caCertificates": str(pki.ca), "certificate": str(pki.client_cert),
+           "privateKey": str(pki.client_key), "serverName": "127.0.0.1"}  # fmt: skip
+    body = {"name": "pacs", "aeTitle": "DEST", "hostIp": "127.0.0.1", "port": 2762, "tls": tls}
+    created = client.post("/api/v1/destinations", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["tls"] == {**tls, "verifyHostname": True}
+    half = {**body, "name": "half", "tls": {"certificate": str(pki.client_cert)}}
+    refused = client.post("/api/v1/destinations", json=half)
+    assert refused.status_code == 422
+    assert "certificate and private-key go together" in refused.text
+    assert client.post("/api/v1/pipelines", json={"name": "ct"}).status_code == 201
+    ae = client.post("/api/v1/ae-titles", json={"aeTitle": "SECURE", "pipeline": "ct",
+                                                "requireTls": True})  # fmt: skip
+    assert ae.status_code == 201, ae.text
+    assert client.get("/api/v1/ae-titles/SECURE").json()["requireTls"] is True
+
+    view = LiveConfig(store, SeriesflowConfig(), 0.0).view().config
+    stored = view.destination("pacs")
+    assert stored is not None and stored.tls is not None
+    assert stored.tls.certificate == pki.client_cert
+    assert stored.tls.server_name == "127.0.0.1"
+    secure = view.ae_title("SECURE")
+    assert secure is not None and secure.require_tls
