@@ -78,12 +78,32 @@ SET_NOTES: dict[str, str] = {
         "comparison is not made."
     ),
     "dicom2nifti/failing": (
-        "Series a converter must not stack silently. Each must be refused with the code "
-        "listed, or (sliceincrement/002 only, whose ground truth is dicom2nifti's "
-        "resampling: tilt corrected to 514 rows, missing slice filled in) resampled to "
-        "match it, with a note saying so. `slicecount/001_ground_truth` is a plain "
-        "two-slice stack, not a resampling, and is only quoted when seriesflow converts "
-        "the case."
+        "Series a converter must not stack silently. `notavolume` must be refused. The "
+        "tilted and gappy cases are resampled (see docs/conversion.md) and compared with "
+        "what Debian's dcm2niix writes for them at test time (`_Tilt_1`, `_Eq_1`, "
+        "`_Tilt_Eq_1`): same grid within 0.01 mm, voxels correlated above 0.999; dcm2niix's "
+        "`_Eq` stops short of the last slice, so only the slices it has are compared. "
+        "dicom2nifti's `sliceincrement/002_ground_truth` is on another grid (slices 0.778 mm "
+        "apart, the table increment, where the tilted planes are 0.750 mm apart), so it is "
+        "not compared voxel by voxel. The 2-slice cases are volumes (the minimum is 2) and "
+        "must equal their references exactly."
+    ),
+    "fidelity/dcm_qa_ct_philips_tilt": (
+        "Philips head CT, 54 slices, 18.5 degrees of gantry tilt. seriesflow resamples it "
+        "onto the tilted planes (512x600x54), like dcm2niix's `_Tilt_1`; compared by the "
+        "resampling rule (same grid within 0.01 mm, voxel correlation above 0.999). "
+        "dcm2niix's plain `201_STEREOTAXIS` (the slices stacked as they are, a sheared "
+        "volume) has no counterpart: seriesflow never writes a sheared stack."
+    ),
+    "fidelity/dcm_qa_stc_uih": (
+        "UIH DTI stored as VFRAME mosaics (17 files of 256x320 = 4x5 tiles of 64x64, 20 "
+        "slices, each slice's position in (0065,1051)); unpacked into 64x64x20 x 17 "
+        "volumes and compared exactly with dcm2niix's."
+    ),
+    "fidelity/dicom2nifti_siemens_fmri": (
+        "Siemens mosaic fMRI without the number of images in the mosaic (no (0019,100A), no "
+        "CSA header). dcm2niix guesses 64 slices (every tile of the 8x8 grid), dicom2nifti's "
+        "ground truth has 50; seriesflow refuses each series as `mosaic_layout_unknown`."
     ),
 }
 
