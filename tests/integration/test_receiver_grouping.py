@@ -94,8 +94,9 @@ def test_one_study_over_three_associations_becomes_one_job(
     files = sorted(write_ct_series(tmp_path / "a", slices=6, size=16, seed=21))
     port = free_port()
     with running(settings, study_config(tmp_path / "c.yaml", port)) as receiver:
-        for part in (files[:2], files[2:4], files[4:]):
-            result = storescu(port, part)
+        # From three senders: grouping by association would make three jobs of it.
+        for calling, part in (("CT1", files[:2]), ("PACS", files[2:4]), ("WS", files[4:])):
+            result = storescu(port, part, calling=calling)
             assert result.returncode == 0, result.stdout + result.stderr
         (message,) = wait_for_messages(observer, 1, timeout=20)
         time.sleep(QUIET + 0.5)
