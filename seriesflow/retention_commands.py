@@ -59,14 +59,15 @@ def _human(seconds: float | None) -> str:
 
 def _table(title: str, jobs: list[HeldJob]) -> Table:
     table = Table(title=title)
-    for column in ("job", "pipeline", "state", "updated", "age", "deleted in"):
-        table.add_column(column)
+    table.add_column("job", no_wrap=True, min_width=32)  # whole: it is what replay takes
+    table.add_column("pipeline", overflow="fold")
+    for column in ("state", "age", "deleted in"):  # the time itself: --json
+        table.add_column(column, no_wrap=True, min_width=len(column))
     for job in jobs:
         table.add_row(
             job.job_id,
             job.pipeline or "?",
             job.state,
-            job.updated.isoformat(timespec="seconds"),
             _human(job.age_seconds),
             "due" if job.due else _human(job.delete_after),
         )
