@@ -241,6 +241,7 @@ class ScpConfig(_Model):
 
     clara_unused: ClassVar[dict[str, str]] = {
         "log-dimse-datasets": "seriesflow never logs datasets (they carry patient data)",
+        "processors": "a job always starts the AE title's pipeline (Clara's JobProcessor)",
     }
 
     @model_validator(mode="after")
