@@ -30,7 +30,11 @@ def reserved_extra_keys(source: str) -> list[tuple[int, str]]:
             value = keyword.value
             names: list[str] = []
             if isinstance(value, ast.Dict):
-                names = [k.value for k in value.keys if isinstance(k, ast.Constant)]
+                names = [
+                    k.value
+                    for k in value.keys
+                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                ]
             elif isinstance(value, ast.Call) and ast.unparse(value.func) == "dict":
                 names = [k.arg for k in value.keywords if k.arg]
             found += [(node.lineno, n) for n in names if n in RESERVED]
