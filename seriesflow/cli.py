@@ -54,6 +54,7 @@ from shared.selection import (
     resolve_rules,
 )
 from shared.volumes.convert import ConversionOptions
+from shared.volumes.kinds import SCALING_MODES
 from shared.volumes.writer import parse_image_format
 
 EXIT_BAD_INPUT = 1
@@ -154,6 +155,13 @@ def process(
             "(default; SERIESFLOW_RESAMPLE). --no-resample refuses them instead.",
         ),
     ] = None,
+    scaling: Annotated[
+        str | None,
+        typer.Option(
+            help="display (RescaleSlope/Intercept) or precise (Philips floating-point values). "
+            "Default: SERIESFLOW_SCALING, else display.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     logs: LogsOption = None,
 ) -> None:
@@ -165,10 +173,14 @@ def process(
     except InvalidInputError as exc:
         _fail(exc.reason, 2)
         return
+    mode = (scaling or settings.scaling).strip().lower()
+    if mode not in SCALING_MODES:
+        _fail(f"--scaling must be one of {', '.join(SCALING_MODES)}, not {scaling!r}", 2)
     options = ConversionOptions(
         image_format=fmt,
         min_slices=min_slices if min_slices is not None else settings.min_slices,
         resample=resample if resample is not None else settings.resample,
+        scaling="precise" if mode == "precise" else "display",
     )
     if options.min_slices < 2:
         _fail("--min-slices must be at least 2", 2)

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.settings import ServiceSettings
+from shared.volumes.kinds import ScalingMode
 
 
 class ParserSettings(ServiceSettings):
@@ -17,6 +18,11 @@ class ParserSettings(ServiceSettings):
         default=True,
         description="Resample tilted and unevenly spaced stacks onto a regular grid; "
         "false refuses them (gantry_tilt, inconsistent_spacing)",
+    )
+    scaling: ScalingMode = Field(
+        default="display",
+        description="display: RescaleSlope/Intercept values; precise: Philips floating-point "
+        "values (private scale slope) where present",
     )
     work_dir: Path | None = Field(
         default=None, description="Where jobs are parsed, in a temporary folder each"

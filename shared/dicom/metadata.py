@@ -123,7 +123,8 @@ class Volume(_Model):
 
     key: str = Field(
         description="Key in series-images.json: the SeriesInstanceUID, or "
-        "'<SeriesInstanceUID>-<n>' when the series holds several stacks"
+        "'<SeriesInstanceUID>-<n>' when the series gives several volumes (stacks in order of "
+        "their first instance; a stack split by polarity: normal part first)"
     )
     image: str = Field(description="Image file name in the output folder")
     stack: int = Field(description="1-based number of the stack within its series")
@@ -153,6 +154,25 @@ class Volume(_Model):
     resampling: Resampling | None = Field(
         default=None,
         description="Present when the acquired slices were resampled onto the volume's grid",
+    )
+    imageKind: str | None = Field(
+        default=None,
+        description="What the images are, when known: MAGNITUDE, PHASE, REAL, IMAGINARY, "
+        "FIELD_MAP, FIELD_MAP_HZ, TRACE, ADC, FA or DERIVED (see docs/conversion.md)",
+    )
+    phaseEncodingPolarity: Literal["NORMAL", "REVERSED"] | None = Field(
+        default=None,
+        description="For series that say it (GE epi_pepolar): the polarity of this volume's "
+        "acquisitions; REVERSED volumes were stored upside down and are flipped back",
+    )
+    timeSpacing: float | None = Field(
+        default=None, description="Seconds between timepoints (4-D volumes; null if unknown)"
+    )
+    timeSpacingSource: str | None = Field(
+        default=None, description="Where timeSpacing comes from, e.g. 'RepetitionTime'"
+    )
+    scaling: Scaling | None = Field(
+        default=None, description="How stored values became the written values"
     )
 
 

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import InvalidInputError
+from shared.volumes.kinds import ScalingMode
 from shared.volumes.writer import ImageFormat, parse_image_format
 
 
@@ -25,6 +26,7 @@ class OperatorSettings(BaseSettings):
     resample: bool = Field(default=True, alias="SERIESFLOW_RESAMPLE")
     """Resample tilted and unevenly spaced stacks; false refuses them (gantry_tilt,
     inconsistent_spacing), as before."""
+    scaling: ScalingMode = Field(default="display", alias="SERIESFLOW_SCALING")
     log_dir: str | None = Field(default=None, alias="SERIESFLOW_LOG_DIR")
     log_level: str = Field(default="INFO", alias="SERIESFLOW_LOG_LEVEL")
     log_phi: bool = Field(default=False, alias="SERIESFLOW_LOG_PHI")

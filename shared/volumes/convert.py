@@ -11,19 +11,26 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID
 
 from shared.dicom.files import InstanceFile
 from shared.dicom.json_model import JsonAttributes, tag_key
-from shared.dicom.metadata import AcquiredGeometry, NotConverted, Resampling, Volume
+from shared.dicom.metadata import AcquiredGeometry, NotConverted, Resampling, Scaling, Volume
 from shared.errors import InvalidInputError
 from shared.identifiers import is_valid_uid
 from shared.volumes.frames import Frame, frames_of
+from shared.volumes.kinds import (
+    Scale,
+    ScalingMode,
+    ge_reversed_timepoints,
+    precise_scale,
+    time_spacing,
+)
 from shared.volumes.pixels import Array, load_stack
 from shared.volumes.resample import resample_stack
 from shared.volumes.stacks import (
@@ -34,6 +41,8 @@ from shared.volumes.stacks import (
     split_stacks,
 )
 from shared.volumes.writer import ImageFormat, VolumeBuffer, set_geometry, write_image
+
+Polarity = Literal["NORMAL", "REVERSED"] | None
 
 _LOCALIZER_DESCRIPTION = re.compile(
     r"(?i)(localizer|localiser|scout|survey|surview|topogram|3[- ]?plane|tri-?pilot)"
@@ -46,6 +55,9 @@ class ConversionOptions:
     min_slices: int = 2
     resample: bool = True
     """Resample tilted and unevenly spaced stacks (else refuse them)."""
+    scaling: ScalingMode = "display"
+    """display: RescaleSlope/Intercept (else Real World Value mapping); precise: Philips'
+    floating-point values where the private scale slope is present."""
 
 
 def image_stem(series_instance_uid: str) -> str:
@@ -106,22 +118,33 @@ def convert_series(
     for i in images:
         frames.extend(frames_of(files[i], i))
     stacks = split_stacks(frames)
-    stem = image_stem(series_uid)
-    volumes: list[Volume] = []
-    for number, stack in enumerate(stacks, start=1):
-        key = stem if len(stacks) == 1 else f"{stem}-{number}"
-        instance_uids = list(dict.fromkeys(files[f.instance].sop_instance_uid for f in stack))
+    # Each stack becomes one volume, or several when its timepoints differ in polarity.
+    parts: list[tuple[list[Frame], StackPlan | Refusal, Polarity]] = []
+    for stack in stacks:
         plan = plan_stack(stack, options.min_slices, options.resample)
         if isinstance(plan, Refusal):
+            parts.append((stack, plan, None))
+            continue
+        for part, polarity in split_polarity(files, plan):
+            parts.append((stack, _scaled(part, options.scaling), polarity))
+    stem = image_stem(series_uid)
+    several = len(parts) > 1
+    volumes: list[Volume] = []
+    for number, (stack, plan, polarity) in enumerate(parts, start=1):
+        key = f"{stem}-{number}" if several else stem
+        if isinstance(plan, Refusal):
+            instance_uids = list(dict.fromkeys(files[f.instance].sop_instance_uid for f in stack))
             not_converted.append(
                 NotConverted(
                     code=plan.code,
                     reason=plan.reason,
-                    stack=number if len(stacks) > 1 else None,
+                    stack=number if several else None,
                     instances=instance_uids,
                 )
             )
             continue
+        used = [f for row in plan.frames for f in row]
+        instance_uids = list(dict.fromkeys(files[f.instance].sop_instance_uid for f in used))
         image_name = f"{key}.{options.image_format}"
         buffer = VolumeBuffer()
         resampling: Resampling | None = None
@@ -135,7 +158,7 @@ def convert_series(
                 NotConverted(
                     code="unreadable_pixel_data",
                     reason=exc.reason,
-                    stack=number if len(stacks) > 1 else None,
+                    stack=number if several else None,
                     instances=instance_uids,
                 )
             )
@@ -145,11 +168,21 @@ def convert_series(
         del voxels  # a view of the image's buffer
         image = buffer.image
         assert image is not None
-        repetition = files[stack[0].instance].dataset.get("RepetitionTime")
-        time_spacing = float(repetition) / 1000.0 if repetition else 1.0
-        set_geometry(image, plan.origin, plan.spacing, plan.direction, time_spacing)
+        first = plan.frames[0][0]
+        timing = (
+            time_spacing(files[first.instance].dataset, first.repetition_time, "RepetitionTime")
+            if plan.timepoint_count > 1
+            else None
+        )
+        if plan.timepoint_count > 1 and timing is None:
+            notes.append("no RepetitionTime: 4th-axis spacing of 1 s written")
+        set_geometry(
+            image, plan.origin, plan.spacing, plan.direction, timing.seconds if timing else 1.0
+        )
         write_image(image, output_dir / image_name)
         del image, buffer
+        if polarity == "REVERSED":
+            notes.append("reversed phase-encoding polarity: rows flipped back (GE epi_pepolar)")
         shape = list(plan.shape)
         if plan.timepoint_count > 1:
             shape.append(plan.timepoint_count)
@@ -167,13 +200,82 @@ def convert_series(
                 timepointCount=plan.timepoint_count,
                 pixelType=pixel_type,
                 components=components,
-                attributes=_stack_attributes(stack[0]) if len(stacks) > 1 else {},
+                attributes=_stack_attributes(first) if several else {},
                 instances=instance_uids,
                 notes=plan.notes + notes,
                 resampling=resampling,
+                imageKind=first.kind or None,
+                phaseEncodingPolarity=polarity,
+                timeSpacing=timing.seconds if timing else None,
+                timeSpacingSource=timing.source if timing else None,
+                scaling=_scaling_record(used, options.scaling),
             )
         )
     return volumes, not_converted
+
+
+def split_polarity(
+    files: Sequence[InstanceFile], plan: StackPlan
+) -> list[tuple[StackPlan, Polarity]]:
+    """A plan as one part per phase-encoding polarity, normal first.
+
+    Only series that record a polarity per volume (GE ``epi_pepolar``, see
+    :func:`shared.volumes.kinds.ge_reversed_timepoints`) get one; reversed timepoints have
+    their rows flipped back on loading, so every part has the orientation of the others.
+    """
+    first = plan.frames[0][0]
+    reversed_at = ge_reversed_timepoints(files[first.instance].dataset, plan.timepoint_count)
+    if reversed_at is None:
+        return [(plan, None)]
+    parts: list[tuple[StackPlan, Polarity]] = []
+    polarities: tuple[tuple[bool, Polarity], ...] = ((False, "NORMAL"), (True, "REVERSED"))
+    for flag, polarity in polarities:
+        rows = [row for row, rev in zip(plan.frames, reversed_at, strict=True) if rev == flag]
+        if not rows:
+            continue
+        if flag:
+            rows = [[replace(f, flip_rows=True) for f in row] for row in rows]
+        parts.append((replace(plan, frames=rows), polarity))
+    return parts
+
+
+def _scaled(plan: StackPlan, mode: ScalingMode) -> StackPlan:
+    """``plan`` with Philips' precise slope and intercept on its frames, in precise mode."""
+    if mode != "precise":
+        return plan
+    rows = []
+    changed = False
+    for row in plan.frames:
+        out = []
+        for f in row:
+            scale = Scale(f.slope, f.intercept, f.scale_source, f.philips_scale_slope)
+            precise = precise_scale(scale)
+            if precise is not None:
+                f = replace(f, slope=precise[0], intercept=precise[1], scale_source="precise")
+                changed = True
+            out.append(f)
+        rows.append(out)
+    return replace(plan, frames=rows) if changed else plan
+
+
+def _scaling_record(frames: Sequence[Frame], mode: ScalingMode) -> Scaling:
+    """What was applied to the stored values of ``frames``, for the metadata."""
+    factors = sorted({(f.slope, f.intercept) for f in frames})
+    philips = sorted({f.philips_scale_slope for f in frames if f.philips_scale_slope})
+    sources = {f.scale_source for f in frames} - {""}
+    values: Literal["stored", "display", "precise"] = "display"
+    if "precise" in sources:
+        values, source = "precise", "Philips scale slope (2005,100E)"
+    elif factors == [(1.0, 0.0)]:
+        values, source = "stored", "none"
+    else:
+        source = " and ".join(sorted(sources)) or "RescaleIntercept"
+    return Scaling(
+        values=values,
+        source=source,
+        factors=[[slope, intercept] for slope, intercept in factors],
+        philipsScaleSlopes=philips,
+    )
 
 
 def _load_resampled(

@@ -18,6 +18,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from shared.dicom.files import InstanceFile
+from shared.volumes.kinds import (
+    PHILIPS_PER_FRAME_PRIVATE,
+    display_scale,
+    image_kind,
+    philips_scale_slope,
+    private_value,
+    vendor,
+)
 
 Vector = tuple[float, float, float]
 
@@ -43,6 +51,11 @@ class Frame:
     order_key: tuple[Any, ...]  # temporal order of frames at the same position
     stack_attributes: tuple[tuple[str, Any], ...]  # what the stack key is made of, for metadata
     refusal: tuple[str, str] | None = None  # (code, reason) when the frame cannot be placed
+    kind: str = ""  # MAGNITUDE, PHASE, FIELD_MAP_HZ, TRACE, … (shared.volumes.kinds)
+    repetition_time: float | None = None  # ms, from the functional groups or the file
+    scale_source: str = ""  # "RescaleSlope", "RealWorldValueMapping" or "" (none)
+    philips_scale_slope: float | None = None  # Philips private (2005,100E), for precise values
+    flip_rows: bool = False  # stored upside down (reversed phase-encoding polarity)
 
 
 def _floats(value: Any, count: int) -> tuple[float, ...] | None:
@@ -70,9 +83,9 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
-def _first(*values: float | None, default: float) -> float:
-    """The first value that is given (0 counts as given), else ``default``."""
-    return next((v for v in values if v is not None), default)
+def _given(*values: float | None) -> float | None:
+    """The first value that is given (0 counts as given), else None."""
+    return next((v for v in values if v is not None), None)
 
 
 def _geometry(
@@ -148,10 +161,22 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
     spacing = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
     echo = _float(ds.get("EchoTime"))
     echo_number = _int(ds.get("EchoNumbers"), 0)
+    kind = image_kind(
+        ds,
+        _image_kind(ds),
+        directionality=str(ds.get("DiffusionDirectionality", "")),
+        b_value=_float(ds.get("DiffusionBValue")),
+    )
     stack_attrs = (
         ("ImageType", _image_kind(ds)),
         ("EchoNumbers", echo_number),
         ("EchoTime", None if echo is None else round(echo, 3)),
+        *kind.key,
+    )
+    scale = display_scale(
+        (_float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))),
+        _item(ds, "RealWorldValueMappingSequence"),
+        philips_scale_slope(ds, vendor(ds)),
     )
     order = (
         _int(ds.get("TemporalPositionIdentifier"), 0),
@@ -169,11 +194,15 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
             **_geometry(orientation, position, spacing),
             slice_thickness=_float(ds.get("SliceThickness")),
             spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
-            slope=_first(_float(ds.get("RescaleSlope")), default=1.0),
-            intercept=_first(_float(ds.get("RescaleIntercept")), default=0.0),
+            slope=scale.slope,
+            intercept=scale.intercept,
             stack_key=(*_common_keys(ds), *stack_attrs),
             order_key=(*order, f),
             stack_attributes=stack_attrs,
+            kind=kind.label,
+            repetition_time=_float(ds.get("RepetitionTime")),
+            scale_source=scale.source,
+            philips_scale_slope=scale.philips_scale_slope,
         )
         for f in range(count)
     ]
@@ -209,10 +238,43 @@ def _replace(frame: Frame, **changes: Any) -> Frame:
     return replace(frame, **changes)
 
 
+_SPATIAL_DIMENSIONS = frozenset(
+    {0x00209056, 0x00209057, 0x00200032}  # StackID, InStackPositionNumber, ImagePositionPatient
+)
+
+
+def _ordering_dimensions(ds: Dataset) -> list[int]:
+    """Positions in DimensionIndexValues of the dimensions that are not spatial.
+
+    Frames at one position are ordered by these (for example a Philips DWI's b-value and
+    gradient indices) after TemporalPositionIndex: see docs/conversion.md.
+    """
+    keep = []
+    for n, item in enumerate(ds.get("DimensionIndexSequence") or []):
+        pointer = item.get("DimensionIndexPointer")
+        try:
+            tag = int(pointer) if pointer is not None else None
+        except (TypeError, ValueError):
+            tag = None
+        if tag not in _SPATIAL_DIMENSIONS:
+            keep.append(n)
+    return keep
+
+
+def _dimension_order(content: Dataset | None, keep: list[int]) -> tuple[int, ...]:
+    values = content.get("DimensionIndexValues") if content else None
+    if values is None:
+        return ()
+    listed = [values] if isinstance(values, int) else list(values)
+    return tuple(_int(listed[n]) for n in keep if n < len(listed))
+
+
 def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
     shared = _item(ds, "SharedFunctionalGroupsSequence")
     per_frame: Sequence[Dataset] = ds.get("PerFrameFunctionalGroupsSequence") or []
     count = max(_int(ds.get("NumberOfFrames"), 1), 1)
+    maker = vendor(ds)
+    dimensions = _ordering_dimensions(ds)
     frames: list[Frame] = []
     for f in range(count):
         groups = per_frame[f] if f < len(per_frame) else None
@@ -227,6 +289,12 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
         content = group("FrameContentSequence")
         echo_item = group("MREchoSequence")
         frame_type_item = group("MRImageFrameTypeSequence") or group("CTImageFrameTypeSequence")
+        diffusion = group("MRDiffusionSequence")
+        timing = group("MRTimingAndRelatedParametersSequence")
+        private_items = (
+            private_value(groups, PHILIPS_PER_FRAME_PRIVATE) if maker == "PHILIPS" else None
+        )
+        private = private_items[0] if private_items else None
         orientation = _orientation(
             plane_ori.get("ImageOrientationPatient")
             if plane_ori
@@ -245,12 +313,34 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
         )
         component = str(frame_type_item.get("ComplexImageComponent", "")) if frame_type_item else ""
         echo = _float(echo_item.get("EffectiveEchoTime")) if echo_item else None
+        kind = image_kind(
+            ds,
+            frame_type,
+            component,
+            str(diffusion.get("DiffusionDirectionality", "")) if diffusion else "",
+            _float(diffusion.get("DiffusionBValue")) if diffusion else None,
+        )
         stack_attrs = (
             ("FrameType", frame_type),
             ("ComplexImageComponent", component),
             ("EffectiveEchoTime", None if echo is None else round(echo, 3)),
+            *kind.key,
         )
         temporal = _int(content.get("TemporalPositionIndex"), 0) if content else 0
+        scale = display_scale(
+            (
+                _given(
+                    _float(transform.get("RescaleSlope")) if transform else None,
+                    _float(ds.get("RescaleSlope")),
+                ),
+                _given(
+                    _float(transform.get("RescaleIntercept")) if transform else None,
+                    _float(ds.get("RescaleIntercept")),
+                ),
+            ),
+            group("RealWorldValueMappingSequence"),
+            philips_scale_slope(private, maker) or philips_scale_slope(ds, maker),
+        )
         frames.append(
             Frame(
                 instance=index,
@@ -263,19 +353,24 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
                 spacing_between_slices=(
                     _float(measures.get("SpacingBetweenSlices")) if measures else None
                 ),
-                slope=_first(
-                    _float(transform.get("RescaleSlope")) if transform else None,
-                    _float(ds.get("RescaleSlope")),
-                    default=1.0,
-                ),
-                intercept=_first(
-                    _float(transform.get("RescaleIntercept")) if transform else None,
-                    _float(ds.get("RescaleIntercept")),
-                    default=0.0,
-                ),
+                slope=scale.slope,
+                intercept=scale.intercept,
                 stack_key=(*_common_keys(ds), *stack_attrs),
-                order_key=(temporal, _int(ds.get("InstanceNumber"), 0), index, f),
+                order_key=(
+                    temporal,
+                    _dimension_order(content, dimensions),
+                    _int(ds.get("InstanceNumber"), 0),
+                    index,
+                    f,
+                ),
                 stack_attributes=stack_attrs,
+                kind=kind.label,
+                repetition_time=_given(
+                    _float(timing.get("RepetitionTime")) if timing else None,
+                    _float(ds.get("RepetitionTime")),
+                ),
+                scale_source=scale.source,
+                philips_scale_slope=scale.philips_scale_slope,
             )
         )
     return frames

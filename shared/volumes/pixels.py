@@ -3,8 +3,9 @@
 Uncompressed little- and big-endian pixel data is read straight from the file at its
 offset; compressed data (RLE, JPEG, JPEG-LS, JPEG 2000) goes through pydicom's decoders,
 one file at a time. Each frame is inverted (MONOCHROME1, so that higher means brighter as
-in MONOCHROME2) and rescaled (slope and intercept) on its own, directly into the output
-buffer, so a volume costs its own size in memory.
+in MONOCHROME2), turned upside down when it was stored so (a reversed phase-encoding
+polarity, ``Frame.flip_rows``) and rescaled (slope and intercept) on its own, directly into
+the output buffer, so a volume costs its own size in memory.
 
 The output type is chosen before reading whenever it can be: the stored type when there is
 no rescaling, else the smallest integer type that holds the rescaled range of BitsStored
@@ -219,7 +220,7 @@ def _decode_instance(
                     f"{item.relative_path}: frame of {image.shape[0]}x{image.shape[1]} where "
                     f"{frame.rows}x{frame.columns} was expected"
                 )
-            result.append((index, image))
+            result.append((index, image[::-1] if frame.flip_rows else image))
         return result
     except InvalidInputError:
         raise

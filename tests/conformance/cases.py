@@ -82,6 +82,8 @@ class RunSpec:
     """e.g. ``dcm_qa_nih`` or ``dicom2nifti/generic/rgb/001``."""
     source: Path
     """The input folder, or a single file that is staged into a folder of its own."""
+    args: tuple[str, ...] = ()
+    """Further ``seriesflow process`` options, e.g. ``("--scaling", "precise")``."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _all_series(metadata: DicomMetadata) -> list[Series]:
     return [series for study in metadata.studies for series in study.series]
 
 
-def seriesflow_command(input_dir: Path, output_dir: Path) -> list[str]:
+def seriesflow_command(input_dir: Path, output_dir: Path, args: tuple[str, ...] = ()) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -140,6 +142,7 @@ def seriesflow_command(input_dir: Path, output_dir: Path) -> list[str]:
         str(output_dir),
         "--format",
         "nii",
+        *args,
     ]
 
 
@@ -184,7 +187,7 @@ def run_seriesflow(spec: RunSpec, workdir: Path) -> RunResult:
     started = time.perf_counter()
     try:
         done = subprocess.run(
-            seriesflow_command(input_dir, output),
+            seriesflow_command(input_dir, output, spec.args),
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -429,7 +432,9 @@ class Sidecar:
 
     @property
     def nifti(self) -> Path:
-        return self.path.with_suffix(".nii")
+        plain = self.path.with_suffix(".nii")
+        packed = self.path.with_suffix(".nii.gz")
+        return packed if packed.is_file() and not plain.is_file() else plain
 
     @property
     def series_number(self) -> int | None:
@@ -673,6 +678,81 @@ def _refusals(result: RunResult) -> str:
 
 
 @dataclass(frozen=True)
+class FidelityCheck:
+    """A dcm2niix reference of a ``fidelity/`` folder, matched to the one volume that is it.
+
+    dcm2niix names what it split off (``_fieldmaphz``, ``_ADC``, series number + 1000 for
+    reversed phase-encoding polarity); seriesflow says it in the metadata. The volume is
+    found by SeriesNumber and by ``imageKind`` and ``phaseEncodingPolarity`` where given
+    (``not_kinds`` excludes kinds); exactly one volume must qualify. ``timepoint`` compares
+    with one timepoint of a 4-D reference; ``display_sidecar`` compares a reference that
+    holds Philips floating-point values as display values (see Sidecar.philips_display_scale).
+    """
+
+    set_name: str
+    check_id: str
+    run: str
+    references: Path
+    """The folder's ``Ref/``."""
+    spec: Fidelity
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    @property
+    def reference(self) -> Path:
+        return self.references / self.spec.reference
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.reference}: {self.spec.why}"
+
+    def _wanted(self, series: Series, volume: Volume) -> bool:
+        spec = self.spec
+        return (
+            series_number(series, volume) == spec.series
+            and (spec.kind is None or volume.imageKind == spec.kind)
+            and volume.imageKind not in spec.not_kinds
+            and (spec.polarity is None or volume.phaseEncodingPolarity == spec.polarity)
+        )
+
+    def evaluate(self, store: RunStore) -> Outcome:
+        result = store.get(self.run)
+        if not result.ok:
+            return _run_failed(self.set_name, self.label, result)
+        found = [(s, v) for s, v in result.volumes() if self._wanted(s, v)]
+        if len(found) != 1:
+            what = ", ".join(
+                f"{v.key} ({v.imageKind}, {v.phaseEncodingPolarity})"
+                for s, v in result.volumes()
+                if series_number(s, v) == self.spec.series
+            )
+            detail = (
+                f"{len(found)} volumes qualify, expected one; series {self.spec.series}: {what}"
+            )
+            refusals = _refusals(result)
+            if refusals:
+                detail += "; not converted: " + refusals
+            return Outcome(self.set_name, self.label, "-", Status.NOT_FOUND, detail)
+        _, volume = found[0]
+        scale = None
+        if self.spec.display_sidecar is not None:
+            sidecar = load_sidecar(self.references / self.spec.display_sidecar)
+            scale = sidecar.philips_display_scale()
+        comparison = compare_nifti(
+            result.image(volume),
+            self.reference,
+            reference_scale=scale[0] if scale else None,
+            reference_timepoint=self.spec.timepoint,
+        )
+        notes = ([scale[1]] if scale else []) + list(comparison.notes)
+        detail = comparison.summary() + ("; " + "; ".join(notes) if notes else "")
+        status = Status.MATCH if comparison.ok else Status.MISMATCH
+        return Outcome(self.set_name, self.label, volume.key, status, detail, comparison)
+
+
+@dataclass(frozen=True)
 class GeometryCheck:
     """A volume that is not a plain stack of its files' slices, against a reference.
 
@@ -747,7 +827,7 @@ class GeometryCheck:
         return Outcome(self.set_name, label, volume.key, status, detail, comparison)
 
 
-Check = ReferenceCheck | SidecarCheck | CrossCheck | RefusalCheck | GeometryCheck
+Check = ReferenceCheck | SidecarCheck | CrossCheck | RefusalCheck | FidelityCheck | GeometryCheck
 
 
 # --------------------------------------------------------------------------------------
@@ -858,6 +938,105 @@ MOSAIC_LAYOUT_UNKNOWN = ("001", "001_implicit")
 """``fidelity/dicom2nifti_siemens_fmri/In`` folders: Siemens mosaics without the number of
 images (no (0019,100A), no CSA header). dcm2niix guesses 64 slices (the whole 8x8 grid);
 dicom2nifti's ground truth has 50; seriesflow refuses them as ``mosaic_layout_unknown``."""
+
+PRECISE = ("--scaling", "precise")
+"""Philips' floating-point values, dcm2niix's default (``-p y``)."""
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One reference of a ``fidelity/`` folder, and what it must be matched with."""
+
+    reference: str
+    series: int
+    why: str
+    kind: str | None = None
+    not_kinds: tuple[str, ...] = ()
+    polarity: str | None = None
+    timepoint: int | None = None
+    display_sidecar: str | None = None
+    """Set for a display-value run: the sidecar whose Philips factors scale the reference."""
+    args: tuple[str, ...] = ()
+
+
+_DWI_TRACE = "the derived isotropic (trace) volume, which dcm2niix writes last in _ADC"
+FIDELITY: dict[str, tuple[Fidelity, ...]] = {
+    "fidelity/dcm_qa_polar": (
+        Fidelity("6_FM_cv12_2_3mm.nii.gz", 6, "CV12=2: 2nd and 4th volume", polarity="NORMAL"),
+        Fidelity(
+            "1006_FM_cv12_2_3mm.nii.gz", 6, "CV12=2: 1st and 3rd, reversed", polarity="REVERSED"
+        ),
+        Fidelity("7_FM_cv12_1_3mm.nii.gz", 7, "CV12=1: all reversed", polarity="REVERSED"),
+        Fidelity("8_FM_cv12_3_3mm.nii.gz", 8, "CV12=3: 1st and 3rd volume", polarity="NORMAL"),
+        Fidelity(
+            "1008_FM_cv12_3_3mm.nii.gz", 8, "CV12=3: 2nd and 4th, reversed", polarity="REVERSED"
+        ),
+        Fidelity("9_FM_cv12_0_3mm.nii.gz", 9, "CV12=0: all normal", polarity="NORMAL"),
+    ),
+    "fidelity/dcm_qa_fmap_ge": tuple(
+        item
+        for number, name in ((2, "B0Map_(GRE)"), (3, "3DB0Map"), (6, "B0map"))
+        for item in (
+            Fidelity(f"{number}_{name}.nii.gz", number, "the magnitude", kind="MAGNITUDE"),
+            Fidelity(
+                f"{number}_{name}_fieldmaphz.nii.gz",
+                number,
+                "the field map in Hz",
+                kind="FIELD_MAP_HZ",
+            ),
+        )
+    ),
+    "dcm_qa_enh": (
+        Fidelity(
+            "Philips_WIP_B0_NS_801_e1.nii",
+            801,
+            "the magnitude, --scaling precise (dcm2niix's Philips values)",
+            kind="MAGNITUDE",
+            args=PRECISE,
+        ),
+        Fidelity(
+            "Philips_WIP_B0_NS_801_e2_fieldmaphz.nii",
+            801,
+            "the field map, --scaling precise",
+            kind="FIELD_MAP",
+            args=PRECISE,
+        ),
+    ),
+    "fidelity/dcm_qa_philips_vanderbilt": (
+        Fidelity(
+            "601_dti_ax.nii.gz",
+            601,
+            "the DWI without its trace, display values",
+            not_kinds=("TRACE",),
+            display_sidecar="601_dti_ax.json",
+        ),
+        Fidelity(
+            "601_dti_ax_ADC.nii.gz",
+            601,
+            _DWI_TRACE + ", display values",
+            kind="TRACE",
+            timepoint=16,
+            display_sidecar="601_dti_ax.json",
+        ),
+        Fidelity(
+            "601_dti_ax.nii.gz",
+            601,
+            "the DWI without its trace, --scaling precise",
+            not_kinds=("TRACE",),
+            args=PRECISE,
+        ),
+        Fidelity(
+            "601_dti_ax_ADC.nii.gz",
+            601,
+            _DWI_TRACE + ", --scaling precise",
+            kind="TRACE",
+            timepoint=16,
+            args=PRECISE,
+        ),
+    ),
+}
+"""Folders (below the test data) whose dcm2niix references seriesflow must reproduce
+exactly, with the volume each reference is, and the options of the run."""
 
 
 def _reference_cases(root: Path) -> list[Path]:
@@ -976,6 +1155,16 @@ def build_catalogue(root: Path) -> Catalogue:
                 resampling_reference=case_name in RESAMPLING_REFERENCES,
             )
         )
+    for folder_name, items in FIDELITY.items():
+        base = root / folder_name
+        if not (base / "In").is_dir():
+            continue
+        for n, item in enumerate(items, start=1):
+            run_name = folder_name + (" " + " ".join(item.args) if item.args else "")
+            runs.setdefault(run_name, RunSpec(run_name, base / "In", item.args))
+            cat.checks.append(
+                FidelityCheck(folder_name, f"{base.name}-{n}", run_name, base / "Ref", item)
+            )
     for name, geometry in GEOMETRY.items():
         source = root / geometry.source
         if not source.is_dir():

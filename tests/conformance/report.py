@@ -5,9 +5,12 @@ Run from the repository root::
     .venv/bin/python -m tests.conformance.report            # or
     .venv/bin/python tests/conformance/report.py [--output PATH] [--jobs N]
 
-It runs seriesflow exactly as ``test_testdata.py`` does (same runs, same checks, from
-``cases.py``) and tabulates every outcome, one table per set. The exit status is 0 when
-the report was written, whatever the outcomes; 2 when the test data is missing.
+It runs seriesflow exactly as ``test_testdata.py`` and ``test_fidelity_*.py`` do (same
+runs, same checks, from ``cases.py``) and tabulates every outcome, one table per set. Every
+folder of ``fidelity/`` is listed, with a row saying so if no check covers it. A row that
+did not pass must have an explanation in ``EXPLANATIONS`` (shown in its row): the exit
+status is 1 when one has none (the report is still written), 0 otherwise, 2 when the
+test data is missing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 from .cases import (
     REPO_ROOT,
     Catalogue,
+    FidelityCheck,
     Outcome,
     RunResult,
     RunStore,
@@ -38,6 +42,7 @@ from .cases import (
 from .compare import AFFINE_ATOL, RTOL
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "conformance.md"
+FIDELITY = "fidelity"
 _MAX_DETAIL = 600
 
 SET_NOTES: dict[str, str] = {
@@ -59,9 +64,11 @@ SET_NOTES: dict[str, str] = {
         "(reference `_e1`) and 32 B0 field-map frames (`_e2_fieldmaphz`). The `_e1` "
         "reference holds Philips 'floating point' values (dcm2niix's default), "
         "FP = DV / (RS x SS); it is compared as display values DV (RescaleSlope/Intercept, "
-        "the DICOM standard, which seriesflow and dicom2nifti apply) by multiplying it by "
-        "RS x SS from its sidecar. Only sidecars are shipped for the Canon and the "
-        "Philips T1W3D and resting-state series, without their input."
+        "the DICOM standard, which seriesflow applies by default and dicom2nifti always) by "
+        "multiplying it by RS x SS from its sidecar; the rows marked `--scaling precise` "
+        "come from a run with Philips' precise values and compare the references as they "
+        "are. Only sidecars are shipped for the Canon and the Philips T1W3D and "
+        "resting-state series, without their input."
     ),
     "dcm_qa_nih": (
         "A GE study (series 4-7: 15 slices x 10 volumes of EPI, one file per slice) and a "
@@ -106,6 +113,40 @@ SET_NOTES: dict[str, str] = {
         "ground truth has 50; seriesflow refuses each series as `mosaic_layout_unknown`."
     ),
 }
+
+
+SET_NOTES.update(
+    {
+        "fidelity/dcm_qa_polar": (
+            "GE `research/ABCD/epi_pepolar` field-map EPI, series 6-9, 4 volumes of 60 "
+            "slices each. User CV 12 (0019,10B3) says which volumes have reversed "
+            "phase-encoding polarity (stored upside down): 0 none (series 9), 1 all "
+            "(series 7), 2 the 1st and 3rd (series 6), 3 the 2nd and 4th (series 8). "
+            "dcm2niix flips the reversed volumes and writes them of a mixed series as "
+            "series number + 1000; seriesflow flips them and splits the series into a "
+            "NORMAL and a REVERSED volume (`phaseEncodingPolarity`). Each reference is "
+            "matched to the one volume of its series with that polarity."
+        ),
+        "fidelity/dcm_qa_fmap_ge": (
+            "GE B0 field maps (series 2, 3, 6): a magnitude and a field map in Hz at the "
+            "same positions, told apart by GE (0043,1030). dcm2niix writes them as two "
+            "files (`_fieldmaphz`); each is matched to the one volume of its series with "
+            "`imageKind` MAGNITUDE or FIELD_MAP_HZ."
+        ),
+        "fidelity/dcm_qa_philips_vanderbilt": (
+            "Philips classic DTI, 40 slices x 17 images: b=0, 15 directions and a derived "
+            "isotropic (trace) image (2001,1004 = I with b > 0). dcm2niix leaves the trace "
+            "out of the DWI; its `_ADC` file holds all 17 volumes, the trace last, which "
+            "is compared with seriesflow's TRACE volume. The references hold Philips "
+            "floating-point values (`-p y`): the default run (display values) is compared "
+            "after multiplying the reference by RS x SS from its sidecar; the "
+            "`--scaling precise` run is compared as it is."
+        ),
+    }
+)
+
+EXPLANATIONS: dict[tuple[str, str], str] = {}
+"""(set, reference label) -> why a row that does not pass is a documented difference."""
 
 
 def _cell(text: str) -> str:
@@ -188,7 +229,11 @@ def render(
         lines += ["| Reference | Our volume | Result | Details |", "|---|---|---|---|"]
         for o in rows:
             ours = f"`{o.ours}`" if o.ours != "-" else "-"
-            lines.append(f"| {_cell(o.reference)} | {ours} | {_result(o)} | {_cell(o.detail)} |")
+            detail = o.detail
+            why = EXPLANATIONS.get((o.set_name, o.reference))
+            if why and not o.passed:
+                detail = f"Explained: {why} / Found: {detail}"
+            lines.append(f"| {_cell(o.reference)} | {ours} | {_result(o)} | {_cell(detail)} |")
         lines += ["", f"**Summary:** {_summary(rows)}.", ""]
     lines += [
         "## Runs",
@@ -201,9 +246,48 @@ def render(
     return "\n".join(lines)
 
 
+def unexplained(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Rows that neither pass nor are skipped, and that no EXPLANATIONS entry explains."""
+    return [
+        o
+        for o in outcomes
+        if not o.passed and not o.skipped and (o.set_name, o.reference) not in EXPLANATIONS
+    ]
+
+
+def uncovered_fidelity_folders(catalogue: Catalogue) -> list[Outcome]:
+    """A 'no reference' row for each ``fidelity/`` folder that no check covers."""
+    base = catalogue.root / FIDELITY
+    folders = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    covered = {check.set_name for check in catalogue.checks}
+    rows = []
+    for folder in folders:
+        name = f"{FIDELITY}/{folder}"
+        if not any(s == name or s.startswith(name + "/") for s in covered):
+            rows.append(Outcome(name, "-", "-", Status.NO_REFERENCE, "no check covers this folder"))
+    return rows
+
+
 def evaluate_all(catalogue: Catalogue, store: RunStore) -> list[Outcome]:
-    """Every check's outcome, plus a 'no reference' row for each unreferenced volume."""
+    """Every check's outcome, plus a 'no reference' row for each unreferenced volume and
+    each fidelity folder without a check."""
     outcomes = [check.evaluate(store) for check in catalogue.checks]
+    outcomes += uncovered_fidelity_folders(catalogue)
+    fidelity = catalogue.checks_of(FidelityCheck)
+    for run_name in dict.fromkeys(c.run for c in fidelity if c.set_name.startswith(FIDELITY)):
+        result = store.get(run_name)
+        if not result.ok:
+            continue
+        taken = {
+            o.ours for c, o in zip(catalogue.checks, outcomes, strict=False) if c.run == run_name
+        }
+        set_name = next(c.set_name for c in fidelity if c.run == run_name)
+        for _, volume in result.volumes():
+            if volume.key not in taken:
+                what = f"ours only ({run_name}): {volume.imageKind or 'kind unknown'}, " + (
+                    "x".join(str(n) for n in volume.shape)
+                )
+                outcomes.append(Outcome(set_name, "-", volume.key, Status.NO_REFERENCE, what))
     for run_name in ("dcm_qa_enh", "dcm_qa_nih"):
         if run_name not in catalogue.run_names() or not store.get(run_name).ok:
             continue
@@ -234,7 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print(f"{args.output}: {_summary(outcomes)}; runs took {wall:.1f} s")
-    return 0
+    missing = unexplained(outcomes)
+    for o in missing:
+        print(f"unexplained: {o.set_name} {o.reference}: {o.status.value}: {o.detail}")
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":
