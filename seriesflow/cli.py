@@ -33,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 
 from seriesflow.quarantine_commands import quarantine_app
+from seriesflow.retention_commands import retention_app
 from seriesflow.service_commands import register as register_service_commands
 from shared.dicom.metadata import (
     METADATA_FILE,
@@ -73,7 +74,6 @@ sample_app = typer.Typer(
 )
 app.add_typer(rules_app, name="rules")
 app.add_typer(sample_app, name="sample")
-app.add_typer(quarantine_app, name="quarantine")
 
 err = Console(stderr=True)
 out = Console()
@@ -360,6 +360,8 @@ def sample_ct(
 
 
 register_service_commands(app)
+app.add_typer(retention_app, name="retention")
+app.add_typer(quarantine_app, name="quarantine")
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
