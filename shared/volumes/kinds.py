@@ -27,7 +27,8 @@ ScalingMode = Literal["display", "precise"]
 SCALING_MODES: tuple[ScalingMode, ...] = ("display", "precise")
 
 GE_VAS_COLLAPSE_FLAG = (0x0043, 0x1030)
-"""GE private: 2 on the magnitude images of a B0 field-map series, 0 on the field map."""
+"""GE private: 2 on the magnitude images of a B0 field-map series, 0 on the field map (read
+for the B0-map pulse sequences only; other sequences use it otherwise)."""
 GE_IMAGE_TYPE = (0x0043, 0x102F)
 """GE private image type: 0 magnitude, 1 phase, 2 real, 3 imaginary."""
 GE_PULSE_SEQUENCE = (0x0019, 0x109C)
@@ -153,14 +154,19 @@ def image_kind(
         label = "TRACE"
         key.append(("DiffusionDirectionality", "ISOTROPIC"))
     if maker == "GE":
-        flag = _number(private_value(ds, GE_VAS_COLLAPSE_FLAG))
         ge_type = _number(private_value(ds, GE_IMAGE_TYPE))
-        if flag is not None:
-            key.append(("GEVasCollapseFlag", int(flag)))
         if ge_type is not None:
             key.append(("GEImageType", int(ge_type)))
+        # (0043,1030) is read only where its meaning is known: the B0-map sequences.
         sequence = _text(private_value(ds, GE_PULSE_SEQUENCE)).lower()
-        if not label and flag is not None and sequence in _GE_FIELD_MAP_SEQUENCES:
+        flag = (
+            _number(private_value(ds, GE_VAS_COLLAPSE_FLAG))
+            if sequence in _GE_FIELD_MAP_SEQUENCES
+            else None
+        )
+        if flag is not None:
+            key.append(("GEVasCollapseFlag", int(flag)))
+        if not label and flag is not None:
             label = "MAGNITUDE" if int(flag) == 2 else "FIELD_MAP_HZ"
         elif not label and ge_type is not None and int(ge_type) in (1, 2, 3):
             label = _GE_IMAGE_TYPES[int(ge_type)]

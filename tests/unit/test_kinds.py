@@ -64,6 +64,17 @@ def test_ge_field_map_and_magnitude_differ() -> None:
     assert magnitude.key != field_map.key
 
 
+def test_ge_vas_collapse_flag_is_ignored_outside_b0_maps() -> None:
+    def epi(flag: int) -> Dataset:
+        return _ds(
+            "GE MEDICAL SYSTEMS",
+            a=(GE_VAS_COLLAPSE_FLAG, "SS", flag),
+            b=(GE_PULSE_SEQUENCE, "LO", "epi2"),
+        )
+
+    assert image_kind(epi(14), ()).key == image_kind(epi(16), ()).key == ()
+
+
 def test_field_map_frame_type_wins_over_complex_component() -> None:
     kind = image_kind(_ds("Philips"), ("ORIGINAL", "PRIMARY", "T1", "FIELD_MAP"), "MAGNITUDE")
     assert kind.label == "FIELD_MAP"
