@@ -8,39 +8,37 @@ by the receiver; their acknowledged instances are quarantined (``ended: interrup
 never deleted.
 """
 
-# mypy: disallow-untyped-calls=False
-
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
 
 from shared.logs import get_logger
 
 log = get_logger("receiver")
 
 
-def open_acceptors(ae: Any) -> list[Any]:
-    """The associations peers opened with us that are still running."""
-    return [a for a in ae.active_associations if getattr(a, "is_acceptor", False)]
+def wait_for_associations(count: Callable[[], int], grace: float, poll: float = 0.1) -> int:
+    """Wait until no established association is open (``count``), at most ``grace``
+    seconds; how many are still open.
 
-
-def wait_for_associations(ae: Any, grace: float, poll: float = 0.1) -> int:
-    """Wait until no association peers opened is running, at most ``grace`` seconds;
-    how many are still running."""
+    Connections that have not yet been accepted as an association (no A-ASSOCIATE-RQ yet)
+    do not hold the drain: they are ended with the rest."""
     deadline = time.monotonic() + grace
-    running = open_acceptors(ae)
+    running = count()
     if running:
         log.info(
             "draining: waiting for open associations to finish",
-            extra={"associations": len(running), "grace_seconds": grace},
+            extra={"associations": running, "grace_seconds": grace},
         )
     while running and time.monotonic() < deadline:
         time.sleep(poll)
-        running = open_acceptors(ae)
+        running = count()
     if running:
         log.warning(
             "drain time over: ending the associations still open; their instances are quarantined",
-            extra={"associations": len(running)},
+            extra={"associations": running},
         )
-    return len(running)
+    else:
+        log.info("drained: no association open")
+    return running

@@ -156,8 +156,9 @@ class Receiver:
         quarantined), finish queued job work, stop."""
         if self._server is not None:
             self._server.stop_accepting()
-        if self._ae is not None:
-            drain.wait_for_associations(self._ae, self.settings.drain_seconds)
+        drain.wait_for_associations(
+            lambda: len(self.context.associations), self.settings.drain_seconds
+        )
         self._stop.set()
         self.context.stopping = True
         if self._ae is not None:
