@@ -157,21 +157,30 @@ def _curl(stack: Stack, method: str, path: str, body: str | None = None) -> tupl
     return int(code), json.loads(text) if text.strip() else None
 
 
+CLARA_PIPELINE_ID = "7b9cda79ed834fdc87cd4169216c4011"
+
+
 def test_clara_rest_examples_with_curl(stack: Stack) -> None:
     suffix = f"{random.SystemRandom().randrange(10**6):06d}"
     name = f"clara-brain-tumor-{suffix}"
+    # The examples map an AE title to the pipeline CLARA_PIPELINE_ID, which a Clara user has
+    # registered before; here it is registered through the API (it may exist from a run before).
+    registered = stack.api.post(
+        "/api/v1/pipelines", json={"name": CLARA_PIPELINE_ID, "rules": T1C_RULES}
+    )
+    assert registered.status_code in (201, 409), registered.text
     code, listed = _curl(stack, "GET", "/api/config/destinationaetitle")
-    assert code == 200, listed
+    assert code == 200, json.dumps(listed)
     assert listed["kind"] == "DestinationList"
 
     code, created = _curl(
         stack,
         "POST",
         "/api/config/claraaetitle",
-        json.dumps({"name": name, "pipelineId": "7b9cda79ed834fdc87cd4169216c4011",
+        json.dumps({"name": name, "pipelineId": CLARA_PIPELINE_ID,
                     "aeTitle": f"BTM{suffix}", "timeout": 0}),
     )  # fmt: skip
-    assert code == 200, created
+    assert code == 200, json.dumps(created)
     assert created["kind"] == "ClaraAeTitle" and created["metadata"]["name"] == name
 
     code, source = _curl(
@@ -180,7 +189,7 @@ def test_clara_rest_examples_with_curl(stack: Stack) -> None:
         "/api/config/sourceaetitle",
         json.dumps({"hostIp": "1.2.3.4", "aeTitle": f"ORT{suffix}"}),
     )
-    assert code == 200, source
+    assert code == 200, json.dumps(source)
     assert source["kind"] == "Source"
 
     code, destination = _curl(
@@ -190,7 +199,7 @@ def test_clara_rest_examples_with_curl(stack: Stack) -> None:
         json.dumps({"name": f"pacs-{suffix}", "hostIp": "10.20.30.40",
                     "aeTitle": "ARCHIVEX", "port": 104}),
     )  # fmt: skip
-    assert code == 200, destination
+    assert code == 200, json.dumps(destination)
     assert destination["kind"] == "Destination"
 
     code, listed = _curl(stack, "GET", "/api/config/destinationaetitle")
@@ -204,7 +213,7 @@ def test_clara_rest_examples_with_curl(stack: Stack) -> None:
         json.dumps({"name": "clara-brain-tumor1", "pipelineId": "7b9cda79ed834fdc87cd4169216c4011",
                     "aeTitle": "BrainTumor1", "timeout": 0}),
     )  # fmt: skip
-    assert code == 200, deleted
+    assert code == 200, json.dumps(deleted)
     assert deleted == {**deleted, "kind": "Status", "status": "Success"}
     for kind, item in (("sourceaetitle", f"ORT{suffix}"), ("destinationaetitle", f"pacs-{suffix}")):
         code, body = _curl(stack, "DELETE", f"/api/config/{kind}/{item}")
