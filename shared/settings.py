@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_dir: Path | None = None
     log_phi: bool = False
+    work_dir: Path | None = Field(
+        default=None,
+        description="Local folder for temporary work folders (patient data); default: "
+        "'seriesflow' in the system temporary folder (see shared/workdir.py)",
+    )
     delivery_limit: int = Field(default=5, ge=1, description="Deliveries before dead-lettering")
     retry_backoff_seconds: float = Field(default=1.0, ge=0.0)
     retry_backoff_max_seconds: float = Field(default=30.0, ge=0.0)

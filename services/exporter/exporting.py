@@ -19,7 +19,6 @@ that cannot be read raises :class:`TransientError` (what was recorded stays reco
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +41,7 @@ from shared.events import FileStatus
 from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.store import ObjectNotFoundError
+from shared.workdir import make_work_folder
 
 log = get_logger("exporter")
 _MAX_META_BYTES = 1 << 20
@@ -63,7 +63,7 @@ class ExportOptions:
         return cls(
             fetch_workers=settings.exporter_fetch_workers,
             prefetch=settings.exporter_prefetch,
-            spool_dir=settings.exporter_spool_dir,
+            spool_dir=settings.exporter_spool_dir or settings.work_dir,
             file_retries=settings.exporter_file_retries,
             backoff=settings.retry_backoff_seconds,
             backoff_max=settings.retry_backoff_max_seconds,
@@ -215,7 +215,7 @@ class ExportAttempt:
         spool_root = self.options.spool_dir
         if spool_root is not None:
             spool_root.mkdir(parents=True, exist_ok=True)
-        spool = Path(tempfile.mkdtemp(prefix="seriesflow-export-", dir=spool_root))
+        spool = make_work_folder("export", spool_root)
         try:
             plans = plan_associations([pair for _, pair in files])
             for number, plan in enumerate(plans):

@@ -17,10 +17,12 @@ from services.parser.settings import parser_settings
 from services.runtime import ServiceThread
 from services.stage import run_stage
 from shared.settings import ServiceSettings
+from shared.workdir import sweep_work_folders
 
 
 def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     """Run the parser until ``stop`` is set (a bad pipeline folder fails at once)."""
+    sweep_work_folders(parser_settings(settings).work_dir)  # what a killed parser left
     run_stage(parser_settings(settings), stop or threading.Event(), ParserHandler, BINDINGS)
 
 

@@ -16,7 +16,6 @@ output is there. Output names are deterministic, so parsing again gives the same
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from shared.pipelines import Pipeline
 from shared.store import ObjectNotFoundError
 from shared.volumes.convert import ConversionOptions
 from shared.volumes.kinds import ScalingMode
+from shared.workdir import work_folder
 
 log = get_logger("parser")
 
@@ -181,7 +181,7 @@ def parse_job(
         resample=resample,
         scaling=scaling,
     )
-    with tempfile.TemporaryDirectory(prefix="seriesflow-parser-", dir=work_dir) as tmp:
+    with work_folder("parser", work_dir) as tmp:
         input_dir, output_dir = Path(tmp) / "input", Path(tmp) / "output"
         input_dir.mkdir()
         output_dir.mkdir()
