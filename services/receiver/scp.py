@@ -135,10 +135,15 @@ class DicomListeners:
 
     def stop_accepting(self) -> None:
         """Close the listening ports: new connections are refused by the OS, associations
-        already open keep running to their end (idempotent; for a drain)."""
+        already open keep running to their end (idempotent; for a drain). Connections
+        that have not sent a whole association request yet hold nothing: they are closed
+        now, so a drain does not wait for their ARTIM time."""
         for server in (self.plain, self.tls):
             if server is not None:
                 server.shutdown()
+        for server in (self.plain, self.tls):
+            if server is not None:
+                server.end_unassociated()
 
 
 def _listen(

@@ -179,6 +179,10 @@ class ConnectionGuard:
         """The connection was ended here (timeout, violation): reads see end of stream."""
         self.reported = False
         """Its end was logged already."""
+        self.sock: socket.socket | None = None
+        self.state_lock = threading.Lock()
+        """Held while bytes are accounted, so that a connection is ended before its
+        association request or after it, never while it completes."""
         self._closed = False
         self._lock = threading.Lock()
 
@@ -203,6 +207,35 @@ class ConnectionGuard:
             message,
             extra={"peer": self.peer, "tls": self.connection.tls, **fields},
         )
+
+    def end_unassociated(self) -> bool:
+        """Close this connection if no A-ASSOCIATE-RQ has arrived whole (it holds nothing;
+        for a drain); True if it was closed here."""
+        with self.state_lock:
+            if self.broken or self.association_requested:
+                return False
+            self.broken = True
+        self.report(
+            20,
+            "connection closed before its association request: the receiver is stopping",
+            bytes_received=self.framer.received,
+        )
+        if self.sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        self.wake_association()
+        return True
+
+    def wake_association(self) -> None:
+        """No association request will come on this connection: the association thread,
+        which waits up to the ARTIM time for one, is told at once (pynetdicom reads
+        ``None`` from the DUL's ``to_user_queue`` as "timed out"), so the thread and the
+        connection's place are freed now rather than up to 30 s later."""
+        if self.association_requested:
+            return
+        queue = getattr(getattr(self.assoc, "dul", None), "to_user_queue", None)
+        if queue is not None:
+            queue.put(None)
 
     def finish(self) -> None:
         """The connection's thread is done: free its place (once)."""
@@ -234,7 +267,10 @@ class _Guarded:
         except TimeoutError:
             self._timed_out()
             return b""
-        violation = guard.framer.feed(data, time.monotonic())
+        with guard.state_lock:
+            if guard.broken:
+                return b""
+            violation = guard.framer.feed(data, time.monotonic())
         if violation is not None:
             guard.report(
                 30,  # WARNING
@@ -245,6 +281,7 @@ class _Guarded:
                 association_requested=guard.association_requested,
             )
             self._end(_ABORT_INVALID_PARAMETER)
+            guard.wake_association()
             return b""
         return data
 
@@ -275,6 +312,7 @@ class _Guarded:
                 bytes_received=guard.framer.received,
             )
             self._end(None)  # PS3.8 ARTIM expiry before association: close, no A-ABORT
+            guard.wake_association()
             return
         guard.report(
             30,
@@ -292,7 +330,7 @@ class _Guarded:
                 base.settimeout(1.0)
                 base.send(abort)
         with contextlib.suppress(OSError, ValueError):
-            base.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(cast(socket.socket, self), socket.SHUT_RDWR)
 
 
 class GuardedSocket(_Guarded, socket.socket):
@@ -310,9 +348,11 @@ def guard_socket(raw: socket.socket, guard: ConnectionGuard) -> socket.socket:
         context.sslsocket_class = GuardedSSLSocket
         wrapped = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         cast(Any, wrapped).guard = guard
+        guard.sock = wrapped
         return wrapped
     sock = GuardedSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
     sock.guard = guard
+    guard.sock = sock
     return sock
 
 
@@ -340,6 +380,7 @@ class GuardedRequestHandler(RequestHandler):
                 guard.assoc.join()
         finally:
             self._ended(sock, guard)
+            cast(GuardedAssociationServer, self.server).forget(guard)
 
     @staticmethod
     def _handshake(sock: ssl.SSLSocket, guard: ConnectionGuard) -> bool:
@@ -357,6 +398,12 @@ class GuardedRequestHandler(RequestHandler):
                 timeout_seconds=guard.policy.artim_seconds,
             )
         except (ssl.SSLError, OSError) as exc:
+            if guard.broken:  # closed here (the receiver is stopping): reported already
+                return False
+            if isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)):
+                # a port probe or health check: connected and closed without a word
+                guard.report(20, "connection closed during the TLS handshake")
+                return False
             guard.report(
                 30,
                 "TLS handshake failed: connection closed",
@@ -409,6 +456,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         self.policy = policy
         self._stopped = threading.Event()
         self._serving = threading.Event()
+        self._guards: set[ConnectionGuard] = set()
+        self._guards_lock = threading.Lock()
         super().__init__(
             ae,
             address,
@@ -434,19 +483,34 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             self.shutdown_request(request)
             return
         guard = ConnectionGuard(opened, self.policy)
+        with self._guards_lock:
+            self._guards.add(guard)
         try:
             guarded = guard_socket(request, guard)
         except (OSError, ValueError) as exc:
             guard.report(30, "connection lost as it was accepted", reason=type(exc).__name__)
             guard.finish()
+            self.forget(guard)
             self.shutdown_request(request)
             return
         try:
             super().process_request(guarded, client_address)
         except Exception:
             guard.finish()
+            self.forget(guard)
             self.shutdown_request(guarded)
             raise
+
+    def forget(self, guard: ConnectionGuard) -> None:
+        with self._guards_lock:
+            self._guards.discard(guard)
+
+    def end_unassociated(self) -> int:
+        """Close every connection that has not sent a whole association request (they
+        hold no instances); how many were closed."""
+        with self._guards_lock:
+            guards = list(self._guards)
+        return sum(guard.end_unassociated() for guard in guards)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._serving.set()

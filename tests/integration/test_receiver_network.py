@@ -210,6 +210,56 @@ def test_max_associations_counts_associations_only(
     assert len(transport_log.matching("max-associations reached")) == 1
 
 
+def test_stop_accepting_closes_connections_without_an_association_only(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    """For a drain: the listening port closes, connections that never sent a whole
+    association request are closed at once (not after ARTIM), an open association goes on."""
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port)
+    with (
+        running(settings, config, dicom_acse_timeout_seconds=30.0) as rx,
+        idle_attackers(port, ["127.0.0.2", "127.0.0.3"], per_source=3) as idle,
+    ):
+        assoc = verification_association(port)
+        try:
+            rx._server.stop_accepting()
+            assert all(closed_by_peer(s, timeout=3.0) for s in idle)
+            wait_until(lambda: len(_acceptors(rx)) == 1, 5, "only the association runs")
+            assert assoc.send_c_echo().Status == 0x0000
+            with pytest.raises(OSError):
+                connect_from("127.0.0.4", port).close()
+        finally:
+            assoc.release()
+    assert len(transport_log.matching("the receiver is stopping")) == 6
+
+
+def test_a_refused_connection_frees_its_place_at_once(
+    settings: ServiceSettings, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port, max_connections_per_address=1)
+    with running(settings, config, dicom_acse_timeout_seconds=30.0):
+        for _ in range(3):
+            with connect_from("127.0.0.2", port) as sock:
+                sock.sendall(struct.pack(">BBL", 0x01, 0, HUGE))
+                assert closed_by_peer(sock, timeout=3)
+        wait_until(lambda: echoscu_from_one_place(port), 5, "the address's one place is free again")
+
+
+def echoscu_from_one_place(port: int) -> bool:
+    """A whole C-ECHO association from 127.0.0.2 (pynetdicom, bound to that address)."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SERIESFLOW", bind_address=("127.0.0.2", 0))
+    if not assoc.is_established:
+        return False
+    try:
+        return bool(assoc.send_c_echo().Status == 0x0000)
+    finally:
+        assoc.release()
+
+
 def test_a_pdu_that_never_finishes_aborts_the_association(
     settings: ServiceSettings, tmp_path: Path, transport_log: Records
 ) -> None:
