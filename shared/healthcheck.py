@@ -5,13 +5,13 @@ so a check costs a fraction of a second and imports none of the services.
 
 - ``listening PORT``: something accepts TCP connections on 127.0.0.1:PORT.
 - ``dicom PORT``: the DICOM SCP on 127.0.0.1:PORT answers an A-ASSOCIATE-RQ (accepted, or
-  rejected for any reason: it answers), and the association is released properly. Not a bare
-  TCP connection: pynetdicom counts a connection that never associates as an active
-  association until its ARTIM timer expires, so TCP probes every few seconds exhaust
-  ``max-associations`` and the receiver then rejects every modality ("local limit
-  exceeded"). The called AE title is the first of ``dicom > scp > ae-titles`` in
-  ``SERIESFLOW_CONFIG`` (``HEALTHCHECK`` when there is none); the calling one is
-  ``HEALTHCHECK``.
+  rejected for any reason: it answers), and the association is released properly. More than
+  a TCP connection: it shows the SCP answers associations. (Plain pynetdicom also counts a
+  connection that never associates as an active association until its ARTIM timer
+  expires; TCP probes every few seconds exhausted ``max-associations`` that way before the
+  receiver freed such connections at once.) The called AE title is the first of
+  ``dicom > scp > ae-titles`` in ``SERIESFLOW_CONFIG`` (``HEALTHCHECK`` when there is none);
+  the calling one is ``HEALTHCHECK``.
 - ``http URL``: ``GET URL`` answers 200 (the config API's ``/health``).
 - ``broker``: this container holds an established connection to the AMQP port of
   ``SERIESFLOW_AMQP_URL`` (the parser, selector and exporter consume while connected, and

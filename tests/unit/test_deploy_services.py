@@ -442,7 +442,7 @@ def test_probes_config_api_http_receiver_dicom_consumers_broker_readiness() -> N
     for probe in ("readinessProbe", "livenessProbe"):
         command = receiver[probe]["exec"]["command"]
         assert command == ["python", "-m", "shared.healthcheck", "dicom", str(scp_port)]
-        assert "tcpSocket" not in receiver[probe], "bare TCP probes exhaust max-associations"
+        assert "tcpSocket" not in receiver[probe], "a DICOM answer, not a listening socket"
 
     for service in CONSUMERS:
         container = _container(service)
