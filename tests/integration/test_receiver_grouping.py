@@ -56,8 +56,8 @@ def manifests(store: ObjectStore, messages: list[Envelope]) -> dict[str, JobMani
 
 def test_two_studies_interleaved_on_one_association_become_two_jobs(
     settings: ServiceSettings,
-    observer: Broker,
-    tmp_path: Path,  # noqa: F811
+    observer: Broker,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     first = sorted(write_ct_series(tmp_path / "a", slices=4, size=16, seed=11))
     second = sorted(write_ct_series(tmp_path / "b", slices=3, size=16, seed=12))
@@ -88,8 +88,8 @@ def test_two_studies_interleaved_on_one_association_become_two_jobs(
 
 def test_one_study_over_three_associations_becomes_one_job(
     settings: ServiceSettings,
-    observer: Broker,
-    tmp_path: Path,  # noqa: F811
+    observer: Broker,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     files = sorted(write_ct_series(tmp_path / "a", slices=6, size=16, seed=21))
     port = free_port()
@@ -110,8 +110,8 @@ def test_one_study_over_three_associations_becomes_one_job(
 
 def test_association_grouping_is_still_the_default(
     settings: ServiceSettings,
-    observer: Broker,
-    tmp_path: Path,  # noqa: F811
+    observer: Broker,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     first = sorted(write_ct_series(tmp_path / "a", slices=2, size=16, seed=31))
     second = sorted(write_ct_series(tmp_path / "b", slices=2, size=16, seed=32))
