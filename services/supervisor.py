@@ -36,7 +36,9 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, replicas: dict[str, int], grace_seconds: float = 10.0) -> None:
+    def __init__(self, replicas: dict[str, int], grace_seconds: float = 35.0) -> None:
+        # grace_seconds: SIGTERM to SIGKILL; longer than the receiver's drain (25 s), as
+        # Kubernetes' terminationGracePeriodSeconds should be.
         self.children = [
             _Child(service, i) for service, count in replicas.items() for i in range(1, count + 1)
         ]
