@@ -161,14 +161,17 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
     spacing = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
     echo = _float(ds.get("EchoTime"))
     echo_number = _int(ds.get("EchoNumbers"), 0)
+    image_type = _image_kind(ds)
+    maker = vendor(ds)
     kind = image_kind(
         ds,
-        _image_kind(ds),
+        image_type,
         directionality=str(ds.get("DiffusionDirectionality", "")),
         b_value=_float(ds.get("DiffusionBValue")),
+        maker=maker,
     )
     stack_attrs = (
-        ("ImageType", _image_kind(ds)),
+        ("ImageType", image_type),
         ("EchoNumbers", echo_number),
         ("EchoTime", None if echo is None else round(echo, 3)),
         *kind.key,
@@ -176,7 +179,7 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
     scale = display_scale(
         (_float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))),
         _item(ds, "RealWorldValueMappingSequence"),
-        philips_scale_slope(ds, vendor(ds)),
+        philips_scale_slope(ds, maker),
     )
     order = (
         _int(ds.get("TemporalPositionIdentifier"), 0),
@@ -319,6 +322,7 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
             component,
             str(diffusion.get("DiffusionDirectionality", "")) if diffusion else "",
             _float(diffusion.get("DiffusionBValue")) if diffusion else None,
+            maker,
         )
         stack_attrs = (
             ("FrameType", frame_type),

@@ -40,6 +40,8 @@ PHILIPS_DIFFUSION_DIRECTION = (0x2001, 0x1004)
 PHILIPS_SCALE_SLOPE = (0x2005, 0x100E)
 PHILIPS_PER_FRAME_PRIVATE = (0x2005, 0x140F)
 
+_MANUFACTURER = 0x00080070
+_VENDOR_ALIASES = {"GEHC": "GE", "GEMS": "GE", "GE-MEDICAL": "GE"}
 _GE_IMAGE_TYPES = {0: "MAGNITUDE", 1: "PHASE", 2: "REAL", 3: "IMAGINARY"}
 _GE_FIELD_MAP_SEQUENCES = ("b0map", "3db0map", "b0rf")
 _COMPONENTS = {
@@ -75,12 +77,12 @@ _TYPE_WORDS: tuple[tuple[str, str], ...] = (
 
 
 def vendor(ds: Dataset) -> str:
-    """GE, PHILIPS, SIEMENS, … from Manufacturer (upper case; empty when absent)."""
-    name = str(ds.get("Manufacturer", "")).upper()
-    for short in ("GE", "PHILIPS", "SIEMENS", "CANON", "TOSHIBA", "UIH", "HITACHI"):
-        if name.startswith(short) or f" {short}" in name:
-            return short
-    return name
+    """The first word of Manufacturer, upper case: GE, PHILIPS, SIEMENS, … ("" if absent)."""
+    name = ds.get(_MANUFACTURER)
+    if name is None or not name.value:
+        return ""
+    first = str(name.value).upper().replace("_", " ").split(" ", 1)[0]
+    return _VENDOR_ALIASES.get(first, first)
 
 
 def private_value(ds: Dataset | None, tag: tuple[int, int]) -> Any:
@@ -131,16 +133,18 @@ def image_kind(
     component: str = "",
     directionality: str = "",
     b_value: float | None = None,
+    maker: str | None = None,
 ) -> Kind:
     """The kind of a frame.
 
     ``types`` is the ImageType (classic) or FrameType (enhanced); ``component`` the
     enhanced ComplexImageComponent; ``directionality`` DiffusionDirectionality and
-    ``b_value`` DiffusionBValue, from the enhanced MR Diffusion group or the classic file.
+    ``b_value`` DiffusionBValue, from the enhanced MR Diffusion group or the classic file;
+    ``maker`` the file's :func:`vendor`, when the caller has it already.
     """
     key: list[tuple[str, Any]] = []
     label = ""
-    maker = vendor(ds)
+    maker = vendor(ds) if maker is None else maker
     directionality = directionality.upper()
     # Philips classic DWI: (2001,1004) 'I' on the b=0 image and on the derived isotropic
     # (trace) image; only the latter has b > 0.
@@ -181,10 +185,11 @@ def image_kind(
 
 def _label_from_types(types: tuple[str, ...], words: tuple[tuple[str, str], ...]) -> str:
     # Values 3 and later of ImageType are where vendors say what the image is.
-    present = set(types[2:]) if len(types) > 2 else set()
-    for word, label in words:
-        if word in present:
-            return label
+    if len(types) > 2:
+        present = set(types[2:])
+        for word, label in words:
+            if word in present:
+                return label
     if words is _TYPE_WORDS and types and types[0] == "DERIVED":
         return "DERIVED"
     return ""
