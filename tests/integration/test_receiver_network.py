@@ -315,6 +315,19 @@ def test_a_p_data_tf_longer_than_announced_aborts_the_association(
     assert f"P-DATA-TF of {HUGE} bytes, more than the 65536" in refused.reason  # type: ignore[attr-defined]
 
 
+def test_pdus_exactly_as_long_as_announced_are_taken(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    """storescu fills its P-DATA-TF PDUs up to the announced 4096 bytes: all stored."""
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port, max_pdu_size=4096)
+    images = sorted(write_ct_series(tmp_path / "ct64", slices=3, size=64))
+    with running(settings, config):
+        stored = storescu(port, images)
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+    assert not transport_log.matching("PDU refused")
+
+
 def test_unknown_pdu_types_are_refused(
     settings: ServiceSettings, tmp_path: Path, transport_log: Records
 ) -> None:
