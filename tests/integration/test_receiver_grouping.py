@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 
+from services.config_api.app import create_app
 from services.receiver.job import AssociationRecord, job_id_for
 from shared import keys
 from shared.broker import Broker
@@ -26,6 +28,7 @@ from .test_receiver import (
     running,
     storescu,
     wait_for_messages,
+    wait_until,
     write_config,
 )
 
@@ -121,3 +124,41 @@ def test_association_grouping_is_still_the_default(
         (message,) = wait_for_messages(observer, 1)
         body = message.body
         assert isinstance(body, JobReceived) and body.instance_count == 4
+
+
+def test_grouping_and_duplicates_set_through_the_api_apply_to_the_next_study(
+    settings: ServiceSettings,
+    observer: Broker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    first = sorted(write_ct_series(tmp_path / "a", slices=2, size=16, seed=41))
+    second = sorted(write_ct_series(tmp_path / "b", slices=2, size=16, seed=42))
+    port = free_port()
+    with running(
+        settings, write_config(tmp_path / "c.yaml", port), live_config_seconds=0.2
+    ) as receiver:
+        api = TestClient(create_app(settings, receiver.store, None), base_url="http://localhost")
+        assert api.post("/api/v1/pipelines", json={"name": "ct"}).status_code == 201
+        created = api.post(
+            "/api/v1/ae-titles",
+            json={
+                "aeTitle": "BYSTUDY",
+                "pipeline": "ct",
+                "grouping": "study",
+                "timeout": 1,
+                "duplicates": "reject",
+            },
+        )
+        assert created.status_code == 201, created.text
+        shown = api.get("/api/v1/ae-titles/BYSTUDY").json()
+        assert (shown["grouping"], shown["duplicates"]) == ("study", "reject")
+        wait_until(lambda: "BYSTUDY" in receiver.context.ae_titles, 10, "AE title applied")
+        result = storescu(port, [first[0], second[0], first[1], second[1]], called="BYSTUDY")
+        assert result.returncode == 0, result.stdout + result.stderr
+        messages = wait_for_messages(observer, 2, timeout=20)
+        jobs = manifests(receiver.store, messages)
+        assert set(jobs) == uids(first, "StudyInstanceUID") | uids(second, "StudyInstanceUID")
+        bad = api.post(
+            "/api/v1/ae-titles", json={"aeTitle": "BAD", "pipeline": "ct", "grouping": "series"}
+        )
+        assert bad.status_code == 422, bad.text
