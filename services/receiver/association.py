@@ -178,7 +178,6 @@ class OpenAssociation:
     stored_at: dict[str, float] = field(default_factory=dict)  # by SOPInstanceUID
     digests: dict[str, str] = field(default_factory=dict)  # by SOPInstanceUID
     duplicates: list[DuplicateConflict] = field(default_factory=list)
-    groups: set[Group] = field(default_factory=set)  # the groups its instances went to
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

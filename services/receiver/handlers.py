@@ -236,7 +236,6 @@ def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -
         association.instances[sop_instance_uid] = ref
         association.stored_at[sop_instance_uid] = time.time()
         association.digests[sop_instance_uid] = copy
-        association.groups.add(group)
     context.jobs.index.stored(
         group, sop_instance_uid, Seen(association.association_id, copy), replace
     )
