@@ -260,6 +260,19 @@ def echoscu_from_one_place(port: int) -> bool:
         assoc.release()
 
 
+def test_a_peers_abort_is_logged_with_its_address(
+    settings: ServiceSettings, tmp_path: Path, transport_log: Records
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port)
+    with running(settings, config) as rx:
+        verification_association(port).abort()
+        wait_until(lambda: not _acceptors(rx), 5, "the aborted association ended")
+        wait_until(lambda: bool(transport_log.matching("association aborted")), 5, "logged")
+    (aborted,) = transport_log.matching("association aborted")
+    assert aborted.peer.startswith("127.0.0.1:")  # type: ignore[attr-defined]
+
+
 def test_a_pdu_that_never_finishes_aborts_the_association(
     settings: ServiceSettings, tmp_path: Path, transport_log: Records
 ) -> None:
