@@ -815,7 +815,7 @@ class LiveConfig:
         self.check_seconds = check_seconds
         self.configs = ConfigStore(store, static=static, file_pipelines=self.file_pipelines)
         self._view = LiveView(static, self.file_pipelines)
-        self._fingerprint: tuple[tuple[str, object], ...] | None = None
+        self._fingerprint: tuple[tuple[str, str], ...] | None = None
         self._checked = float("-inf")
         self._lock = threading.Lock()
 
@@ -831,11 +831,13 @@ class LiveConfig:
                 return self._view
             self._checked = now
             try:
+                # ETags, not only times: S3 times have one-second resolution, and two
+                # writes within a second must not look like none.
                 fingerprint = tuple(
                     sorted(
-                        item
-                        for item in self.configs.store.list_with_times("config/")
-                        if item[0].startswith(tuple(f"config/{k}/" for k in KINDS))
+                        (info.key, info.etag)
+                        for info in self.configs.store.list_info("config/")
+                        if info.key.startswith(tuple(f"config/{k}/" for k in KINDS))
                     )
                 )
                 if fingerprint != self._fingerprint:

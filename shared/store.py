@@ -214,6 +214,15 @@ class ObjectStore:
                 if obj.object_name is not None and obj.last_modified is not None:
                     yield obj.object_name, obj.last_modified
 
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects below ``prefix`` with ETag, size and last-modified time (one listing)."""
+        with _errors(f"list {prefix}"):
+            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if obj.object_name is not None:
+                    yield ObjectInfo(
+                        obj.object_name, _etag(obj.etag), int(obj.size or 0), obj.last_modified
+                    )
+
     # -- deleting --------------------------------------------------------------------------
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:

@@ -25,6 +25,7 @@ from services.selector.main import SelectorService
 from shared import keys
 from shared.broker import Broker
 from shared.config import SeriesflowConfig, parse_config
+from shared.configstore import LiveConfig
 from shared.dicom.metadata import SELECTED_IMAGES_FILE
 from shared.errors import InvalidInputError
 from shared.events import Envelope, ExportRequested, event_id, new_id
@@ -330,3 +331,22 @@ def test_the_receiver_refuses_to_start_when_an_ae_title_names_no_pipeline(
     receiver = Receiver(configured, config)
     with pytest.raises(InvalidInputError, match="AE title 'X' names pipeline 'nope'"):
         receiver.start()
+
+
+def test_two_changes_within_one_second_are_both_seen(configured: ServiceSettings) -> None:
+    """S3 modification times have one-second resolution: the live view compares ETags."""
+    store = ObjectStore(configured)
+    store.ensure_bucket()
+    live = LiveConfig(store, SeriesflowConfig(), 0.0)
+    key = keys.config("pipelines", "fast")
+    for _ in range(20):
+        store.put_json(key, {"name": "fast", "spec": {"name": "fast"}})
+        first = store.stat(key).modified
+        assert live.get("fast") is not None
+        store.put_bytes(key, b"damaged")
+        if store.stat(key).modified == first:
+            break
+        store.delete(key)
+    else:
+        pytest.skip("could not write twice within one second")
+    assert live.get("fast") is None

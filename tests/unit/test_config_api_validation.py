@@ -45,7 +45,7 @@ def test_ae_title_spec_is_canonical() -> None:
         ("pipelines", "p", {"name": "p", "rules-file": "x.json"}, "inline"),
         ("pipelines", "p", {"name": "q"}, "differs"),
         ("pipelines", "p", {"rules": {"selections": [{"conditions": {}}]}}, "name"),
-        ("pipelines", "p", {"image-format": "png"}, "image_format"),
+        ("pipelines", "p", {"image-format": "png"}, "image-format must be one of mhd, nii, nii.gz"),
     ],
 )
 def test_invalid_specs_are_422(kind: str, name: str, spec: dict[str, Any], words: str) -> None:
