@@ -16,7 +16,8 @@ returns                     ack (the handler's side effects are durable by then)
 :class:`TransientError`     wait (exponential backoff), nack and requeue; on the last
 (or any other exception)    allowed delivery, dead-letter with the reason instead
 :class:`PermanentError`     dead-letter at once with the reason, then ack
-malformed message           dead-letter at once (a permanent error)
+malformed message           dead-letter at once (a permanent error): not an event, an
+                            unknown ``version``, an unsafe object key (shared/events.py)
 ==========================  ==============================================================
 
 A dead letter carries ``x-seriesflow-reason``, ``x-seriesflow-error``, ``x-seriesflow-service``
