@@ -24,29 +24,31 @@ bash scripts/services.sh
 VENV="$PWD/.venv/bin"
 export SERIESFLOW_TESTDATA="${SERIESFLOW_TESTDATA:-$(cd .. && pwd)/shared/testdata}"
 
-echo "== ruff"
-"$VENV/ruff" check .
-"$VENV/ruff" format --check .
-echo "== mypy"
-"$VENV/mypy"
-echo "== pytest"
-set +e
-"$VENV/pytest" "$@"
-status=$?
-set -e
-if [ "$status" -eq 5 ]; then
-  echo "pytest collected no tests: that is a failure" >&2
-  status=1
-fi
-if [ "$compose_stage" = 1 ]; then
-  echo "== compose: the acceptance suite against docker compose up"
+# Every stage runs even when one before it failed, so one run shows every failure; the exit
+# status is the first failure's.
+status=0
+stage() {  # stage NAME COMMAND...
+  local name=$1 result
+  shift
+  echo "== $name"
   set +e
-  bash scripts/compose-ci.sh
-  compose_status=$?
+  "$@"
+  result=$?
   set -e
-  if [ "$compose_status" -ne 0 ]; then
-    echo "the compose acceptance stage failed (exit status $compose_status)" >&2
-    [ "$status" -ne 0 ] || status=$compose_status
+  if [ "$name" = pytest ] && [ "$result" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure" >&2
+    result=1
   fi
+  if [ "$result" -ne 0 ]; then
+    echo "== $name failed (exit status $result)" >&2
+    [ "$status" -ne 0 ] || status=$result
+  fi
+}
+stage "ruff check" "$VENV/ruff" check .
+stage "ruff format" "$VENV/ruff" format --check .
+stage mypy "$VENV/mypy"
+stage pytest "$VENV/pytest" "$@"
+if [ "$compose_stage" = 1 ]; then
+  stage "compose: the acceptance suite against docker compose up" bash scripts/compose-ci.sh
 fi
 exit "$status"
