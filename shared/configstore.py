@@ -92,6 +92,18 @@ class ConfigError(PermanentError):
         self.code = code
 
 
+class DamagedObjectError(ConfigError):
+    """A stored document that cannot be read (written behind the API's back, or damaged):
+    the services skip it; the API answers 422 and lets it be deleted."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(
+            422,
+            "damaged",
+            f"{_what(kind, name)}: the stored document is damaged; delete it and create it again",
+        )
+
+
 def not_found(reason: str) -> ConfigError:
     return ConfigError(404, "not_found", reason)
 
@@ -309,7 +321,7 @@ class ConfigStore:
                 overrides_file=bool(document.get("overridesFile", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise PermanentError(f"{_what(kind, name)}: the stored document is damaged") from exc
+            raise DamagedObjectError(kind, name) from exc
 
     def get(self, kind: str, name: str) -> StoredObject:
         """A stored object, else the file's entry of that name; 404 if neither."""
@@ -363,10 +375,12 @@ class ConfigStore:
         for name in sorted(n for n in names if n):
             try:
                 items.append(self._read(kind, name))
+            except DamagedObjectError as exc:
+                log.error("stored configuration skipped", extra={"reason": exc.reason})
             except ConfigError as exc:  # deleted between list and read
                 if exc.status != 404:
                     raise
-            except PermanentError as exc:
+            except PermanentError as exc:  # a key whose name is not valid
                 log.error("stored configuration skipped", extra={"reason": exc.reason})
         return items
 
@@ -454,7 +468,14 @@ class ConfigStore:
 
     def delete(self, kind: str, name: str, who: str, revision: str | None = None) -> StoredObject:
         check_kind(kind)
-        current = self.get(kind, name)
+        try:
+            current = self.get(kind, name)
+        except DamagedObjectError:
+            damaged = StoredObject(kind, name, {}, "", "", "", who)
+            self._check_still_used(kind, name, damaged, None)
+            self.store.delete(keys.config(kind, name))
+            self._record(who, "deleted", kind, name, None, None)
+            return damaged
         if current.origin == "file":
             raise conflict(self._file_reason(kind, name, "deleted"))
         if revision and _etag(revision) != current.revision:

@@ -786,3 +786,18 @@ def test_read_from_crd_flags(settings: ServiceSettings, store: ObjectStore, tmp_
     created = client.post("/api/v1/ae-titles", json={"aeTitle": "FILEAE", "pipeline": "filepipe"})
     assert created.status_code == 201, created.text
     assert created.json()["origin"] == "store"
+
+
+def test_a_damaged_stored_object_is_reported_and_can_be_deleted(
+    client: TestClient, store: ObjectStore
+) -> None:
+    store.put_bytes(keys.config("destinations", "broken"), b"{not json")
+    assert client.post("/api/v1/pipelines", json={"name": "fine"}).status_code == 201
+    answer = client.get("/api/v1/destinations/broken")
+    assert answer.status_code == 422
+    assert "damaged" in answer.json()["message"]
+    assert client.get("/api/v1/destinations").json() == []  # left out, and logged
+    assert [p["name"] for p in client.get("/api/v1/pipelines").json()] == ["fine"]
+    assert client.delete("/api/v1/destinations/broken").status_code == 204
+    assert not store.exists(keys.config("destinations", "broken"))
+    assert client.get("/api/v1/audit").json()[0]["action"] == "deleted"
