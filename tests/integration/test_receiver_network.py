@@ -150,7 +150,7 @@ def test_idle_partial_requests_neither_block_the_port_nor_stay_open(
     port = free_port()
     config = write_config(tmp_path / "config.yaml", port)
     sources = [f"127.0.0.{n}" for n in range(2, 7)]
-    with running(settings, config, dicom_acse_timeout_seconds=8.0) as rx:
+    with running(settings, config, dicom_acse_timeout_seconds=12.0) as rx:
         with idle_attackers(port, sources, per_source=4) as attackers:
             echo = echoscu(port)
             assert echo.returncode == 0, echo.stdout + echo.stderr
@@ -159,7 +159,7 @@ def test_idle_partial_requests_neither_block_the_port_nor_stay_open(
             assert not any(closed_by_peer(s, timeout=0.01) for s in attackers), (
                 "served while every attacker was still connected"
             )
-            assert all(closed_by_peer(s, timeout=12.0) for s in attackers)
+            assert all(closed_by_peer(s, timeout=16.0) for s in attackers)
         wait_until(lambda: rx.ae is not None and not _acceptors(rx), 10, "acceptors ended")
     timed_out = transport_log.matching("no complete association request in time")
     assert len(timed_out) == 20
