@@ -249,6 +249,8 @@ class ScpConfig(_Model):
         titles = [a.ae_title for a in self.ae_titles]
         if len(set(titles)) != len(titles):
             raise ValueError("ae-titles lists an AE title twice")
+        if self.tls is not None and self.tls.port == self.port:
+            raise ValueError("tls > port must differ from port")
         return self
 
     @model_validator(mode="after")

@@ -1,13 +1,17 @@
-"""PDU framing checks and connection limits of the DICOM port (no network)."""
+"""PDU framing checks, connection limits and TLS settings of the DICOM port (no network)."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
 from services.receiver.limits import ConnectionLimits, Refusal
 from services.receiver.transport import MIN_ASSOCIATION_PDU_LIMIT, PduFramer, PduLimits
+from shared.config import parse_config
+from shared.errors import InvalidInputError
+from shared.tls import TlsConfigError, server_context
 
 
 def header(pdu_type: int, length: int) -> bytes:
@@ -96,3 +100,42 @@ def test_only_admitted_associations_count_and_places_are_freed_once() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         ConnectionLimits(0, 1, 1)
+
+
+def scp_with_tls(**tls: object) -> dict[str, object]:
+    return {"dicom": {"scp": {"port": 104, "tls": {"certificate": "c", "private-key": "k", **tls}}}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (scp_with_tls(port=104), "tls > port must differ from port"),
+        (scp_with_tls(**{"verify-clients": True}), "verify-clients needs ca-certificates"),
+        (scp_with_tls(**{"verify-client": True}), "did you mean verify-clients?"),
+        (
+            {"dicom": {"scu": {"destinations": [{"name": "p", "host-ip": "h", "port": 1,
+             "ae-title": "P", "tls": {"certificate": "c"}}]}}},
+            "certificate and private-key go together",
+        ),
+        ({"dicom": {"scp": {"max-pdu-size": 0}}}, "max-pdu-size"),
+    ],
+)  # fmt: skip
+def test_bad_tls_and_limit_settings_are_refused_with_their_place(
+    data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        parse_config(data)
+    assert message in caught.value.reason
+
+
+def test_unreadable_certificates_name_the_setting(tmp_path: Path) -> None:
+    config = parse_config(scp_with_tls(certificate=str(tmp_path / "none.crt")))
+    assert config.dicom.scp.tls is not None
+    with pytest.raises(TlsConfigError) as caught:
+        server_context(config.dicom.scp.tls)
+    assert caught.value.reason.startswith("dicom > scp > tls: certificate or private-key")
+    (tmp_path / "bad.crt").write_text("not a certificate")
+    config = parse_config(scp_with_tls(certificate=str(tmp_path / "bad.crt")))
+    assert config.dicom.scp.tls is not None
+    with pytest.raises(TlsConfigError):
+        server_context(config.dicom.scp.tls)
