@@ -55,7 +55,7 @@ class EncodingError(Exception):
 
 @dataclass
 class _Walk:
-    data: bytes
+    data: bytes | memoryview
     little: bool
     implicit: bool
     found: dict[int, str] = field(default_factory=dict)
@@ -70,7 +70,7 @@ class _Walk:
         return (self.u16(offset) << 16) | self.u16(offset + 2)
 
 
-def check_encoding(data: bytes, transfer_syntax_uid: str) -> dict[int, str]:
+def check_encoding(data: bytes | memoryview, transfer_syntax_uid: str) -> dict[int, str]:
     """Walk the data set ``data``; its top-level identifying UIDs (stripped), by tag.
 
     Raises :class:`EncodingError` when the data set is not well formed.
@@ -88,7 +88,7 @@ def check_encoding(data: bytes, transfer_syntax_uid: str) -> dict[int, str]:
     return walk.found
 
 
-def _inflate(data: bytes) -> bytes:
+def _inflate(data: bytes | memoryview) -> bytes:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         inflated = inflater.decompress(data, _MAX_INFLATED)
@@ -136,7 +136,8 @@ def _data_set(walk: _Walk, offset: int, end: int, depth: int) -> int:
             with contextlib.suppress(EncodingError):
                 _items(walk, value_at, value_end, depth)
         elif depth == 0 and tag in IDENTIFYING:
-            walk.found[tag] = walk.data[value_at:value_end].decode("ascii", "replace").strip("\0 ")
+            value = bytes(walk.data[value_at:value_end])
+            walk.found[tag] = value.decode("ascii", "replace").strip("\0 ")
         offset = value_end
     if end == UNDEFINED:
         raise EncodingError("an item of undefined length has no item delimiter")
@@ -151,7 +152,7 @@ def _header(walk: _Walk, offset: int) -> tuple[int, bytes | None, int, int]:
     tag = walk.tag(offset)
     if walk.implicit or (tag >> 16) == 0xFFFE:
         return tag, None, walk.u32(offset + 4), offset + 8
-    vr = data[offset + 4 : offset + 6]
+    vr = bytes(data[offset + 4 : offset + 6])
     if vr in _LONG_VRS:
         if offset + 12 > len(data):
             raise EncodingError(f"element header cut off at byte {offset}")

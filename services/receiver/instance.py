@@ -81,7 +81,7 @@ def describe(
     two equal to the request's.
     """
     try:
-        found = check_encoding(data[_data_set_offset(data) :], transfer_syntax_uid)
+        found = check_encoding(memoryview(data)[_data_set_offset(data) :], transfer_syntax_uid)
     except EncodingError as exc:
         reason = f"data set is not well formed: {exc}"
         raise InstanceError(statuses.CANNOT_UNDERSTAND, reason) from exc
