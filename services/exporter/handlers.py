@@ -188,6 +188,30 @@ def make_handler(
     return handler
 
 
+def make_dead_letter_handler(
+    jobs: JobStore, broker: Broker, settings: ExporterSettings
+) -> Callable[[Envelope, str], None]:
+    """``on_dead_letter`` for :meth:`shared.broker.Broker.consume`: an export RabbitMQ gave
+    up on (the exporter died on it each time) is published ``failed``, with the files the
+    stored state knows as sent."""
+
+    def dead_lettered(envelope: Envelope, reason: str) -> None:
+        body = envelope.body
+        if isinstance(body, ExportRequested):
+            with job_context(envelope.job_id, envelope.correlation_id):
+                log.error(
+                    "export given up",
+                    extra={
+                        "export_id": body.export_id,
+                        "destination": body.destination,
+                        "reason": reason,
+                    },
+                )
+                _publish_from_state(jobs, broker, envelope, body, settings.delivery_limit + 1)
+
+    return dead_lettered
+
+
 def _attempt(
     jobs: JobStore,
     job_id: str,

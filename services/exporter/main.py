@@ -23,6 +23,7 @@ from services.exporter.handlers import (
     SERVICE,
     ConfiguredDestinations,
     Destinations,
+    make_dead_letter_handler,
     make_handler,
 )
 from services.exporter.settings import ExporterSettings, exporter_settings
@@ -50,7 +51,8 @@ def _consume(
         return
     try:
         handler = make_handler(JobStore(store), broker, destinations, settings, options)
-        broker.consume(SERVICE, BINDINGS, handler, stop)
+        given_up = make_dead_letter_handler(JobStore(store), broker, settings)
+        broker.consume(SERVICE, BINDINGS, handler, stop, on_dead_letter=given_up)
     finally:
         broker.close()
 

@@ -26,6 +26,7 @@ from shared.broker import Broker, Delivery, dead_letter_queue, queue_name
 from shared.events import (
     EXCHANGE,
     Envelope,
+    ExportCompleted,
     ExportRequested,
     JobFailed,
     JobReceived,
@@ -83,6 +84,17 @@ def dead_letter(broker: Broker, service: str) -> tuple[dict[str, Any], bytes] | 
     if method is None:
         return None
     return dict(properties.headers or {}), body
+
+
+def pacs_config(folder: Path) -> Path:
+    """A configuration file with destination ``pacs``, where nothing listens."""
+    config = folder / "seriesflow.yaml"
+    config.write_text(
+        "dicom:\n  scu:\n    ae-title: SERIESFLOW\n    destinations:\n"
+        f"      - name: pacs\n        host-ip: 127.0.0.1\n        port: {free_port()}\n"
+        "        ae-title: PACS\n"
+    )
+    return config
 
 
 class Consumer:
@@ -160,6 +172,32 @@ def test_a_job_the_parser_dies_on_every_time_is_reported_failed(
     assert "delivery limit" in failure.body.reason
 
 
+def test_an_export_the_exporter_dies_on_every_time_is_published_failed(
+    settings: ServiceSettings, broker: Broker, amqp_url: str, tmp_path: Path
+) -> None:
+    exporter_settings = ExporterSettings(
+        **{**settings.model_dump(), "config": pacs_config(tmp_path)}
+    )
+    broker.declare_service_queue("exporter", ("export.requested.#",), notices=True)
+    job, export_id = new_id(), new_id()
+    request = ExportRequested(
+        export_id=export_id,
+        destination="pacs",
+        pipeline="brain",
+        selection="T1",
+        instance_keys=[f"incoming/{new_id()}/1.2.3.dcm"],
+    )
+    broker.publish(Envelope.wrap(request, job_id=job, producer="selector", event_id=new_id()))
+    die_on_deliveries(amqp_url, queue_name("exporter"), settings.delivery_limit + 3)
+    store = ObjectStore(settings)
+    stored = keys.event(job, f"exported-{export_id}")
+    with ExporterService(exporter_settings):
+        wait_until(lambda: store.exists(stored), 30, "export.completed stored")
+    completed = Envelope.from_bytes(store.get_bytes(stored))
+    assert isinstance(completed.body, ExportCompleted)
+    assert (completed.body.status, completed.body.destination) == ("failed", "pacs")
+
+
 def test_a_message_seriesflow_dead_letters_itself_is_not_reported_twice(
     settings: ServiceSettings, broker: Broker
 ) -> None:
@@ -193,14 +231,9 @@ def test_an_unknown_envelope_version_is_dead_lettered_with_the_reason(
 def test_an_export_key_with_dot_dot_is_dead_lettered_at_once_not_retried(
     settings: ServiceSettings, broker: Broker, tmp_path: Path
 ) -> None:
-    config = tmp_path / "seriesflow.yaml"
-    port = free_port()  # nothing listens: the export must never get that far
-    config.write_text(
-        "dicom:\n  scu:\n    ae-title: SERIESFLOW\n    destinations:\n"
-        f"      - name: pacs\n        host-ip: 127.0.0.1\n        port: {port}\n"
-        "        ae-title: PACS\n"
+    exporter_settings = ExporterSettings(
+        **{**settings.model_dump(), "config": pacs_config(tmp_path)}
     )
-    exporter_settings = ExporterSettings(**{**settings.model_dump(), "config": config})
     broker.declare_service_queue("exporter", ("export.requested.#",))
     job = new_id()
     good = ExportRequested(
