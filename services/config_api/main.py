@@ -15,7 +15,7 @@ import uvicorn
 
 from services.config_api.app import PRODUCER, create_app
 from services.config_api.repository import ConfigRepository
-from services.config_api.security import check_bind, parse_tokens
+from services.config_api.security import check_bind, parse_identifier_readers, parse_tokens
 from services.config_api.settings import config_api_settings
 from services.runtime import ServiceThread, connect_broker, connect_store
 from shared.config import load_config
@@ -30,7 +30,9 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     """Serve until ``stop`` is set; a bad bind, token list or configuration fails at once."""
     config = config_api_settings(settings)
     stop = stop or threading.Event()
-    check_bind(config.host, parse_tokens(config.api_token, config.api_tokens))
+    tokens = parse_tokens(config.api_token, config.api_tokens)
+    check_bind(config.host, tokens)
+    parse_identifier_readers(config.api_identifier_readers, tokens)  # a typo fails at once
     static = load_config(config.config)
     store = connect_store(config, stop)
     if store is None:
