@@ -5,6 +5,10 @@ their encoded bytes, which is cheap, and each distinct value is turned into the 
 only once: attributes equal in every instance of a series go to the series, Patient and
 Study module attributes equal in every series go to the study, and only what varies stays
 with the instance.
+
+Grouping and the choice of common tags work on files at rest (see
+:class:`~shared.dicom.files.HeaderReader`); only the JSON conversion needs whole datasets,
+and it wakes one series at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pydicom.datadict import tag_for_keyword
 
-from shared.dicom.files import InstanceFile
+from shared.dicom.files import InstanceFile, SparseSignatures, awake
 from shared.dicom.json_model import JsonAttributes, dataset_to_json
 from shared.dicom.metadata import Instance, SkippedFile
 
@@ -86,6 +90,21 @@ class StudyInstances:
 
 def _common_tags(files: Sequence[InstanceFile]) -> frozenset[int]:
     """Tags whose value is the same in every file (compared by their encoded bytes)."""
+    sparse = [s for f in files if isinstance(s := f.signatures, SparseSignatures)]
+    first = sparse[0] if sparse else None
+    if (
+        first is not None
+        and len(sparse) == len(files)
+        and all(s.reference is first.reference for s in sparse)
+    ):
+        # One shared reference: only the tags some file differs on need a comparison.
+        touched = frozenset().union(*(s.touched for s in sparse))
+        common = set(first.reference) - touched
+        for tag in touched:
+            value = first.get(tag, _MISSING)
+            if value is not _MISSING and all(s.get(tag, _MISSING) == value for s in sparse):
+                common.add(tag)
+        return frozenset(common)
     reference = files[0].signatures
     common = set(reference)
     for other in files[1:]:
@@ -111,9 +130,13 @@ def _instance_sort_key(item: InstanceFile) -> tuple[int, str]:
 
 
 def group_instances(
-    files: Iterable[InstanceFile],
+    files: Iterable[InstanceFile], *, place: bool = True
 ) -> tuple[list[StudyInstances], list[SkippedFile]]:
     """Group instances into studies and series; a repeated SOP Instance UID is skipped.
+
+    With ``place`` the attributes of every level are filled in too; without, the caller
+    does it one study and one series at a time (:func:`place_study_attributes`,
+    :func:`place_series_attributes`), converting each series while it is awake.
 
     Of two files with the same SOP Instance UID the first is kept, unless its pixel data
     is cut short and the other's is complete: a damaged stray copy never pushes out an
@@ -151,13 +174,25 @@ def group_instances(
     studies.sort(
         key=lambda s: (str(s.series[0].files[0].dataset.get("StudyDate", "")), s.study_instance_uid)
     )
-    for study in studies:
-        place_attributes(study)
+    if place:
+        for study in studies:
+            place_attributes(study)
     return studies, skipped
 
 
 def place_attributes(study: StudyInstances) -> None:
     """Fill in the study, series and instance attributes (see the module docstring)."""
+    study_tags = place_study_attributes(study)
+    for series in study.series:
+        with awake(series.files):
+            place_series_attributes(series, study_tags)
+
+
+def place_study_attributes(study: StudyInstances) -> frozenset[int]:
+    """Choose every series' common tags and fill in the study's attributes.
+
+    Returns the tags that went to the study, for :func:`place_series_attributes`.
+    """
     for series in study.series:
         series.common_tags = _common_tags(series.files)
     first_series = study.series[0]
@@ -168,21 +203,26 @@ def place_attributes(study: StudyInstances) -> None:
         study_tags = {
             t for t in study_tags if t in other.common_tags and signatures[t] == reference[t]
         }
-    study.attributes = dataset_to_json(first_series.files[0].dataset, study_tags)
-    for series in study.series:
-        series_tags = series.common_tags - study_tags
-        series.attributes = dataset_to_json(series.files[0].dataset, series_tags)
-        series.instances = []
-        for item in series.files:
-            own = [
-                t
-                for t in item.dataset.keys()  # noqa: SIM118
-                if t not in series.common_tags and t not in _PIXEL_TAGS
-            ]
-            series.instances.append(
-                Instance(
-                    SOPInstanceUID=item.sop_instance_uid,
-                    path=item.relative_path,
-                    attributes=dataset_to_json(item.dataset, (int(t) for t in own)),
-                )
+    with awake(first_series.files[:1]):
+        study.attributes = dataset_to_json(first_series.files[0].dataset, study_tags)
+    return frozenset(study_tags)
+
+
+def place_series_attributes(series: SeriesInstances, study_tags: frozenset[int]) -> None:
+    """Fill in a series' and its instances' attributes; its files must be awake."""
+    series_tags = series.common_tags - study_tags
+    series.attributes = dataset_to_json(series.files[0].dataset, series_tags)
+    series.instances = []
+    for item in series.files:
+        own = [
+            t
+            for t in item.dataset.keys()  # noqa: SIM118
+            if t not in series.common_tags and t not in _PIXEL_TAGS
+        ]
+        series.instances.append(
+            Instance(
+                SOPInstanceUID=item.sop_instance_uid,
+                path=item.relative_path,
+                attributes=dataset_to_json(item.dataset, (int(t) for t in own)),
             )
+        )

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import __version__
-from shared.dicom.files import InstanceFile, iter_files, read_instance
-from shared.dicom.hierarchy import group_instances
+from shared.dicom.files import HeaderReader, InstanceFile, awake, iter_files
+from shared.dicom.hierarchy import (
+    group_instances,
+    place_series_attributes,
+    place_study_attributes,
+)
 from shared.dicom.metadata import (
     DAMAGE_CODES,
     METADATA_FILE,
@@ -78,8 +82,9 @@ def parse_folder(
     ]
     skipped: list[SkippedFile] = []
     instances: list[InstanceFile] = []
+    reader = HeaderReader()  # headers at rest: a series' common elements are held once
     for done, path in enumerate(paths, start=1):
-        item = read_instance(path, input_dir)
+        item = reader.read(path, input_dir)
         if isinstance(item, SkippedFile):
             skipped.append(item)
             details = {"reason": item.reason} | ({"path": item.path} if phi_allowed() else {})
@@ -88,17 +93,20 @@ def parse_folder(
             instances.append(item)
         if progress:
             progress("reading", done, len(paths))
-    grouped, duplicates = group_instances(instances)
+    grouped, duplicates = group_instances(instances, place=False)
     skipped.extend(duplicates)
     studies: list[Study] = []
     total_series = sum(len(s.series) for s in grouped)
     done_series = 0
     for study in grouped:
         series_models: list[Series] = []
+        study_tags = place_study_attributes(study)
         for series in study.series:
-            volumes, not_converted = convert_series(
-                series.series_instance_uid, series.files, output_dir, options
-            )
+            with awake(series.files):  # one series' whole headers at a time
+                place_series_attributes(series, study_tags)
+                volumes, not_converted = convert_series(
+                    series.series_instance_uid, series.files, output_dir, options
+                )
             series_models.append(
                 Series(
                     SeriesInstanceUID=series.series_instance_uid,
