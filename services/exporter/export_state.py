@@ -7,15 +7,16 @@ sends only the keys not yet ``sent``, so a retry, a redelivery after a crash or 
 never sends a confirmed instance again.
 
 **When it is written** (:class:`StateRecorder`). The state is written once when an attempt
-starts, after every file outcome, and once at the end. ``SERIESFLOW_EXPORTER_STATE_LAG``
-(default 0) bounds how many recorded outcomes may still be on their way to the store while
-the next file is sent:
+starts, after file outcomes, and once at the end. ``SERIESFLOW_EXPORTER_STATE_LAG``
+(default 16) bounds how many recorded outcomes may still be on their way to the store while
+the next files are sent:
 
-* ``0``: each confirmation is durable before the next C-STORE starts. A crash can only
-  resend the one file that was on the wire.
+* ``0``: each confirmation is durable before that association's next C-STORE starts. A
+  crash can only resend the files that were on the wire (one per association).
 * ``N > 0``: a background thread writes the newest state as soon as the previous write
-  finished (several confirmations per write when the store is slow), and the sender waits
-  only when ``N`` outcomes are not yet durable. A crash resends at most ``N + 1`` files.
+  finished (several confirmations per write when the store is slow), and the senders wait
+  only when ``N`` outcomes are not yet durable. A crash resends at most ``N`` files plus
+  one per association.
 
 A resend never duplicates anything at a destination that keys instances by SOP Instance
 UID (PACS, Orthanc, dcmtk's ``storescp``), but it costs time and bandwidth, so the bound
@@ -96,6 +97,7 @@ class StateRecorder:
         self.destination = state.for_destination(destination)
         self.lag = lag
         self._cond = threading.Condition()
+        self._put_lock = threading.Lock()
         self._version = 0
         self._durable = 0
         self._error: SeriesflowError | None = None
@@ -148,14 +150,18 @@ class StateRecorder:
     def flush(self) -> None:
         """Return once everything recorded so far is durable in the store."""
         if self._writer is None:
-            with self._cond:
-                version = self._version
-                if version == self._durable:
-                    return
-                data = self._snapshot()
-            self._put(data)
-            with self._cond:
-                self._durable = max(self._durable, version)
+            # One write at a time (several associations record at once): a snapshot is
+            # never overwritten by an older one, and a waiting thread often finds its
+            # record already written by the one before it.
+            with self._put_lock:
+                with self._cond:
+                    version = self._version
+                    if version <= self._durable:
+                        return
+                    data = self._snapshot()
+                self._put(data)
+                with self._cond:
+                    self._durable = max(self._durable, version)
             return
         with self._cond:
             self._cond.notify_all()

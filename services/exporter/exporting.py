@@ -3,9 +3,10 @@
 1. Load the state; the keys it does not mark ``sent`` are pending.
 2. Read the head of each pending object (its File Meta Information) in parallel: a missing
    object or one that is not a DICOM Part 10 file is ``skipped``.
-3. Plan the association(s) from the files' SOP classes and transfer syntaxes, open one,
-   and send the files in the order they were requested, each downloaded ahead into a spool
-   folder (at most ``exporter_prefetch`` files on disk) and removed once sent.
+3. Plan the association(s) from the files' SOP classes and transfer syntaxes and send the
+   files over ``exporter_associations`` parallel associations (each takes the next file in
+   the requested order), each file downloaded ahead into a spool folder (at most
+   ``exporter_prefetch`` files on disk) and removed once sent.
 4. Record each file's outcome as it happens (:class:`StateRecorder`).
 
 Retries inside the attempt: a C-STORE without a response (timeout, abort, lost
@@ -19,6 +20,7 @@ that cannot be read raises :class:`TransientError` (what was recorded stays reco
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,9 +59,12 @@ class ExportOptions:
     backoff_max: float = 30.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_pdu: int = 16382
+    associations: int = 1
 
     @classmethod
-    def from_settings(cls, settings: ExporterSettings, max_pdu: int | None = None) -> ExportOptions:
+    def from_settings(
+        cls, settings: ExporterSettings, max_pdu: int | None = None, associations: int = 1
+    ) -> ExportOptions:
         return cls(
             fetch_workers=settings.exporter_fetch_workers,
             prefetch=settings.exporter_prefetch,
@@ -74,6 +79,7 @@ class ExportOptions:
                 network=settings.exporter_network_timeout,
             ),
             max_pdu=settings.exporter_max_pdu if max_pdu is None else max_pdu,
+            associations=settings.exporter_associations or associations,
         )
 
     def wait(self, retry: int) -> float:
@@ -154,6 +160,7 @@ class ExportAttempt:
         self.sleep = sleep
         self.transient: dict[str, bool] = {}
         self.sent_now = 0
+        self._lock = threading.Lock()
 
     def run(
         self, instance_keys: list[str], known: Mapping[str, Pair] | None = None
@@ -220,17 +227,7 @@ class ExportAttempt:
             plans = plan_associations([pair for _, pair in files])
             for number, plan in enumerate(plans):
                 group = [files[i] for i in plan.files]
-                association = StoreAssociation(
-                    self.destination,
-                    self.calling_ae_title,
-                    plan.contexts,
-                    self.options.timeouts,
-                    self.options.max_pdu,
-                )
-                try:
-                    stopped = self._send_group(pool, spool, association, group)
-                finally:
-                    association.close()
+                stopped = _GroupSender(self, pool, spool, plan.contexts, group).run()
                 if stopped is not None:
                     for later in plans[number + 1 :]:
                         for index in later.files:
@@ -239,50 +236,6 @@ class ExportAttempt:
                     return
         finally:
             shutil.rmtree(spool, ignore_errors=True)
-
-    def _send_group(
-        self,
-        pool: ThreadPoolExecutor,
-        spool: Path,
-        association: StoreAssociation,
-        group: list[tuple[str, Pair]],
-    ) -> AssociationError | None:
-        """Send one association's files; returns the error that stopped it, if one did."""
-        downloads: dict[int, Future[FileMeta]] = {}
-
-        def fetch_ahead(position: int) -> None:
-            for ahead in range(position, min(position + self.options.prefetch, len(group))):
-                if ahead not in downloads:
-                    key = group[ahead][0]
-                    downloads[ahead] = pool.submit(download, self.jobs, key, spool / f"{ahead}.dcm")
-
-        try:
-            for position, (key, _) in enumerate(group):
-                fetch_ahead(position)
-                path = spool / f"{position}.dcm"
-                try:
-                    meta = downloads.pop(position).result()
-                except ObjectNotFoundError:
-                    self._record(key, "skipped", "not in the object store", transient=False)
-                    continue
-                except NotPart10Error as exc:
-                    self._record(key, "skipped", str(exc), transient=False)
-                    continue
-                try:
-                    error = self._send_file(association, key, path, meta)
-                finally:
-                    path.unlink(missing_ok=True)
-                if error is not None:
-                    for later, _meta in group[position + 1 :]:
-                        self._record(later, "failed", error.reason, error.transient)
-                    return error
-        finally:
-            for future in downloads.values():
-                future.cancel()
-            for future in downloads.values():
-                if not future.cancelled():
-                    future.exception()  # wait, so nothing writes into a removed spool
-        return None
 
     def _send_file(
         self, association: StoreAssociation, key: str, path: Path, meta: FileMeta
@@ -297,7 +250,8 @@ class ExportAttempt:
                     return error
             result = association.send(path, meta)
             if result.outcome is StoreOutcome.CONFIRMED:
-                self.sent_now += 1
+                with self._lock:
+                    self.sent_now += 1
                 self._record(key, "sent", result.detail, transient=False)
                 return None
             if result.outcome is StoreOutcome.RESEND:
@@ -335,7 +289,8 @@ class ExportAttempt:
     # -- bookkeeping ------------------------------------------------------------------
 
     def _record(self, key: str, status: FileState, detail: str, transient: bool) -> None:
-        self.transient[key] = transient
+        with self._lock:
+            self.transient[key] = transient
         self.recorder.record(key, status, detail)
 
     def _result(self, requested: list[str], attempt: int) -> AttemptResult:
@@ -356,3 +311,142 @@ class ExportAttempt:
         return AttemptResult(
             attempt, files, Tally(len(requested), confirmed, transient), self.sent_now
         )
+
+
+class _GroupSender:
+    """The files of one association plan, sent over up to ``options.associations``
+    associations at once. Each association's thread takes the next file in order; files
+    are downloaded ahead in that order. When one association cannot be opened, no file is
+    taken any more and every file not yet taken fails with that reason."""
+
+    def __init__(
+        self,
+        attempt: ExportAttempt,
+        pool: ThreadPoolExecutor,
+        spool: Path,
+        contexts: tuple[Pair, ...],
+        group: list[tuple[str, Pair]],
+    ) -> None:
+        self.attempt = attempt
+        self.pool = pool
+        self.spool = spool
+        self.contexts = contexts
+        self.group = group
+        self._lock = threading.Lock()
+        self._downloads: dict[int, Future[FileMeta]] = {}
+        self._next = 0
+        self._stopped: AssociationError | None = None
+        self._raised: BaseException | None = None
+        self._count = 1  # associations still working (or trying to open)
+
+    def run(self) -> AssociationError | None:
+        """Send the group; returns the error that stopped it, if one did."""
+        count = self._count = max(1, min(self.attempt.options.associations, len(self.group)))
+        try:
+            if count == 1:
+                self._work()
+            else:
+                threads = [
+                    threading.Thread(target=self._guarded, name=f"export-send-{n}", daemon=True)
+                    for n in range(count)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+        finally:
+            with self._lock:
+                futures = list(self._downloads.values())
+                self._downloads.clear()
+            for future in futures:
+                future.cancel()
+            for future in futures:
+                if not future.cancelled():
+                    future.exception()  # wait, so nothing writes into a removed spool
+        if self._raised is not None:
+            raise self._raised  # e.g. the state could not be stored: the attempt stops
+        stopped = self._stopped
+        if stopped is not None:
+            for key, _pair in self.group[self._next :]:
+                self.attempt._record(key, "failed", stopped.reason, stopped.transient)
+        return stopped
+
+    def _take(self) -> tuple[int, Future[FileMeta]] | None:
+        """The next file's position and download, fetching ahead; None when done."""
+        with self._lock:
+            if self._stopped or self._raised or self._next >= len(self.group):
+                return None
+            position = self._next
+            self._next += 1
+            last = min(position + self.attempt.options.prefetch, len(self.group))
+            for ahead in range(position, last):
+                if ahead not in self._downloads:
+                    key = self.group[ahead][0]
+                    self._downloads[ahead] = self.pool.submit(
+                        download, self.attempt.jobs, key, self.spool / f"{ahead}.dcm"
+                    )
+            return position, self._downloads.pop(position)
+
+    def _opened(self, association: StoreAssociation) -> bool:
+        """Open one of several associations before taking a file. An SCP that serves fewer
+        associations at once (storescp without ``--fork``) answers the others late or not
+        at all: while another association is still sending, giving up is no error."""
+        error = self.attempt._open(association)
+        with self._lock:
+            if error is None:
+                return True
+            self._count -= 1
+            if self._count == 0 and self._next < len(self.group) and self._stopped is None:
+                self._stopped = error  # no association at all: the rest fail
+            else:
+                log.info(
+                    "fewer parallel associations than asked for",
+                    extra={"destination": self.attempt.destination.name, "reason": error.reason},
+                )
+            return False
+
+    def _guarded(self) -> None:
+        """:meth:`_work` in a thread of its own: what it raises stops the others and is
+        raised again by :meth:`run`."""
+        try:
+            self._work()
+        except BaseException as exc:  # handed to run()
+            with self._lock:
+                if self._raised is None:
+                    self._raised = exc
+
+    def _work(self) -> None:
+        attempt = self.attempt
+        association = StoreAssociation(
+            attempt.destination,
+            attempt.calling_ae_title,
+            self.contexts,
+            attempt.options.timeouts,
+            attempt.options.max_pdu,
+        )
+        try:
+            if self._count > 1 and not self._opened(association):
+                return
+            while (taken := self._take()) is not None:
+                position, future = taken
+                key = self.group[position][0]
+                path = self.spool / f"{position}.dcm"
+                try:
+                    meta = future.result()
+                except ObjectNotFoundError:
+                    attempt._record(key, "skipped", "not in the object store", transient=False)
+                    continue
+                except NotPart10Error as exc:
+                    attempt._record(key, "skipped", str(exc), transient=False)
+                    continue
+                try:
+                    error = attempt._send_file(association, key, path, meta)
+                finally:
+                    path.unlink(missing_ok=True)
+                if error is not None:
+                    with self._lock:
+                        if self._stopped is None:
+                            self._stopped = error
+                    return
+        finally:
+            association.close()

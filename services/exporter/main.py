@@ -65,8 +65,13 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     dicom_config = load_config(config.config)
     scu = dicom_config.dicom.scu
     max_pdu = getattr(scu, "max_pdu_size", None)
-    options = ExportOptions.from_settings(config, max_pdu if isinstance(max_pdu, int) else None)
     workers = config.exporter_workers or scu.max_associations
+    # max-associations is shared between the exports at once and each one's associations
+    options = ExportOptions.from_settings(
+        config,
+        max_pdu if isinstance(max_pdu, int) else None,
+        max(1, scu.max_associations // workers),
+    )
     store = connect_store(config, stop)
     if store is None:
         return
@@ -77,6 +82,7 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
             "ae_title": scu.ae_title,
             "destinations": [d.name for d in scu.destinations],
             "workers": workers,
+            "associations_per_export": options.associations,
         },
     )
     try:

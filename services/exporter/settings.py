@@ -32,13 +32,22 @@ class ExporterSettings(ServiceSettings):
         le=20,
         description="Re-associations and re-sends per file after a transient failure",
     )
+    exporter_associations: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description=(
+            "Associations one export sends over at once; default: scu max-associations "
+            "divided by the exports at once (at least 1)"
+        ),
+    )
     exporter_state_lag: int = Field(
-        default=0,
+        default=16,
         ge=0,
         le=64,
         description=(
             "Confirmed files whose record may still be in flight while the next file is "
-            "sent; 0: each confirmation is stored before the next C-STORE"
+            "sent; 0: each confirmation is stored before that association's next C-STORE"
         ),
     )
     exporter_max_pdu: int = Field(

@@ -324,6 +324,45 @@ def test_every_file_arrives_as_stored_at_storescp_and_orthanc(
         assert state.attempts == 1
 
 
+def test_parallel_associations_send_every_file_once_to_a_forking_and_a_serial_scp(
+    settings: ServiceSettings, observer: Observer, tmp_path: Path
+) -> None:
+    """Three associations per export: Orthanc serves them at once; storescp without
+    --fork serves one at a time (the others are answered late or time out), and the export
+    still succeeds over the associations it got."""
+    store = ObjectStore(settings)
+    sources = upload_ct(store, tmp_path, slices=30)
+    with storescp(tmp_path) as scp, orthanc(tmp_path) as pacs:
+        config = exporter_config(
+            settings,
+            tmp_path,
+            {"scp": (scp.port, "DEST"), "pacs": (pacs.dicom_port, "ORTHANC")},
+            exporter_associations=3,
+            exporter_acse_timeout=3.0,
+            exporter_file_retries=0,
+        )
+        requests = {name: export_request(name, list(sources)) for name in ("scp", "pacs")}
+        with ExporterService(config):
+            for request in requests.values():
+                observer.publish(request)
+            events = {body_of(e).destination: e for e in observer.completed(count=2)}
+        received = scp.received()
+        pacs_uids = pacs.sop_instance_uids()
+
+    source_uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources.values()
+    }
+    assert set(received) == source_uids
+    assert sorted(pacs_uids) == sorted(source_uids)
+    for name, request in requests.items():
+        completed = body_of(events[name])
+        assert (completed.status, completed.attempt) == ("succeeded", 1)
+        assert [f.key for f in completed.files] == list(sources)
+        assert {f.status for f in completed.files} == {"sent"}
+        state = load_state(JobStore(store), request.body.export_id).destinations[name]  # type: ignore[union-attr]
+        assert state.confirmed() == set(sources)
+
+
 def test_a_retry_sends_only_what_was_not_confirmed(
     settings: ServiceSettings, observer: Observer, tmp_path: Path
 ) -> None:
@@ -440,6 +479,7 @@ def test_a_killed_exporter_finishes_the_export_after_a_restart_without_duplicate
             "SERIESFLOW_DELIVERY_LIMIT": str(config.delivery_limit),
             "SERIESFLOW_RETRY_BACKOFF_SECONDS": "0.05",
             "SERIESFLOW_EXPORTER_STATE_LAG": "0",
+            "SERIESFLOW_EXPORTER_ASSOCIATIONS": "1",  # one file on the wire at a time
             "SERIESFLOW_LOG_LEVEL": "INFO",
         }
         command = [sys.executable, "-m", "seriesflow", "exporter"]
