@@ -49,6 +49,7 @@ from shared.dicom.metadata import (
 
 from .compare import Comparison, compare_nifti
 from .resampled import compare_resampled, dcm2niix_output
+from .resampled import summary as resampled_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 300.0
@@ -820,9 +821,8 @@ class GeometryCheck:
                 comparison = compare_resampled(result.image(volume), reference, self.slices)
             else:
                 comparison = compare_nifti(result.image(volume), reference)
-        detail = "; ".join(
-            [comparison.summary(), *comparison.notes, *([self.note] * bool(self.note))]
-        )
+        line = resampled_summary(comparison) if self.resampled else comparison.summary()
+        detail = "; ".join([line, *comparison.notes, *([self.note] * bool(self.note))])
         status = Status.MATCH if comparison.ok else Status.MISMATCH
         return Outcome(self.set_name, label, volume.key, status, detail, comparison)
 

@@ -77,6 +77,18 @@ def compare_resampled(ours: Path, reference: Path, slices: int | None = None) ->
     )
 
 
+def summary(comparison: Comparison) -> str:
+    """One line for a person: the resampling rule and the numbers, or what breaks it."""
+    diff = "n/a" if comparison.max_abs_diff is None else f"{comparison.max_abs_diff:.6g}"
+    numbers = f"max voxel diff {diff}, affine diff {comparison.max_affine_diff:.3g} mm"
+    if comparison.ok:
+        return (
+            f"same grid (affines within {AFFINE_MM} mm), voxels correlated above "
+            f"{CORRELATION}: {numbers}"
+        )
+    return "; ".join(comparison.problems) + f" ({numbers})"
+
+
 def _first_slices(path: Path, slices: int, folder: Path) -> Path:
     image: Any = nib.load(str(path))
     cropped = nib.Nifti1Image(
