@@ -34,6 +34,7 @@ from services.receiver.job import AssociationRecord
 from shared import keys
 from shared.broker import Broker
 from shared.events import Envelope, JobReceived
+from shared.jobstore import JobStore
 from shared.manifest import JobManifest
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
@@ -170,9 +171,14 @@ def test_a_malformed_affected_sop_instance_uid_is_answered_0x0117(
 
 
 def receiver_process(
-    settings: ServiceSettings, tmp_path: Path, port: int, name: str, **env: str
+    settings: ServiceSettings,
+    tmp_path: Path,
+    port: int,
+    name: str,
+    config: Path | None = None,
+    **env: str,
 ) -> ServiceProcess:
-    config = write_config(tmp_path / f"{name}.yaml", port)
+    config = config or write_config(tmp_path / f"{name}.yaml", port)
     environment = service_environment(settings, config, tmp_path)
     environment.pop("SERIESFLOW_PIPELINES")  # the receiver only needs the AE title's name
     environment.update({f"SERIESFLOW_{k.upper()}": v for k, v in env.items()})
@@ -335,6 +341,41 @@ def test_after_sigkill_during_a_broker_outage_the_restarted_receiver_recovers_at
     finally:
         process.stop()
     assert len(job_manifest(store_, message).instances) == len(ct)
+
+
+def test_an_association_open_when_the_receiver_was_killed_is_quarantined_not_deleted(
+    settings: ServiceSettings,
+    observer: Broker,  # noqa: F811
+    tmp_path: Path,
+    ct: list[Path],  # noqa: F811
+) -> None:
+    store_ = ObjectStore(settings)
+    port = free_port()
+    config = write_config(tmp_path / "ttl.yaml", port, incoming_ttl=2)
+    process = receiver_process(settings, tmp_path, port, "killed", config)
+    assoc = association(port)
+    try:
+        for path in ct[:2]:
+            assert store(assoc, path) == statuses.SUCCESS
+        process.kill()
+    finally:
+        process.stop()
+        assoc.abort()
+    time.sleep(2.5)  # the orphan is now older than incoming-ttl
+    process = receiver_process(
+        settings, tmp_path, port, "after", config, quarantine_check_seconds="0.3"
+    )
+    try:
+        wait_until(lambda: list(store_.list("quarantine/")) != [], 20, "orphan quarantined")
+        (key,) = store_.list("quarantine/")
+        record = AssociationRecord.model_validate(store_.get_json(key))
+        assert record.ended == "orphaned" and len(record.instances) == 2
+        assert (record.called_ae_title, record.calling_ae_title) == ("SERIESFLOW", "MODALITY")
+        JobStore(store_).request_quarantine_release(record.association_id)
+        (message,) = wait_for_messages(observer, 1, timeout=20)
+    finally:
+        process.stop()
+    assert len(job_manifest(store_, message).instances) == 2
 
 
 # -- #8: duplicates -------------------------------------------------------------------------
