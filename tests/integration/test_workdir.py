@@ -43,6 +43,19 @@ def kill_once_a_folder_exists(process: ServiceProcess, work: Path, kind: str) ->
     return left
 
 
+def kill_and_start_again(
+    service: str, env: dict[str, str], work: Path, kind: str
+) -> tuple[set[Path], ServiceProcess]:
+    """Start ``service``, SIGKILL it while it has a work folder, start it again; the folders
+    the killed process left, and the new process (stop it)."""
+    first = ServiceProcess(service, env, work.parent).start()
+    try:
+        left = kill_once_a_folder_exists(first, work, kind)
+    finally:
+        first.kill()
+    return left, ServiceProcess(service, env, work.parent).start()
+
+
 @pytest.fixture
 def store(settings: ServiceSettings) -> ObjectStore:
     store = ObjectStore(settings)
@@ -68,12 +81,7 @@ def test_a_killed_parsers_folder_is_removed_at_the_next_start(
     env = service_environment(settings, config, pipelines) | {"SERIESFLOW_WORK_DIR": str(work)}
     broker.declare_service_queue("parser", PARSER_BINDINGS, notices=True)
     job = submit(store, broker, brain_study(tmp_path / "study", seed=3), "brain")
-    first = ServiceProcess("parser", env, tmp_path).start()
-    try:
-        left = kill_once_a_folder_exists(first, work, "parser")
-    finally:
-        first.kill()
-    second = ServiceProcess("parser", env, tmp_path).start()
+    left, second = kill_and_start_again("parser", env, work, "parser")
     try:
         wait_until(lambda: not (left & folders(work, "parser")), 30, "the folder to be swept")
         wait_until(
@@ -109,12 +117,7 @@ def test_a_killed_exporters_spool_is_removed_at_the_next_start(
         instance_keys=[i.key for i in job.manifest.instances],
     )
     broker.publish(Envelope.wrap(request, job_id=job.job_id, producer="test", event_id=new_id()))
-    first = ServiceProcess("exporter", env, tmp_path).start()
-    try:
-        left = kill_once_a_folder_exists(first, work, "export")
-    finally:
-        first.kill()
-    second = ServiceProcess("exporter", env, tmp_path).start()
+    left, second = kill_and_start_again("exporter", env, work, "export")
     try:
         wait_until(lambda: not (left & folders(work, "export")), 30, "the spool to be swept")
         wait_until(
