@@ -15,6 +15,7 @@ from services.receiver import statuses
 from services.receiver.dimse import invalid_uid_reason
 from services.receiver.duplicates import DuplicatePolicy, InstanceIndex, Seen, policy_of
 from services.receiver.encoding import SOP_INSTANCE_UID, EncodingError, check_encoding
+from services.receiver.grouping import STUDY_QUIET_SECONDS, group_for, quiet_period
 from services.receiver.instance import InstanceError, describe, part10
 from shared.config import AETitleConfig
 from shared.samples import write_ct_series
@@ -120,3 +121,20 @@ def test_the_index_remembers_the_first_copy_per_group_until_forgotten() -> None:
     index.stored(group, "1.2", Seen("a" * 32, "d"), replace=False)
     index.forget_group(group)
     assert len(index) == 0
+
+
+def test_an_instance_s_group_follows_its_ae_title_s_grouping() -> None:
+    def config(**values: object) -> AETitleConfig:
+        return AETitleConfig.model_validate({"ae-title": "X", **values})
+
+    a = "a" * 32
+    assert group_for(config(), a, "CT", "9.1") == ("association", a)
+    assert group_for(config(timeout=5), a, "CT", "9.1") == ("pair", "X", "CT")
+    assert group_for(config(grouping="study"), a, "CT", "9.1") == ("study", "X", "9.1")
+    assert quiet_period(config()) == 0
+    assert quiet_period(config(grouping="study")) == STUDY_QUIET_SECONDS
+    assert quiet_period(config(grouping="study", timeout=2)) == 2
+    with pytest.raises(ValueError):
+        config(grouping="series")
+    with pytest.raises(ValueError):
+        config(duplicates="ignore")
