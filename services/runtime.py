@@ -16,6 +16,7 @@ from typing import Self, TypeVar
 from shared.broker import Broker
 from shared.errors import TransientError
 from shared.logs import get_logger
+from shared.metrics import Metrics
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
@@ -38,17 +39,19 @@ def _retry(
     return False
 
 
-def connect_store(settings: ServiceSettings, stop: threading.Event) -> ObjectStore | None:
+def connect_store(
+    settings: ServiceSettings, stop: threading.Event, metrics: Metrics | None = None
+) -> ObjectStore | None:
     """The object store with its bucket, retried with backoff; None if stopped first."""
-    store = ObjectStore(settings)
+    store = ObjectStore(settings, metrics=metrics)
     return store if _retry(settings, stop, "object store", store.ensure_bucket) else None
 
 
 def connect_broker(
-    settings: ServiceSettings, producer: str, stop: threading.Event
+    settings: ServiceSettings, producer: str, stop: threading.Event, metrics: Metrics | None = None
 ) -> Broker | None:
     """A connected broker, retried with backoff; None if stopped first."""
-    broker = Broker(settings, producer)
+    broker = Broker(settings, producer, metrics)
     return (
         broker if _retry(settings, stop, "RabbitMQ", lambda: broker.connect(attempts=1)) else None
     )

@@ -18,12 +18,13 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 from services.replay import report_failure
 from services.runtime import connect_broker, connect_store
 from shared.broker import Broker, Delivery
-from shared.config import load_config
+from shared.config import SeriesflowConfig, load_config
 from shared.configstore import LiveConfig
 from shared.errors import PermanentError, SeriesflowError
 from shared.events import Envelope
 from shared.jobstore import JobStore
 from shared.logs import get_logger, job_context
+from shared.metrics import Metrics, serve_metrics
 from shared.pipelines import Pipeline, PipelineRegistry
 from shared.settings import ServiceSettings
 
@@ -59,6 +60,7 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
         self.broker = broker
         self.pipelines = pipelines
         self.settings = settings
+        self.metrics = broker.metrics
 
     def find_pipeline(self, name: str) -> Pipeline:
         """The pipeline a job names, as configured now (unknown: permanent)."""
@@ -76,6 +78,7 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
         with job_context(envelope.job_id, envelope.correlation_id):
             try:
                 self._handle(envelope, body)  # type: ignore[arg-type]
+                self.metrics.job_finished(self.service, "completed", envelope.created_at)
             except PermanentError as exc:
                 self._report(envelope, body.pipeline, exc.reason)  # type: ignore[union-attr]
                 raise
@@ -96,6 +99,7 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
         """
         pipeline = getattr(envelope.body, "pipeline", None)
         if isinstance(envelope.body, self.expects) and isinstance(pipeline, str):
+            self.metrics.job_finished(self.service, "failed")
             with job_context(envelope.job_id, envelope.correlation_id):
                 report_failure(
                     self.jobs,
@@ -113,6 +117,7 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
 
     def _report(self, envelope: Envelope, pipeline: str, reason: str) -> None:
         """Report the job as failed; a failure to report must not hide the original error."""
+        self.metrics.job_finished(self.service, "failed")
         try:
             report_failure(
                 self.jobs,
@@ -140,10 +145,27 @@ def run_stage(
     service = handler_class.service
     folder = PipelineRegistry.load(settings.pipelines)
     static = load_config(settings.config)
-    store = connect_store(settings, stop)
+    metrics = serve_metrics(service, settings)
+    try:
+        _consume(settings, stop, handler_class, bindings, folder, static, metrics)
+    finally:
+        metrics.close()
+
+
+def _consume(
+    settings: SettingsT,
+    stop: threading.Event,
+    handler_class: type[JobStageHandler[BodyT, SettingsT]],
+    bindings: Iterable[str],
+    folder: PipelineRegistry,
+    static: SeriesflowConfig,
+    metrics: Metrics,
+) -> None:
+    service = handler_class.service
+    store = connect_store(settings, stop, metrics)
     if store is None:
         return
-    broker = connect_broker(settings, service, stop)
+    broker = connect_broker(settings, service, stop, metrics)
     if broker is None:
         return
     live = LiveConfig(store, static, file_pipelines=folder)

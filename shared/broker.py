@@ -57,6 +57,7 @@ from pika.spec import Basic, BasicProperties
 from shared.errors import PermanentError, SeriesflowError, TransientError
 from shared.events import EXCHANGE, Envelope
 from shared.logs import get_logger
+from shared.metrics import Metrics
 from shared.settings import ServiceSettings
 
 DEAD_LETTER_EXCHANGE = "seriesflow.dead"
@@ -126,9 +127,12 @@ class QueueStats:
 class Broker:
     """One connection and channel to RabbitMQ, for publishing and consuming."""
 
-    def __init__(self, settings: ServiceSettings, producer: str) -> None:
+    def __init__(
+        self, settings: ServiceSettings, producer: str, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.producer = producer
+        self.metrics = metrics or Metrics(producer)  # counts go nowhere unless served
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
@@ -147,6 +151,7 @@ class Broker:
                 self._connection = pika.BlockingConnection(params)
                 break
             except _CONNECTION_ERRORS as exc:
+                self.metrics.broker_error("unreachable")
                 if attempts is not None and attempt >= attempts:
                     raise TransientError(f"cannot reach RabbitMQ: {type(exc).__name__}") from exc
                 log.warning("broker unreachable, retrying", extra={"in_seconds": delay})
@@ -254,6 +259,7 @@ class Broker:
     def publish(self, envelope: Envelope, headers: dict[str, Any] | None = None) -> None:
         """Publish with confirmation; raises TransientError if the broker did not take it."""
         self._publish(EXCHANGE, envelope.routing_key, envelope.to_bytes(), envelope, headers)
+        self.metrics.published(envelope.type)
 
     def _publish(
         self,
@@ -275,10 +281,13 @@ class Broker:
         try:
             self.channel.basic_publish(exchange, routing_key, body, properties)
         except pika.exceptions.NackError as exc:
+            self.metrics.broker_error("refused")
             raise TransientError("RabbitMQ refused the message (nack)") from exc
         except pika.exceptions.UnroutableError as exc:
+            self.metrics.broker_error("unroutable")
             raise TransientError("RabbitMQ could not route the message") from exc
         except _CONNECTION_ERRORS as exc:
+            self.metrics.broker_error("connection_lost")
             self.close()
             raise TransientError(f"lost RabbitMQ while publishing: {type(exc).__name__}") from exc
 
@@ -324,6 +333,7 @@ class Broker:
                 if self._channel is not None and self._channel.is_open:
                     self._channel.cancel()
             except _CONNECTION_ERRORS as exc:
+                self.metrics.broker_error("connection_lost")
                 self.close()
                 if stop.is_set():
                     break
@@ -375,6 +385,7 @@ class Broker:
             )
             if wait and self._connection is not None:
                 self._connection.sleep(wait)
+            self.metrics.retried()
             channel.basic_nack(tag, requeue=True)
             return
         channel.basic_ack(tag)
@@ -416,6 +427,7 @@ class Broker:
                         )
                         channel.basic_nack(method.delivery_tag, requeue=True)
                         return
+                self.metrics.dead_lettered("rabbitmq")
             channel.basic_ack(method.delivery_tag)
 
     def _dead_letter(
@@ -441,6 +453,7 @@ class Broker:
             extra={"service": service, "reason": reason, "error": type(error).__name__},
         )
         self._publish(DEAD_LETTER_EXCHANGE, service, body, None, headers)
+        self.metrics.dead_lettered("seriesflow")
 
     # -- replay -----------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_dir: Path | None = None
     log_phi: bool = False
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of GET /metrics (docs/metrics.md); 0: off"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on")
     work_dir: Path | None = Field(
         default=None,
         description="Local folder for temporary work folders (patient data); default: "

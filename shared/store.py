@@ -42,7 +42,8 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from shared.errors import OutputError, PermanentError, TransientError
+from shared.errors import OutputError, PermanentError, SeriesflowError, TransientError
+from shared.metrics import Metrics
 from shared.settings import ServiceSettings
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"}
@@ -83,8 +84,11 @@ def _etag(value: str | None) -> str:
 
 
 class ObjectStore:
-    def __init__(self, settings: ServiceSettings, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, settings: ServiceSettings, *, timeout: float = 10.0, metrics: Metrics | None = None
+    ) -> None:
         self.bucket = settings.s3_bucket
+        self.metrics = metrics or Metrics("store")  # counts go nowhere unless served
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 60.0)),
             maxsize=16,
@@ -99,8 +103,21 @@ class ObjectStore:
             http_client=http,
         )
 
+    @contextmanager
+    def _errors(self, what: str, *, local: bool = False) -> Iterator[None]:
+        """:func:`_errors`, counted in the metrics; a missing object or a condition that
+        does not hold is an answer, not counted."""
+        try:
+            with _errors(what, local=local):
+                yield
+        except (ObjectNotFoundError, PreconditionFailedError):
+            raise
+        except SeriesflowError as exc:
+            self.metrics.store_error(exc)
+            raise
+
     def ensure_bucket(self) -> None:
-        with _errors("create bucket"):
+        with self._errors("create bucket"):
             if not self._client.bucket_exists(self.bucket):
                 try:
                     self._client.make_bucket(self.bucket)
@@ -124,7 +141,7 @@ class ObjectStore:
         ``if_none_match`` creates only if nothing is stored at ``key``; ``if_match`` replaces
         only the object with that ETag. Otherwise :class:`PreconditionFailedError`.
         """
-        with _errors(f"put {key}"):
+        with self._errors(f"put {key}"):
             if not if_none_match and if_match is None:
                 result = self._client.put_object(
                     self.bucket, key, io.BytesIO(data), len(data), content_type=content_type
@@ -146,7 +163,7 @@ class ObjectStore:
     def put_file(
         self, key: str, path: Path, content_type: str = "application/octet-stream"
     ) -> None:
-        with _errors(f"put {key}", local=True):
+        with self._errors(f"put {key}", local=True):
             self._client.fput_object(self.bucket, key, str(path), content_type=content_type)
 
     # -- reading ---------------------------------------------------------------------------
@@ -157,7 +174,7 @@ class ObjectStore:
 
     def _get(self, key: str, offset: int, length: int) -> tuple[bytes, str]:
         data, etag = b"", ""
-        with _errors(f"get {key}"):
+        with self._errors(f"get {key}"):
             try:
                 response = self._client.get_object(self.bucket, key, offset=offset, length=length)
             except S3Error as exc:
@@ -185,11 +202,11 @@ class ObjectStore:
         return json.loads(self.get_bytes(key))
 
     def get_file(self, key: str, path: Path) -> None:
-        with _errors(f"get {key}", local=True):
+        with self._errors(f"get {key}", local=True):
             self._client.fget_object(self.bucket, key, str(path))
 
     def stat(self, key: str) -> ObjectInfo:
-        with _errors(f"stat {key}"):
+        with self._errors(f"stat {key}"):
             info = self._client.stat_object(self.bucket, key)
         return ObjectInfo(key, _etag(info.etag), int(info.size or 0), info.last_modified)
 
@@ -202,21 +219,21 @@ class ObjectStore:
 
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:
         """Keys below ``prefix``; not recursive: the next level's keys and ``folders/``."""
-        with _errors(f"list {prefix}"):
+        with self._errors(f"list {prefix}"):
             for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=recursive):
                 if obj.object_name is not None:
                     yield obj.object_name
 
     def list_with_times(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         """Keys below ``prefix`` with their last-modified times."""
-        with _errors(f"list {prefix}"):
+        with self._errors(f"list {prefix}"):
             for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
                 if obj.object_name is not None and obj.last_modified is not None:
                     yield obj.object_name, obj.last_modified
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects below ``prefix`` with ETag, size and last-modified time (one listing)."""
-        with _errors(f"list {prefix}"):
+        with self._errors(f"list {prefix}"):
             for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
                 if obj.object_name is not None:
                     yield ObjectInfo(
@@ -227,7 +244,7 @@ class ObjectStore:
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         """Delete ``key`` (no error if it is absent); with ``if_match``, only that revision."""
-        with _errors(f"delete {key}"):
+        with self._errors(f"delete {key}"):
             if if_match is None:
                 self._client.remove_object(self.bucket, key)
             else:
