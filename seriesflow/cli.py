@@ -32,6 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from seriesflow.config_commands import config_app
 from seriesflow.quarantine_commands import quarantine_app
 from seriesflow.retention_commands import retention_app
 from seriesflow.service_commands import register as register_service_commands
@@ -362,6 +363,7 @@ def sample_ct(
 register_service_commands(app)
 app.add_typer(retention_app, name="retention")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(config_app, name="config")
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
