@@ -201,6 +201,11 @@ class Metrics:
         log.info("metrics served", extra={"host": host, "port": bound, "path": "/metrics"})
         return bound
 
+    def serve_as_configured(self, settings: ServiceSettings) -> None:
+        """Serve on ``SERIESFLOW_METRICS_HOST:SERIESFLOW_METRICS_PORT`` unless the port is 0."""
+        if settings.metrics_port:
+            self.serve(settings.metrics_port, settings.metrics_host)
+
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
@@ -214,6 +219,5 @@ class Metrics:
 def serve_metrics(service: str, settings: ServiceSettings) -> Metrics:
     """The service's metrics, served when ``SERIESFLOW_METRICS_PORT`` is not 0."""
     metrics = Metrics(service)
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port, settings.metrics_host)
+    metrics.serve_as_configured(settings)
     return metrics

@@ -59,6 +59,7 @@ from services.receiver.storing import TimedStore
 from shared import keys
 from shared.config import AETitleConfig
 from shared.logs import get_logger
+from shared.metrics import Metrics
 from shared.store import ObjectStore
 
 log = get_logger("receiver.scp")
@@ -76,6 +77,7 @@ class ReceiverContext:
     associations: OpenAssociations = field(default_factory=OpenAssociations)
     stopping: bool = False
     """Set when the receiver ends the open associations itself (shutdown)."""
+    metrics: Metrics = field(default_factory=lambda: Metrics("receiver"))
 
 
 def _titles(event: Any) -> tuple[str, str]:
@@ -118,6 +120,7 @@ def handle_requested(event: Any, context: ReceiverContext) -> None:
         rejection = Rejection.CALLING_AE_TITLE
     if rejection is None:
         return
+    context.metrics.association_refused(rejection.reason)
     log.warning(
         "association rejected",
         extra={
@@ -144,6 +147,7 @@ def handle_established(event: Any, context: ReceiverContext) -> None:
     )
     context.jobs.remember(association.association_id)
     context.associations.open(event.assoc, association)
+    context.metrics.associations_accepted.inc()
     log.info(
         "association accepted",
         extra={
@@ -163,15 +167,15 @@ def handle_store(event: Any, context: ReceiverContext) -> int:
     association = context.associations.get(event.assoc)
     if association is None:
         log.error("C-STORE on an association that was not established")
-        return statuses.PROCESSING_FAILURE
+        return context.metrics.cstore_answered(statuses.PROCESSING_FAILURE)
     try:
-        return _store(event, context, association)
+        return context.metrics.cstore_answered(_store(event, context, association))
     except Exception as exc:
         log.exception(
             "C-STORE failed unexpectedly",
             extra={"association": association.association_id, "error": type(exc).__name__},
         )
-        return statuses.PROCESSING_FAILURE
+        return context.metrics.cstore_answered(statuses.PROCESSING_FAILURE)
 
 
 def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -> int:
@@ -240,6 +244,7 @@ def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -
         group, sop_instance_uid, Seen(association.association_id, copy), replace
     )
     context.jobs.instance_stored(association, group)
+    context.metrics.instance_received(len(data))
     return statuses.SUCCESS
 
 

@@ -27,6 +27,7 @@ from shared.configstore import LiveConfig, LiveView
 from shared.errors import InvalidIdentifierError, InvalidInputError
 from shared.identifiers import validate_name
 from shared.logs import get_logger
+from shared.metrics import Metrics
 from shared.pipelines import PipelineRegistry
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
@@ -79,7 +80,8 @@ class Receiver:
         self.config = config if config is not None else load_config(self.settings.config)
         self.scp_config = self.config.dicom.scp
         ae_titles = {a.ae_title: a for a in self.scp_config.ae_titles}
-        self.store = ObjectStore(self.settings)
+        self.metrics = Metrics("receiver")
+        self.store = ObjectStore(self.settings, metrics=self.metrics)
         self.live = LiveConfig(
             self.store,
             self.config,
@@ -96,7 +98,9 @@ class Receiver:
             store=self.store,
             jobs=self.jobs,
             puts=TimedStore(self.store, self.settings.store_timeout_seconds),
+            metrics=self.metrics,
         )
+        self.metrics.track_open_associations(lambda: len(self.context.associations))
         self._stop = threading.Event()
         self._ae: Any = None
         self._server: Any = None
@@ -140,6 +144,7 @@ class Receiver:
             target=self._housekeep, name="receiver-housekeeping", daemon=True
         )
         self._housekeeper.start()
+        self.metrics.serve_as_configured(self.settings)
         log.info(
             "receiver listening",
             extra={
@@ -168,6 +173,7 @@ class Receiver:
         if self._housekeeper is not None:
             self._housekeeper.join(10)
         self.jobs.stop()
+        self.metrics.close()
         log.info("receiver stopped")
 
     def __enter__(self) -> Receiver:

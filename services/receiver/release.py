@@ -89,7 +89,7 @@ class JobService:
         self.pipelines = pipelines
         self.grouper = JobGrouper()
         self.index = InstanceIndex()
-        self._broker = (broker_factory or (lambda: Broker(settings, PRODUCER)))()
+        self._broker = (broker_factory or (lambda: Broker(settings, PRODUCER, store.metrics)))()
         self._connected = False
         self._queue: queue.Queue[_Work] = queue.Queue()
         self._stop = threading.Event()

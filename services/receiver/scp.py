@@ -88,6 +88,7 @@ def handle_requested_limits(event: Any, context: ReceiverContext) -> None:
         )
         assoc.acse.send_reject(0x01, 0x01, 0x07)
         assoc.kill()
+        context.metrics.association_refused("TLS required")
         return
     transport.admit_association(event)
 
