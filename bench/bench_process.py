@@ -45,8 +45,9 @@ from shared.samples import write_ct_series
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "process.json"
-SPEED_TARGET = 1.0  # seriesflow median / dcm2niix median, uncompressed NIfTI
-MEMORY_TARGET = 3.0  # seriesflow peak RSS / volume size
+SPEED_TARGET = 1.5  # seriesflow median / dcm2niix median, uncompressed NIfTI (issue 10)
+MEMORY_TARGET = 3.0  # seriesflow peak RSS <= MEMORY_TARGET x volume + MEMORY_SLACK_MIB
+MEMORY_SLACK_MIB = 150.0
 MIB = 1024 * 1024
 
 
@@ -413,10 +414,13 @@ def build_report(
                 "pass": None if speed is None else speed <= SPEED_TARGET,
             },
             "peak_memory_nii": {
-                "target": f"seriesflow peak RSS <= {MEMORY_TARGET} x volume",
+                "target": f"seriesflow peak RSS <= {MEMORY_TARGET} x volume + "
+                f"{MEMORY_SLACK_MIB:g} MiB",
                 "value_mib": peak,
-                "limit_mib": round(MEMORY_TARGET * volume_mib, 1),
-                "pass": None if peak is None else peak <= MEMORY_TARGET * volume_mib,
+                "limit_mib": round(MEMORY_TARGET * volume_mib + MEMORY_SLACK_MIB, 1),
+                "pass": None
+                if peak is None
+                else peak <= MEMORY_TARGET * volume_mib + MEMORY_SLACK_MIB,
             },
         },
         "output_check": check,
