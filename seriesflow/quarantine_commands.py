@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.table import Table
 
 from seriesflow.service_commands import _fail, _settings, out
 from shared.errors import SeriesflowError
-from shared.jobstore import JobStore, QuarantinedAssociation
 from shared.keys import validate_id
 from shared.settings import ServiceSettings
-from shared.store import ObjectNotFoundError, ObjectStore
+
+if TYPE_CHECKING:  # the store client is imported when a command runs, not by every command
+    from shared.jobstore import JobStore, QuarantinedAssociation
 
 quarantine_app = typer.Typer(
     help="See, release as a job, or delete quarantined associations (docs/receiver.md).",
@@ -26,6 +27,9 @@ AssociationArgument = Annotated[str, typer.Argument(help="The association ID (32
 
 
 def _jobs() -> JobStore:
+    from shared.jobstore import JobStore
+    from shared.store import ObjectStore
+
     return JobStore(ObjectStore(_settings(ServiceSettings)))
 
 
@@ -66,6 +70,8 @@ def list_quarantine(
 
 def _on_quarantined(association: str, action: Callable[[JobStore, str], T]) -> T:
     """``action`` on a quarantined association, or a clear error and exit status 1."""
+    from shared.store import ObjectNotFoundError
+
     try:
         return action(_jobs(), validate_id(association, "association id"))
     except ObjectNotFoundError:
@@ -78,7 +84,7 @@ def _on_quarantined(association: str, action: Callable[[JobStore, str], T]) -> T
 @quarantine_app.command("release")
 def release(association: AssociationArgument) -> None:
     """Release a quarantined association's instances as a job (the receiver does it)."""
-    held = _on_quarantined(association, JobStore.request_quarantine_release)
+    held = _on_quarantined(association, lambda jobs, a: jobs.request_quarantine_release(a))
     out.print(
         f"release of {held.instances} instance(s) of association {association} requested; "
         "the receiver starts the job within SERIESFLOW_QUARANTINE_CHECK_SECONDS"
@@ -88,5 +94,5 @@ def release(association: AssociationArgument) -> None:
 @quarantine_app.command("delete")
 def delete(association: AssociationArgument) -> None:
     """Delete a quarantined association's instances and record."""
-    deleted = _on_quarantined(association, JobStore.delete_quarantined)
+    deleted = _on_quarantined(association, lambda jobs, a: jobs.delete_quarantined(a))
     out.print(f"deleted {deleted} object(s) of association {association}")

@@ -7,7 +7,7 @@ The policy comes from ``SERIESFLOW_RETENTION_COMPLETED`` and ``SERIESFLOW_RETENT
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,8 +15,10 @@ from rich.table import Table
 from seriesflow.service_commands import _fail, _settings, out
 from shared.durations import parse_duration
 from shared.errors import SeriesflowError
-from shared.retention import HeldJob, RetentionPolicy
 from shared.settings import ServiceSettings
+
+if TYPE_CHECKING:  # the store client is imported when a command runs, not by every command
+    from shared.retention import HeldJob, RetentionPolicy
 
 retention_app = typer.Typer(
     help="See and purge the jobs the object store holds (docs/retention.md).",
@@ -37,6 +39,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def _policy(
     settings: ServiceSettings, completed: str | None, failed: str | None
 ) -> RetentionPolicy:
+    from shared.retention import RetentionPolicy
+
     policy = RetentionPolicy.from_settings(settings)
     try:
         return RetentionPolicy(
