@@ -17,7 +17,7 @@ is in ``docs/metrics.md``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from wsgiref.simple_server import WSGIServer
 
@@ -160,6 +160,12 @@ class Metrics:
 
     def export_file(self, status: str) -> None:
         self.export_files.labels(status=status).inc()
+
+    def export_finished(self, status: str, files: Iterable[str], since: datetime) -> None:
+        """An ``export.completed`` published: the job's exporter outcome, its files."""
+        self.job_finished("exporter", "completed" if status == "succeeded" else "failed", since)
+        for file_status in files:
+            self.export_file(file_status)
 
     # -- broker and store -------------------------------------------------------------------
 

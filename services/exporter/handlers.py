@@ -251,6 +251,7 @@ def _publish(
         correlation_id=request.correlation_id,
     )
     record_and_publish(jobs, broker, request.job_id, exported_stage(body.export_id), envelope)
+    broker.metrics.export_finished(completed.status, [f.status for f in files], request.created_at)
 
 
 def _publish_quietly(

@@ -32,6 +32,7 @@ from shared.config import load_config
 from shared.configstore import LiveConfig
 from shared.jobstore import JobStore
 from shared.logs import get_logger
+from shared.metrics import Metrics
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 from shared.workdir import sweep_work_folders
@@ -46,7 +47,7 @@ def _consume(
     options: ExportOptions,
     stop: threading.Event,
 ) -> None:
-    broker = connect_broker(settings, SERVICE, stop)
+    broker = connect_broker(settings, SERVICE, stop, store.metrics)
     if broker is None:
         return
     try:
@@ -72,7 +73,7 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
         max_pdu if isinstance(max_pdu, int) else None,
         max(1, scu.max_associations // workers),
     )
-    store = connect_store(config, stop)
+    store = connect_store(config, stop, Metrics(SERVICE))
     if store is None:
         return
     destinations = ConfiguredDestinations(LiveConfig(store, dicom_config))
@@ -85,6 +86,7 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
             "associations_per_export": options.associations,
         },
     )
+    store.metrics.serve_as_configured(config)
     try:
         if workers == 1:
             _consume(config, store, destinations, options, stop)
@@ -106,6 +108,7 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
         for thread in threads:
             thread.join()
     finally:
+        store.metrics.close()
         log.info("exporter stopped")
 
 

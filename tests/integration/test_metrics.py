@@ -1,6 +1,7 @@
-"""Each service's ``GET /metrics`` after a real study: the receiver, parser and selector
-run as separate processes (real RabbitMQ vhost, real SeaweedFS), dcmtk storescu sends a
-study, and each scrape over HTTP shows the right counts and no patient data or UID.
+"""Each service's ``GET /metrics`` after a real study: the receiver, parser, selector and
+exporter run as separate processes (real RabbitMQ vhost, real SeaweedFS, dcmtk storescp as
+the destination), dcmtk storescu sends a study, and each scrape over HTTP shows the right
+counts and no patient data or UID.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
 from .infra import dcmtk, free_port, wait_for_port
-from .processes import ServiceProcess, service_environment, wait_until
+from .processes import ServiceProcess, StoreSCP, service_environment, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "examples" / "rules" / "clara-t1c.json"
-SERVICES = ("receiver", "parser", "selector")
+SERVICES = ("receiver", "parser", "selector", "exporter")
+T1C = "T1c SE AX post-contrast"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Stack:
     metrics_ports: dict[str, int]
     receiver_port: int
     study: Path
+    destination: StoreSCP
 
     def scrape(self, service: str) -> str:
         url = f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
@@ -80,6 +83,7 @@ def stack(settings: ServiceSettings, tmp_path: Path) -> Iterator[Stack]:
     study = tmp_path / "study"
     write_brain_mr_study(study, seed=21)
     receiver_port = free_port()
+    destination = StoreSCP(tmp_path / "pacs").start()
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -92,6 +96,17 @@ def stack(settings: ServiceSettings, tmp_path: Path) -> Iterator[Stack]:
                         "reject-unknown-sources": True,
                         "sources": [{"host-ip": "127.0.0.1", "ae-title": "MODALITY"}],
                     },
+                    "scu": {
+                        "ae-title": "SERIESFLOW",
+                        "destinations": [
+                            {
+                                "name": "pacs",
+                                "host-ip": "127.0.0.1",
+                                "port": destination.port,
+                                "ae-title": destination.ae_title,
+                            }
+                        ],
+                    },
                 },
                 "pipeline-mappings": [{"name": "brain_t1c", "clara-ae-title": "SERIESFLOW"}],
             }
@@ -100,7 +115,14 @@ def stack(settings: ServiceSettings, tmp_path: Path) -> Iterator[Stack]:
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
     (pipelines / "brain.yaml").write_text(
-        yaml.safe_dump({"name": "brain_t1c", "image-format": "nii.gz", "rules-file": str(RULES)})
+        yaml.safe_dump(
+            {
+                "name": "brain_t1c",
+                "image-format": "nii.gz",
+                "rules-file": str(RULES),
+                "routes": [{"selection": "T1C", "destinations": ["pacs"]}],
+            }
+        )
     )
     env = service_environment(settings, config, pipelines)
     ports = {name: free_port() for name in SERVICES}
@@ -115,10 +137,11 @@ def stack(settings: ServiceSettings, tmp_path: Path) -> Iterator[Stack]:
         wait_for_port(receiver_port, timeout=30)
         for port in ports.values():
             wait_for_port(port, timeout=30)
-        yield Stack(store, processes, ports, receiver_port, study)
+        yield Stack(store, processes, ports, receiver_port, study, destination)
     finally:
         for process in processes.values():
             process.stop()
+        destination.stop()
 
 
 def test_each_service_counts_a_study_and_shows_no_patient_data_or_uid(stack: Stack) -> None:
@@ -142,9 +165,9 @@ def test_each_service_counts_a_study_and_shows_no_patient_data_or_uid(stack: Sta
     sent = stack.storescu("MODALITY")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     wait_until(
-        lambda: stack.value("selector", "seriesflow_jobs_total", stage="selector") >= 1,
-        90,
-        "the selector to count the job",
+        lambda: stack.value("exporter", "seriesflow_jobs_total", stage="exporter") >= 1,
+        120,
+        "the exporter to count the job",
     )
 
     r = "receiver"
@@ -157,7 +180,15 @@ def test_each_service_counts_a_study_and_shows_no_patient_data_or_uid(stack: Sta
     assert stack.value(r, "seriesflow_associations_open") == 0
     assert stack.value(r, "seriesflow_events_published_total", type="job.received") == 1
 
-    for stage, published in (("parser", "job.parsed"), ("selector", "job.selected")):
+    t1c = sum(str(ds.get("SeriesDescription", "")) == T1C for ds in headers)
+    assert t1c > 0
+    assert len(stack.destination.files()) == t1c
+    x = "exporter"
+    assert stack.value(x, "seriesflow_export_files_total", status="sent") == t1c
+    assert stack.value(x, "seriesflow_export_files_total", status="failed") == 0
+
+    stages = (("parser", "job.parsed"), ("selector", "job.selected"), (x, "export.completed"))
+    for stage, published in stages:
         assert stack.value(stage, "seriesflow_jobs_total", stage=stage, outcome="completed") == 1
         assert stack.value(stage, "seriesflow_jobs_total", stage=stage, outcome="failed") == 0
         assert stack.value(stage, "seriesflow_events_published_total", type=published) == 1
