@@ -163,6 +163,14 @@ def process(
             "Default: SERIESFLOW_SCALING, else display.",
         ),
     ] = None,
+    previews: Annotated[
+        bool | None,
+        typer.Option(
+            "--previews/--no-previews",
+            help="Write a PNG of each volume's three middle slices beside it (default; "
+            "SERIESFLOW_PREVIEWS).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     logs: LogsOption = None,
 ) -> None:
@@ -182,6 +190,7 @@ def process(
         min_slices=min_slices if min_slices is not None else settings.min_slices,
         resample=resample if resample is not None else settings.resample,
         scaling="precise" if mode == "precise" else "display",
+        previews=previews if previews is not None else settings.previews,
     )
     if options.min_slices < 2:
         _fail("--min-slices must be at least 2", 2)

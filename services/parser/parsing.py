@@ -150,6 +150,8 @@ def upload_outputs(
 
     def put(name: str) -> Callable[[], None]:
         content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+        if name.endswith(".png"):  # a volume's preview (shared.volumes.preview)
+            content_type = "image/png"
 
         def task() -> None:
             jobs.put_output_file(job_id, name, output_dir / name, content_type)

@@ -174,6 +174,11 @@ class Volume(_Model):
     scaling: Scaling | None = Field(
         default=None, description="How stored values became the written values"
     )
+    preview: str | None = Field(
+        default=None,
+        description="PNG file name in the output folder (the key with .png): the volume's "
+        "three orthogonal middle slices; absent when previews are off",
+    )
 
 
 class Instance(_Model):

@@ -27,6 +27,8 @@ class OperatorSettings(BaseSettings):
     """Resample tilted and unevenly spaced stacks; false refuses them (gantry_tilt,
     inconsistent_spacing), as before."""
     scaling: ScalingMode = Field(default="display", alias="SERIESFLOW_SCALING")
+    previews: bool = Field(default=True, alias="SERIESFLOW_PREVIEWS")
+    """A PNG of each volume's three middle slices beside it (shared.volumes.preview)."""
     log_dir: str | None = Field(default=None, alias="SERIESFLOW_LOG_DIR")
     log_level: str = Field(default="INFO", alias="SERIESFLOW_LOG_LEVEL")
     log_phi: bool = Field(default=False, alias="SERIESFLOW_LOG_PHI")

@@ -32,6 +32,7 @@ from shared.volumes.kinds import (
     time_spacing,
 )
 from shared.volumes.pixels import Array, load_stack
+from shared.volumes.preview import dicom_window, write_preview
 from shared.volumes.resample import resample_stack
 from shared.volumes.stacks import (
     Refusal,
@@ -58,6 +59,8 @@ class ConversionOptions:
     scaling: ScalingMode = "display"
     """display: RescaleSlope/Intercept (else Real World Value mapping); precise: Philips'
     floating-point values where the private scale slope is present."""
+    previews: bool = True
+    """Write a PNG of each volume's three middle slices beside it (shared.volumes.preview)."""
 
 
 def image_stem(series_instance_uid: str) -> str:
@@ -180,6 +183,12 @@ def convert_series(
             image, plan.origin, plan.spacing, plan.direction, timing.seconds if timing else 1.0
         )
         write_image(image, output_dir / image_name)
+        scaling = _scaling_record(used, options.scaling)
+        preview = f"{key}.png" if options.previews else None
+        if preview is not None:
+            dataset = files[first.instance].dataset
+            window = dicom_window(dataset) if scaling.values != "precise" else None
+            write_preview(image, plan.spacing, plan.timepoint_count, output_dir / preview, window)
         del image, buffer
         if polarity == "REVERSED":
             notes.append("reversed phase-encoding polarity: rows flipped back (GE epi_pepolar)")
@@ -208,7 +217,8 @@ def convert_series(
                 phaseEncodingPolarity=polarity,
                 timeSpacing=timing.seconds if timing else None,
                 timeSpacingSource=timing.source if timing else None,
-                scaling=_scaling_record(used, options.scaling),
+                scaling=scaling,
+                preview=preview,
             )
         )
     return volumes, not_converted
