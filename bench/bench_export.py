@@ -7,6 +7,9 @@ Run from the repository root (needs RabbitMQ on 127.0.0.1:5672; starts SeaweedFS
 Both send one generated CT series (``shared.samples.write_ct_series``) to the same
 destination, one dcmtk ``storescp`` writing to disk with ``TCP_NODELAY=1``:
 
+The destination is started with ``--fork`` (one process per association, as a PACS serves
+several at once), so the exporter's parallel associations are served in parallel.
+
 * **storescu** (``TCP_NODELAY=1``, ``--required``: only the contexts the files need) reads
   the files from a local folder;
 * **seriesflow**: the exporter runs as its own process (``seriesflow exporter``), started
@@ -78,7 +81,7 @@ class Destination:
         self.folder = folder
         self.port = free_port()
         folder.mkdir(parents=True)
-        command = [dcmtk("storescp"), "-aet", "DEST", "-od", str(folder)]
+        command = [dcmtk("storescp"), "--fork", "-aet", "DEST", "-od", str(folder)]
         if max_pdu:
             command += ["--max-pdu", str(max_pdu)]
         self.log = log.open("ab")
@@ -157,7 +160,15 @@ def transport_only(files: list[Path], port: int) -> float:
 class Exporter:
     """``seriesflow exporter`` as a process, and a queue on ``export.completed``."""
 
-    def __init__(self, settings: ServiceSettings, config: Path, log: Path, lag: int) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        config: Path,
+        log: Path,
+        lag: int | None,
+        associations: int,
+        extra_env: dict[str, str],
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERIESFLOW_")}
         env.update(
             {
@@ -167,11 +178,14 @@ class Exporter:
                 "SERIESFLOW_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
                 "SERIESFLOW_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
                 "SERIESFLOW_S3_BUCKET": settings.s3_bucket,
-                "SERIESFLOW_EXPORTER_STATE_LAG": str(lag),
+                "SERIESFLOW_EXPORTER_ASSOCIATIONS": str(associations),
                 "SERIESFLOW_EXPORTER_WORKERS": "1",
                 "SERIESFLOW_LOG_LEVEL": "INFO",
             }
         )
+        if lag is not None:
+            env["SERIESFLOW_EXPORTER_STATE_LAG"] = str(lag)
+        env.update(extra_env)
         self.log_path = log
         self.log = log.open("ab")
         self.process = subprocess.Popen(
@@ -261,8 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-lag",
         type=int,
-        default=0,
-        help="SERIESFLOW_EXPORTER_STATE_LAG for the exporter (default 0, the default)",
+        default=None,
+        help="SERIESFLOW_EXPORTER_STATE_LAG for the exporter (default: the exporter's, 16)",
+    )
+    parser.add_argument(
+        "--associations",
+        type=int,
+        default=2,
+        help="SERIESFLOW_EXPORTER_ASSOCIATIONS (default 2: the scu max-associations default)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another SERIESFLOW_EXPORTER_* setting for the exporter (repeatable)",
     )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -325,7 +352,10 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
         )
     )
     exporter_log = work / "exporter.log"
-    exporter = Exporter(settings, config, exporter_log, args.state_lag)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    exporter = Exporter(
+        settings, config, exporter_log, args.state_lag, args.associations, extra_env
+    )
     times: dict[str, list[float]] = {"seriesflow": [], "storescu": [], "transport": []}
     tools = list(times)
     try:
@@ -365,7 +395,9 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
             "mib": round(total_mib, 1),
             "runs": args.runs,
             "max_pdu": args.max_pdu or 16384,
-            "state_lag": args.state_lag,
+            "state_lag": args.state_lag if args.state_lag is not None else "default (16)",
+            "associations": args.associations,
+            "exporter_env": args.env,
         },
         "seconds": times,
         "median_seconds": median,

@@ -13,6 +13,13 @@
   Information is sent byte for byte, never decoded. Only when the SCP accepted the file's
   SOP class in the *other* little-endian syntax is it decoded and re-encoded (VR encoding
   only; pixel data is untouched).
+* **One write per file.** For a file sent as stored, the C-STORE request's P-DATA-TF PDUs
+  (the command set, then the data set in fragments of the destination's maximum PDU
+  length) are built in one buffer and written to the association's socket at once
+  (:func:`_send_store_in_one_write`), instead of one PDU at a time through pynetdicom's
+  state machine thread, which cost about 2 ms of CPU per 512 KiB file at 16 KiB PDUs.
+  pynetdicom still negotiates, picks the context, builds the command set, and reads and
+  checks the response; everything else it sends goes its own way.
 * **Socket.** ``TCP_NODELAY`` is set as the connection opens (``EVT_CONN_OPEN``), so
   small PDUs (the command set, the last fragment) never wait for Nagle's algorithm.
 * **DICOM TLS.** A destination with ``tls`` is reached over TLS (BCP 195 profile,
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from services.exporter.meta import FileMeta
@@ -135,6 +146,66 @@ def _keep_responses_for_the_sender(assoc: Any) -> None:
     assoc._serve_request = serve_request
 
 
+# P-DATA-TF PDU header and one PDV item header: PDU type, reserved, PDU length, item
+# length, presentation context ID, message control header (PS3.8 9.3.5, E.2)
+_PDATA_HEADER = struct.Struct(">BBIIBB")
+
+
+def p_data_tf_pdus(context_id: int, command: bytes, data: bytes, max_pdu: int) -> bytes:
+    """The P-DATA-TF PDUs of one DIMSE message, one PDV each: the command set, then the data
+    set, each cut into fragments whose PDV list fits ``max_pdu`` (0: no limit), as
+    pynetdicom's own ``encode_msg`` cuts them."""
+    size = max_pdu - 6 if max_pdu else max(len(command), len(data), 1)
+    parts: list[bytes | memoryview] = []
+    for payload, middle, last in ((command, 0x01, 0x03), (data, 0x00, 0x02)):
+        view = memoryview(payload)
+        for start in range(0, max(len(view), 1), size):
+            chunk = view[start : start + size]
+            control = last if start + size >= len(view) else middle
+            parts.append(
+                _PDATA_HEADER.pack(0x04, 0, len(chunk) + 6, len(chunk) + 2, context_id, control)
+            )
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def _send_store_in_one_write(assoc: Any) -> None:
+    """Make the association send a C-STORE request whose data set is a file (pynetdicom's
+    chunked mode) as one buffer written straight to its socket. The requestor's own thread
+    is the only one sending P-DATA while it waits for the response, so nothing can come
+    between the PDUs. Any other message goes through pynetdicom as before."""
+    dimse = getattr(assoc, "dimse", None)
+    dul = getattr(assoc, "dul", None)
+    original = getattr(dimse, "send_msg", None)
+    if dimse is None or dul is None or original is None:
+        return
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        where = getattr(primitive, "_dataset_path", None)
+        transport = dul.socket
+        if (
+            not isinstance(primitive, C_STORE)
+            or primitive.MessageIDBeingRespondedTo is not None
+            or not isinstance(where, tuple)
+            or transport is None
+        ):
+            original(primitive, context_id)
+            return
+        message = C_STORE_RQ()
+        message.primitive_to_message(primitive)
+        command = encode(message.command_set, True, True)
+        if command is None:  # pragma: no cover - a command set pydicom cannot encode
+            original(primitive, context_id)
+            return
+        path, offset = where
+        with Path(path).open("rb") as file:
+            file.seek(offset)
+            data = file.read()
+        transport.send(p_data_tf_pdus(context_id, command, data, dimse.maximum_pdu_size))
+
+    dimse.send_msg = send_msg
+
+
 def _set_nodelay(event: Any) -> None:
     with contextlib.suppress(AttributeError, OSError):  # a socket without the option
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -187,6 +258,7 @@ class StoreAssociation:
             ) from exc
         if assoc.is_established:
             _keep_responses_for_the_sender(assoc)
+            _send_store_in_one_write(assoc)
             self._assoc = assoc
             self._accepted = frozenset(
                 (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
