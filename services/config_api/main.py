@@ -20,6 +20,7 @@ from services.config_api.settings import config_api_settings
 from services.runtime import ServiceThread, connect_broker, connect_store
 from shared.config import load_config
 from shared.logs import get_logger
+from shared.metrics import Metrics
 from shared.retention import start_retention_loop
 from shared.settings import ServiceSettings
 
@@ -34,11 +35,11 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     check_bind(config.host, tokens)
     parse_identifier_readers(config.api_identifier_readers, tokens)  # a typo fails at once
     static = load_config(config.config)
-    store = connect_store(config, stop)
+    store = connect_store(config, stop, Metrics(PRODUCER))
     if store is None:
         return
     ConfigRepository(store).check_conditional_writes()
-    broker = connect_broker(config, PRODUCER, stop)
+    broker = connect_broker(config, PRODUCER, stop, store.metrics)
     if broker is None:
         return
     app = create_app(config, store, broker, static)
@@ -53,11 +54,13 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
 
     threading.Thread(target=stop_when_asked, name="config-api-stop", daemon=True).start()
     log.info("config API started", extra={"host": config.host, "port": config.port})
+    store.metrics.serve_as_configured(config)
     try:
         server.run()
     finally:
         stop.set()
         broker.close()
+        store.metrics.close()
         log.info("config API stopped")
 
 
