@@ -26,6 +26,9 @@ DERIVED_ATTRIBUTES: dict[str, str] = {
     "Components": "samples per voxel (3 for RGB)",
     "StackNumber": "1-based number of the volume's stack within its series",
     "StackCount": "number of volumes the series was converted into",
+    "ImageKind": "MAGNITUDE, PHASE, FIELD_MAP_HZ, TRACE, … when known (dicom-metadata.json)",
+    "PhaseEncodingPolarity": "NORMAL or REVERSED, for series that record it (GE epi_pepolar)",
+    "TimeSpacing": "seconds between the timepoints of a 4-D volume",
     "VolumeKey": "the volume's key in series-images.json",
     "ImageFile": "the volume's image file name",
 }

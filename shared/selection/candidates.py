@@ -76,6 +76,13 @@ def _view(study: Study, series: Series, volume: Volume, image: str) -> dict[str,
         VolumeKey=[volume.key],
         ImageFile=[image],
     )
+    for name, value in (
+        ("ImageKind", volume.imageKind),
+        ("PhaseEncodingPolarity", volume.phaseEncodingPolarity),
+        ("TimeSpacing", volume.timeSpacing),
+    ):
+        if value is not None:
+            view[name] = [value]
     return view
 
 

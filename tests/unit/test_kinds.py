@@ -202,3 +202,43 @@ def test_enhanced_repetition_time_falls_back_to_the_file() -> None:
     item = _enhanced([{"z": 0.0, "dims": [1, 1, 1]}], None)
     item.dataset.RepetitionTime = 500
     assert frames_of(item, 0)[0].repetition_time == 500.0
+
+
+def test_rules_see_what_a_volume_is() -> None:
+    """ImageKind, PhaseEncodingPolarity and TimeSpacing are derived attributes of a volume."""
+    from shared.dicom.metadata import DicomMetadata, Series, Study, Volume
+    from shared.selection.candidates import build_candidates
+
+    def volume(key: str, **what: object) -> Volume:
+        return Volume.model_validate(
+            {
+                "key": key,
+                "image": f"{key}.nii",
+                "stack": 1,
+                "shape": [4, 4, 3, 2],
+                "spacing": [1.0, 1.0, 1.0],
+                "origin": [0.0, 0.0, 0.0],
+                "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+                "orientation": "AXIAL",
+                "sliceCount": 3,
+                "pixelType": "int16",
+                "instances": [],
+                **what,
+            }
+        )
+
+    series = Series(
+        SeriesInstanceUID="1.2.3",
+        volumes=[
+            volume("1.2.3-1", imageKind="FIELD_MAP_HZ", timeSpacing=7.4),
+            volume("1.2.3-2", phaseEncodingPolarity="REVERSED"),
+        ],
+        instances=[],
+    )
+    metadata = DicomMetadata(
+        generator="test", studies=[Study(StudyInstanceUID="1.2", series=[series])]
+    )
+    first, second = build_candidates(metadata, {"1.2.3-1": "a.nii", "1.2.3-2": "b.nii"})
+    assert first.view["ImageKind"] == ["FIELD_MAP_HZ"] and first.view["TimeSpacing"] == [7.4]
+    assert "PhaseEncodingPolarity" not in first.view
+    assert second.view["PhaseEncodingPolarity"] == ["REVERSED"] and "ImageKind" not in second.view
