@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -135,3 +138,32 @@ def test_a_port_in_use_leaves_the_service_running_without_metrics() -> None:
         metrics = Metrics("parser")
         assert metrics.serve(taken.getsockname()[1]) is None
         metrics.close()
+
+
+def _metric_names() -> set[str]:
+    """Every sample name the registry can produce (counters with ``_total``)."""
+    names: set[str] = set()
+    for family in Metrics("any").registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}_{s}" for s in ("bucket", "count", "sum")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_the_dashboard_and_the_docs_name_only_metrics_that_exist_and_the_docs_all() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "deploy/grafana/seriesflow-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bseriesflow_[a-z_]+", e)}
+    known = _metric_names()
+    assert used and used <= known, used - known
+    docs = (root / "docs/metrics.md").read_text()
+    documented = set(re.findall(r"`(seriesflow_[a-z_]+)`", docs))
+    listed = {n for n in known if not n.endswith(("_bucket", "_count", "_sum"))}
+    listed |= {"seriesflow_stage_latency_seconds"}
+    listed -= {n for n in listed if n.startswith("seriesflow_stage_latency_seconds_")}
+    assert documented >= listed, listed - documented
+    assert {m for m in documented if m != "seriesflow_jobs"} <= known | listed
