@@ -22,6 +22,7 @@ from shared.volumes.kinds import (
     PHILIPS_PER_FRAME_PRIVATE,
     display_scale,
     image_kind,
+    philips_diffusion_order,
     philips_scale_slope,
     private_value,
     vendor,
@@ -183,6 +184,7 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
     )
     order = (
         _int(ds.get("TemporalPositionIdentifier"), 0),
+        *philips_diffusion_order(ds, maker),
         _int(ds.get("InstanceNumber"), 0),
         index,
     )

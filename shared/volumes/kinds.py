@@ -38,6 +38,8 @@ GE_GROUP_DELAY = (0x0043, 0x107C)
 """GE private 'delay after slice group', in seconds, added to RepetitionTime."""
 PHILIPS_DIFFUSION_DIRECTION = (0x2001, 0x1004)
 PHILIPS_SCALE_SLOPE = (0x2005, 0x100E)
+PHILIPS_B_VALUE_INDEX = (0x2005, 0x1412)
+PHILIPS_GRADIENT_INDEX = (0x2005, 0x1413)
 PHILIPS_PER_FRAME_PRIVATE = (0x2005, 0x140F)
 
 _MANUFACTURER = 0x00080070
@@ -281,6 +283,19 @@ def display_scale(
             rw_intercept = _number(real_world.get("RealWorldValueIntercept")) or 0.0
             return Scale(rw_slope, rw_intercept, "RealWorldValueMapping", philips_scale_slope)
     return Scale(1.0, intercept or 0.0, "", philips_scale_slope)
+
+
+def philips_diffusion_order(ds: Dataset, vendor_name: str) -> tuple[int, int]:
+    """Where a Philips classic DWI image falls among the volumes: its b-value index
+    (2005,1412), then its gradient-direction number (2005,1413); (0, 0) for others.
+
+    These order a Philips DWI's volumes whatever its InstanceNumbers, as dcm2niix does.
+    """
+    if vendor_name != "PHILIPS":
+        return (0, 0)
+    b_index = _number(private_value(ds, PHILIPS_B_VALUE_INDEX))
+    gradient = _number(private_value(ds, PHILIPS_GRADIENT_INDEX))
+    return (int(b_index or 0), int(gradient or 0))
 
 
 def philips_scale_slope(ds: Dataset | None, vendor_name: str) -> float | None:

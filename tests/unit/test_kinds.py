@@ -242,3 +242,24 @@ def test_rules_see_what_a_volume_is() -> None:
     assert first.view["ImageKind"] == ["FIELD_MAP_HZ"] and first.view["TimeSpacing"] == [7.4]
     assert "PhaseEncodingPolarity" not in first.view
     assert second.view["PhaseEncodingPolarity"] == ["REVERSED"] and "ImageKind" not in second.view
+
+
+def test_philips_classic_dwi_volumes_follow_b_value_and_gradient_indices() -> None:
+    """InstanceNumbers jumbled: the b-value index and gradient number decide the order."""
+    items = []
+    for n, (b_index, gradient) in enumerate([(2, 2), (1, 16), (2, 1)]):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.Manufacturer = "Philips Medical Systems"
+        ds.Rows = ds.Columns = 4
+        ds.ImagePositionPatient = [0, 0, 0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [1, 1]
+        ds.InstanceNumber = 10 - n
+        ds.add_new((0x2005, 0x0010), "LO", "Philips MR Imaging DD 005")
+        ds.add_new((0x2005, 0x1412), "IS", b_index)
+        ds.add_new((0x2005, 0x1413), "IS", gradient)
+        items.append(InstanceFile(Path(f"{n}.dcm"), f"{n}.dcm", ds))
+    frames = [frames_of(item, n)[0] for n, item in enumerate(items)]
+    ordered = sorted(frames, key=lambda f: f.order_key)
+    assert [f.instance for f in ordered] == [1, 2, 0]
