@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dcm2niix orthanc rabbitmq-server curl)
+APT_PACKAGES=(dcmtk dcm2niix orthanc rabbitmq-server curl chromium)  # chromium: console tests
 if [ "${1:-}" = "--docker" ]; then
   APT_PACKAGES+=(docker.io mmdebstrap)
 fi

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.config_api import clara, quarantine_routes, retention_routes, routes
+from services.config_api import clara, console, quarantine_routes, retention_routes, routes
 from services.config_api.deps import caller
 from services.config_api.guard import ApiGuard
 from services.config_api.models import Health
@@ -104,6 +104,7 @@ def create_app(
     app.include_router(clara.router, dependencies=secured)
     app.include_router(routes.router, dependencies=secured)
     retention_routes.install(app, config)
+    console.install(app, config)  # the web console, /console (docs/console.md)
     _error_handlers(app)
     app.add_middleware(
         ApiGuard, tokens=app.state.tokens, max_body=config.api_max_body_bytes, answer=_answer

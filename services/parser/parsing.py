@@ -201,7 +201,7 @@ def parse_job(
     return ParseResult(
         metadata_key=keys.output(job_id, METADATA_FILE),
         series_images_key=keys.output(job_id, SERIES_IMAGES_FILE),
-        image_keys=image_keys,
+        image_keys=[k for k in image_keys if not k.endswith(".png")],  # volumes, not previews
         instances=sum(len(se.instances) for st in metadata.studies for se in st.series),
         volumes=len(series_images),
         skipped=len(metadata.skippedFiles),
