@@ -13,8 +13,8 @@ the next files are sent:
 
 * ``0``: each confirmation is durable before that association's next C-STORE starts. A
   crash can only resend the files that were on the wire (one per association).
-* ``N > 0``: a background thread writes the newest state as soon as the previous write
-  finished (several confirmations per write when the store is slow), and the senders wait
+* ``N > 0``: a background thread writes the newest state once ``N / 2`` outcomes are
+  pending or 0.2 s after the first one (at once when a flush waits), and the senders wait
   only when ``N`` outcomes are not yet durable. A crash resends at most ``N`` files plus
   one per association.
 
@@ -26,6 +26,7 @@ matters most for very large files.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -38,6 +39,8 @@ from shared.logs import get_logger
 log = get_logger("exporter")
 
 FileState = Literal["sent", "failed", "skipped"]
+WRITE_INTERVAL = 0.2
+"""Seconds the background writer gathers outcomes before a write (lag > 0)."""
 
 
 class FileRecord(BaseModel):
@@ -102,6 +105,7 @@ class StateRecorder:
         self._durable = 0
         self._error: SeriesflowError | None = None
         self._closed = False
+        self._urgent = False
         self._writer: threading.Thread | None = None
         self.writes = 0
 
@@ -164,6 +168,7 @@ class StateRecorder:
                     self._durable = max(self._durable, version)
             return
         with self._cond:
+            self._urgent = True
             self._cond.notify_all()
             while self._error is None and self._durable < self._version:
                 self._cond.wait()
@@ -182,12 +187,25 @@ class StateRecorder:
             raise self._error
 
     def _write_loop(self) -> None:
+        batch = max(1, self.lag // 2)
         while True:
             with self._cond:
                 while not self._closed and self._durable >= self._version:
                     self._cond.wait()
                 if self._durable >= self._version:
                     return
+                # Gather outcomes for a moment: fewer writes of the whole state, which
+                # compete with the downloads for the store. Never past half the lag, so
+                # the senders do not wait; at once when a flush waits for it.
+                deadline = time.monotonic() + WRITE_INTERVAL
+                while (
+                    not self._closed
+                    and not self._urgent
+                    and self._version - self._durable < batch
+                    and (remaining := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(remaining)
+                self._urgent = False
                 version = self._version
                 data = self._snapshot()
             try:
