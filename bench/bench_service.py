@@ -64,32 +64,16 @@ LATENCY_TARGET_SECONDS = 1.5
 CONCURRENT = 4
 
 
+def storescu_command(port: int, called: str, folder: Path) -> list[str]:
+    return [
+        *(dcmtk("storescu"), "--aetitle", "MODALITY", "--call", called),
+        *("--scan-directories", "--required", "127.0.0.1", str(port), str(folder)),
+    ]
+
+
 def storescu(port: int, called: str, folder: Path) -> float:
     """Send every file below ``folder``; seconds from start to the association's release."""
-    env = dict(os.environ, TCP_NODELAY="1")
-    start = time.perf_counter()
-    result = subprocess.run(
-        [
-            dcmtk("storescu"),
-            "--aetitle",
-            "MODALITY",
-            "--call",
-            called,
-            "--scan-directories",
-            "--required",
-            "127.0.0.1",
-            str(port),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return elapsed
+    return storescu_at_once(port, called, [folder])
 
 
 def storescu_at_once(port: int, called: str, folders: list[Path]) -> float:
@@ -98,18 +82,7 @@ def storescu_at_once(port: int, called: str, folders: list[Path]) -> float:
     start = time.perf_counter()
     processes = [
         subprocess.Popen(
-            [
-                dcmtk("storescu"),
-                "--aetitle",
-                "MODALITY",
-                "--call",
-                called,
-                "--scan-directories",
-                "--required",
-                "127.0.0.1",
-                str(port),
-                str(folder),
-            ],
+            storescu_command(port, called, folder),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
