@@ -79,7 +79,8 @@ def _answering(build: Callable[[], Response]) -> Response:
     try:
         return build()
     except ApiError as exc:
-        return _html(message_page("Not available", exc.reason), exc.status)
+        title = {400: "Bad request", 404: "Not found"}.get(exc.status, "Not available")
+        return _html(message_page(title, exc.reason), exc.status)
     except ObjectNotFoundError as exc:
         return _html(message_page("Not found", exc.reason), 404)
     except TransientError as exc:
