@@ -19,6 +19,7 @@ from shared.volumes.preview import (
     dicom_window,
     png_bytes,
     render_preview,
+    write_preview,
 )
 
 
@@ -86,3 +87,22 @@ def test_operator_mode_writes_previews_unless_told_not_to(tmp_path: Path) -> Non
     assert not list(off.glob("*.png"))
     metadata = json.loads((off / "dicom-metadata.json").read_text())
     assert metadata["studies"][0]["series"][0]["volumes"][0].get("preview") is None
+
+
+def test_colour_and_4d_volumes(tmp_path: Path) -> None:
+    rgb = np.zeros((4, 10, 10, 3), dtype=np.uint8)
+    rgb[..., 0] = 90  # mean of the components: 30
+    rgb[:, :, 5:, 0] = 255  # mean 85
+    canvas = render_preview(rgb, (1.0, 1.0, 1.0), window=(127.5, 255.0))  # grey = value
+    assert set(np.unique(canvas[:, :PANEL_PIXELS]).tolist()) == {30, 85}
+
+    series = np.zeros((3, 4, 8, 8), dtype=np.int16)  # t, z, y, x
+    series[0] = 7
+    series[1:] = 1000
+    image = sitk.GetImageFromArray(series)  # a 4-D ITK image
+    path = tmp_path / "v.png"
+    write_preview(image, (1.0, 1.0, 1.0), 3, path, window=(7.0, 2.0))
+    grey = read_png(path.read_bytes(), tmp_path)
+    assert grey.shape == (PANEL_PIXELS, 3 * PANEL_PIXELS + 2 * GAP_PIXELS)
+    assert set(np.unique(grey).tolist()) <= {0, 128}  # the first timepoint only: 7, not 1000
+    assert 128 in np.unique(grey)
