@@ -7,6 +7,7 @@ counts and no patient data or UID.
 from __future__ import annotations
 
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.broker import Broker, Delivery
+from shared.errors import PermanentError, TransientError
+from shared.events import Envelope, JobReceived, new_id
+from shared.metrics import Metrics
 from shared.samples import write_brain_mr_study
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
@@ -200,3 +205,46 @@ def test_each_service_counts_a_study_and_shows_no_patient_data_or_uid(stack: Sta
         text = stack.scrape(service)
         leaked = sorted(s for s in secrets if s and s in text)
         assert not leaked, f"{service} /metrics shows {leaked}"
+
+
+def test_the_broker_counts_a_retry_and_a_dead_letter(settings: ServiceSettings) -> None:
+    metrics = Metrics("parser")
+    consumer = Broker(settings, "parser", metrics)
+    consumer.connect(attempts=3)
+    consumer.declare_service_queue("parser", ["job.received.#"])
+    publisher = Broker(settings, "test")
+    publisher.connect(attempts=3)
+    answers: list[Exception] = [TransientError("busy"), PermanentError("not a study")]
+
+    def handler(envelope: Envelope, delivery: Delivery) -> None:
+        raise answers.pop(0)
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=consumer.consume, args=("parser", ["job.received.#"], handler, stop), daemon=True
+    )
+    thread.start()
+    try:
+        job = new_id()
+        body = JobReceived(
+            pipeline="brain",
+            manifest_key=f"jobs/{job}/manifest.json",
+            instance_count=1,
+            called_ae_title="SERIESFLOW",
+            calling_ae_title="MODALITY",
+        )
+        publisher.publish(Envelope.wrap(body, job_id=job, producer="receiver", event_id=new_id()))
+        wait_until(lambda: not answers, 30, "both deliveries")
+        wait_until(
+            lambda: b"seriesflow_dead_letters_total" in metrics.exposition(), 30, "the dead letter"
+        )
+    finally:
+        stop.set()
+        thread.join(15)
+        consumer.close()
+        publisher.close()
+    text = metrics.exposition().decode()
+    assert 'seriesflow_retries_total{service="parser"} 1.0' in text
+    assert 'seriesflow_dead_letters_total{by="seriesflow",service="parser"} 1.0' in text
+    assert job not in text
+    assert 'type="job.received"' in publisher.metrics.exposition().decode()

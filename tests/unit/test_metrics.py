@@ -9,11 +9,13 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.errors import TransientError
 from shared.metrics import Metrics, serve_metrics
 from shared.settings import ServiceSettings
+from shared.store import ObjectStore
 
 
 def value(metrics: Metrics, sample: str, **labels: str) -> float | None:
@@ -167,3 +169,19 @@ def test_the_dashboard_and_the_docs_name_only_metrics_that_exist_and_the_docs_al
     listed -= {n for n in listed if n.startswith("seriesflow_stage_latency_seconds_")}
     assert documented >= listed, listed - documented
     assert {m for m in documented if m != "seriesflow_jobs"} <= known | listed
+
+
+def test_an_unreachable_object_store_is_counted_once_per_failed_operation() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    metrics = Metrics("parser")
+    settings = ServiceSettings(s3_endpoint=f"127.0.0.1:{port}")
+    store = ObjectStore(settings, timeout=1.0, metrics=metrics)
+    with pytest.raises(TransientError):
+        store.get_bytes("jobs/x/manifest.json")
+    errors = value(
+        metrics, "seriesflow_store_errors_total", service="parser", error="TransientError"
+    )
+    assert errors == 1
+    assert "jobs/x" not in metrics.exposition().decode()
