@@ -44,10 +44,11 @@ from typing import Any
 
 import pydicom
 import yaml
-from pydantic import SecretStr
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench_service import bench_settings  # noqa: E402
 
 from services.exporter.association import StoreAssociation, plan_associations  # noqa: E402
 from services.exporter.meta import HEAD_BYTES, FileMeta, parse_file_meta  # noqa: E402
@@ -302,13 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     s3 = start_seaweedfs(work / "s3")
     try:
         with rabbitmq_vhost() as amqp:
-            settings = ServiceSettings(
-                amqp_url=SecretStr(amqp),
-                s3_endpoint=s3.endpoint,
-                s3_access_key=SecretStr(s3.access_key),
-                s3_secret_key=SecretStr(s3.secret_key),
-                s3_bucket="bench-export",
-                s3_secure=False,
+            settings = bench_settings(
+                amqp, s3.endpoint, s3.access_key, s3.secret_key, "bench-export"
             )
             return run(args, work, settings)
     finally:

@@ -142,6 +142,20 @@ def log_times(path: Path, message: str) -> dict[str, float]:
     return found
 
 
+def bench_settings(
+    amqp: str, endpoint: str, access: str, secret: str, bucket: str
+) -> ServiceSettings:
+    """Settings for a benchmark's own RabbitMQ vhost and SeaweedFS bucket."""
+    return ServiceSettings(
+        amqp_url=SecretStr(amqp),
+        s3_endpoint=endpoint,
+        s3_access_key=SecretStr(access),
+        s3_secret_key=SecretStr(secret),
+        s3_bucket=bucket,
+        s3_secure=False,
+    )
+
+
 def write_config(path: Path, port: int, fmt_pipeline: Path) -> None:
     path.write_text(
         yaml.safe_dump(
@@ -213,14 +227,7 @@ def run(
             folder, slices=max(1, args.slices // CONCURRENT), size=args.size, seed=11 + n
         )
         quarters.append(folder)
-    settings = ServiceSettings(
-        amqp_url=SecretStr(amqp),
-        s3_endpoint=endpoint,
-        s3_access_key=SecretStr(access),
-        s3_secret_key=SecretStr(secret),
-        s3_bucket="bench",
-        s3_secure=False,
-    )
+    settings = bench_settings(amqp, endpoint, access, secret, "bench")
     port = free_port()
     config, pipelines = work / "config.yaml", work / "pipelines"
     write_config(config, port, pipelines)

@@ -25,13 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_service import log_times, storescu, wait_for_selected, write_config  # noqa: E402
+from bench_service import (  # noqa: E402
+    bench_settings,
+    log_times,
+    storescu,
+    wait_for_selected,
+    write_config,
+)
 
 from shared.broker import Broker  # noqa: E402
 from shared.samples import write_ct_series  # noqa: E402
@@ -110,13 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         with rabbitmq_vhost() as amqp:
-            settings = ServiceSettings(
-                amqp_url=SecretStr(amqp),
-                s3_endpoint=s3.endpoint,
-                s3_access_key=SecretStr(s3.access_key),
-                s3_secret_key=SecretStr(s3.secret_key),
-                s3_bucket="bench-scale",
-                s3_secure=False,
+            settings = bench_settings(
+                amqp, s3.endpoint, s3.access_key, s3.secret_key, "bench-scale"
             )
             for count in args.counts:
                 row = one_count(count, args.size, work, settings)
