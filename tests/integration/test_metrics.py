@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.broker import Broker, Delivery
 from shared.errors import PermanentError, TransientError
-from shared.events import Envelope, JobReceived, new_id
+from shared.events import Envelope, new_id
 from shared.metrics import Metrics
 from shared.samples import write_brain_mr_study
 from shared.settings import ServiceSettings
@@ -28,6 +28,7 @@ from shared.store import ObjectStore
 
 from .infra import dcmtk, free_port, wait_for_port
 from .processes import ServiceProcess, StoreSCP, service_environment, wait_until
+from .test_operations import job_event
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "examples" / "rules" / "clara-t1c.json"
@@ -226,14 +227,7 @@ def test_the_broker_counts_a_retry_and_a_dead_letter(settings: ServiceSettings) 
     thread.start()
     try:
         job = new_id()
-        body = JobReceived(
-            pipeline="brain",
-            manifest_key=f"jobs/{job}/manifest.json",
-            instance_count=1,
-            called_ae_title="SERIESFLOW",
-            calling_ae_title="MODALITY",
-        )
-        publisher.publish(Envelope.wrap(body, job_id=job, producer="receiver", event_id=new_id()))
+        publisher.publish(job_event(job))
         wait_until(lambda: not answers, 30, "both deliveries")
         wait_until(
             lambda: b"seriesflow_dead_letters_total" in metrics.exposition(), 30, "the dead letter"
