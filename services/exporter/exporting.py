@@ -316,8 +316,10 @@ class ExportAttempt:
 class _GroupSender:
     """The files of one association plan, sent over up to ``options.associations``
     associations at once. Each association's thread takes the next file in order; files
-    are downloaded ahead in that order. When one association cannot be opened, no file is
-    taken any more and every file not yet taken fails with that reason."""
+    are downloaded ahead in that order. When no association can be opened, or one that was
+    sending cannot be opened again, no file is taken any more and every file not yet taken
+    fails with that reason; an extra association the destination does not serve is only
+    logged."""
 
     def __init__(
         self,
