@@ -37,6 +37,12 @@ cleanup() {
     fi
     "$DOCKER" compose --profile operator down --volumes --remove-orphans >&2 || true
   fi
+  if [ -n "${ENGINE_PID:-}" ]; then
+    # Keep the cache from growing run after run: images replaced by this run's builds go, and
+    # the build cache is trimmed to a few GB.
+    "$DOCKER" image prune -f >/dev/null 2>&1 || true
+    "$DOCKER" builder prune -f --keep-storage 3gb >/dev/null 2>&1 || true
+  fi
   engine_stop
   exit "$status"
 }
