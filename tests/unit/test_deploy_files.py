@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -537,8 +538,15 @@ def _compose_command() -> list[str] | None:
         )
         if probe.returncode == 0:
             return [docker, "compose"]
-    standalone = shutil.which("docker-compose")
-    if standalone:
+    # The compose v2 binary scripts/compose-ci.sh installs (checked against its sha256), then
+    # any docker-compose on PATH.
+    ci_root = Path(os.environ.get("SERIESFLOW_CI_ROOT", "/var/lib/seriesflow-ci"))
+    for standalone in (
+        str(ci_root / "docker-config" / "cli-plugins" / "docker-compose"),
+        shutil.which("docker-compose"),
+    ):
+        if not standalone or not Path(standalone).is_file():
+            continue
         probe = subprocess.run(
             [standalone, "version", "--short"], capture_output=True, text=True, timeout=30
         )
@@ -551,14 +559,27 @@ def test_docker_compose_accepts_the_file() -> None:
     command = _compose_command()
     if command is None:
         pytest.skip("Docker Compose v2 is not installed (`docker compose version` fails)")
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "--profile", "operator", "config", "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    environment.pop("SERIESFLOW_API_TOKEN", None)
+    override = ROOT / "deploy" / "ci" / "docker-compose.ci.yml"
+    for files in ([COMPOSE_FILE], [COMPOSE_FILE, override]):
+        arguments = [a for f in files for a in ("-f", str(f))]
+
+        def config(env: dict[str, str], args: list[str] = arguments) -> Any:
+            return subprocess.run(
+                [*command, *args, "--profile", "operator", "config", "--quiet"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+
+        result = config({**environment, "SERIESFLOW_API_TOKEN": "a-token"})
+        assert result.returncode == 0, result.stderr
+        # The config API refuses to start without a token, and so does the file.
+        refused = config(environment)
+        assert refused.returncode != 0 and "SERIESFLOW_API_TOKEN" in refused.stderr
 
 
 # --------------------------------------------------------------------------------------------
