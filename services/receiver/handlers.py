@@ -38,9 +38,12 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from pydicom.dataset import FileMetaDataset
 
 from services.receiver import dimse, statuses
 from services.receiver.association import (
@@ -180,10 +183,32 @@ def handle_store(event: Any, context: ReceiverContext) -> int:
 
 def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -> int:
     request = event.request
-    sop_class_uid = str(request.AffectedSOPClassUID or "").strip("\0 ")
+    return store_instance(
+        context,
+        association,
+        str(request.AffectedSOPClassUID or ""),
+        str(request.AffectedSOPInstanceUID or ""),
+        event.file_meta,
+        lambda: event.encoded_dataset(include_meta=False),
+        str(event.context.transfer_syntax),
+    )
+
+
+def store_instance(
+    context: ReceiverContext,
+    association: OpenAssociation,
+    affected_sop_class_uid: str,
+    affected_sop_instance_uid: str,
+    file_meta: FileMetaDataset,
+    encoded_dataset: Callable[[], bytes],
+    transfer_syntax_uid: str,
+) -> int:
+    """Check and store one instance of ``association`` (C-STORE, or a STOW-RS request:
+    :mod:`services.receiver.stow`); the C-STORE status that answers it."""
+    sop_class_uid = affected_sop_class_uid.strip("\0 ")
     extra: dict[str, object] = {"association": association.association_id}
     try:
-        sop_instance_uid = check_sop_instance_uid(str(request.AffectedSOPInstanceUID or ""))
+        sop_instance_uid = check_sop_instance_uid(affected_sop_instance_uid)
     except InstanceError as exc:
         log.warning("instance refused", extra={**extra, "reason": exc.reason})
         return exc.status
@@ -199,14 +224,10 @@ def _store(event: Any, context: ReceiverContext, association: OpenAssociation) -
         )
         return statuses.SUCCESS
     key = keys.incoming_instance(association.association_id, sop_instance_uid)
-    data_set = event.encoded_dataset(include_meta=False)
-    data = part10(
-        event.file_meta, data_set, association.calling_ae_title, association.called_ae_title
-    )
+    data_set = encoded_dataset()
+    data = part10(file_meta, data_set, association.calling_ae_title, association.called_ae_title)
     try:
-        ref = describe(
-            data, key, sop_class_uid, sop_instance_uid, str(event.context.transfer_syntax)
-        )
+        ref = describe(data, key, sop_class_uid, sop_instance_uid, transfer_syntax_uid)
     except InstanceError as exc:
         log.warning("instance refused", extra={**extra, "reason": exc.reason, "status": exc.status})
         return exc.status

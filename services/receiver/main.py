@@ -22,6 +22,7 @@ from services.receiver.quarantine import check_quarantine
 from services.receiver.release import JobService
 from services.receiver.settings import receiver_settings
 from services.receiver.storing import TimedStore
+from services.receiver.stow import StowServer
 from shared.config import SeriesflowConfig, load_config
 from shared.configstore import LiveConfig, LiveView
 from shared.errors import InvalidIdentifierError, InvalidInputError
@@ -106,6 +107,7 @@ class Receiver:
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
         self._bucket_ready = False
+        self._stow = StowServer(self.settings, self.context) if self.settings.stow_port else None
 
     @property
     def port(self) -> int:
@@ -144,6 +146,8 @@ class Receiver:
             target=self._housekeep, name="receiver-housekeeping", daemon=True
         )
         self._housekeeper.start()
+        if self._stow is not None:
+            self._stow.start()
         self.metrics.serve_as_configured(self.settings)
         log.info(
             "receiver listening",
@@ -161,6 +165,8 @@ class Receiver:
         quarantined), finish queued job work, stop."""
         if self._server is not None:
             self._server.stop_accepting()
+        if self._stow is not None:
+            self._stow.stop()
         drain.wait_for_associations(
             lambda: len(self.context.associations), self.settings.drain_seconds
         )

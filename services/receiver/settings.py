@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -63,6 +63,25 @@ class ReceiverSettings(ServiceSettings):
         default=5.0,
         gt=0,
         description="How often quarantine/ is checked for operator releases and expiry",
+    )
+
+    # DICOMweb STOW-RS (services/receiver/stow.py, docs/receiver.md "DICOMweb STOW-RS")
+    stow_port: int = Field(default=0, ge=0, le=65535, description="Port of STOW-RS; 0: off")
+    stow_host: str = Field(
+        default="127.0.0.1",
+        description="Address STOW-RS listens on; anything but loopback needs a token",
+    )
+    stow_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Largest STOW-RS request body (held in memory while its instances are "
+        "checked and stored); a larger one is answered 413 before it is read",
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="STOW-RS bearer token, the config API's (named 'default')"
+    )
+    api_tokens: SecretStr | None = Field(
+        default=None, description="STOW-RS named bearer tokens, the config API's"
     )
 
 
