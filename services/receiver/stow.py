@@ -16,6 +16,7 @@ object store. Its per-instance statuses: ReferencedSOPSequence for stored instan
 FailedSOPSequence with the C-STORE status as FailureReason for the others; HTTP 200 (all
 stored), 202 (some), 409 (none); each failure's reason also as a ``Warning: 299`` header.
 
+STOW-RS listens on ``SERIESFLOW_STOW_HOST`` (127.0.0.1) : ``SERIESFLOW_STOW_PORT`` (0: off).
 Tokens are the config API's (``SERIESFLOW_API_TOKEN(S)``, :mod:`shared.tokens`); with
 none, STOW-RS serves loopback only. A body larger than ``SERIESFLOW_STOW_MAX_BYTES`` is
 answered 413 without being read (by Content-Length) or as soon as it passes the limit.
