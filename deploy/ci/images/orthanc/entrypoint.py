@@ -3,6 +3,7 @@
 
 import json
 import os
+from pathlib import Path
 
 config: dict[str, object] = {
     "Name": "orthanc",
@@ -21,7 +22,6 @@ for key, value in os.environ.items():
         config[name] = json.loads(value)
     except ValueError:
         config[name] = value
-path = "/tmp/orthanc.json"
-with open(path, "w") as fp:
-    json.dump(config, fp)
-os.execvp("Orthanc", ["Orthanc", path])
+path = Path("/tmp/orthanc.json")
+path.write_text(json.dumps(config))
+os.execvp("Orthanc", ["Orthanc", str(path)])
