@@ -94,6 +94,11 @@ class StowApp:
         try:
             await self._handle(scope, receive, send)
         except RequestError as exc:
+            client = scope.get("client") or ("", 0)
+            log.warning(
+                "STOW-RS request refused",
+                extra={"status": exc.status, "reason": exc.reason, "peer": str(client[0])},
+            )
             await _answer_error(send, exc.status, exc.reason)
         except Exception as exc:
             log.exception(

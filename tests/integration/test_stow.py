@@ -29,7 +29,14 @@ from shared.store import ObjectStore
 
 from .infra import dcmtk, dcmtk_available, free_port, start_seaweedfs, wait_for_port
 from .processes import ServiceProcess, service_environment, wait_until
-from .test_receiver import observer, received, running, wait_for_messages, write_config
+from .test_receiver import (
+    observer,
+    received,
+    running,
+    storescu,
+    wait_for_messages,
+    write_config,
+)
 
 __all__ = ["observer"]  # the fixture, used by name
 
@@ -208,6 +215,27 @@ def test_stow_while_the_store_is_down_answers_failure_for_each_instance(
             assert received(observer) == []
     finally:
         own.stop()
+
+
+def test_a_study_sent_by_stow_requests_and_an_association_is_one_job(
+    settings: ServiceSettings, observer: Broker, tmp_path: Path, ct: list[Path]
+) -> None:
+    dicom_port, stow_port = free_port(), free_port()
+    ae = [{"ae-title": "SERIESFLOW", "pipeline": "ct", "grouping": "study", "timeout": 2}]
+    config = write_config(tmp_path / "c.yaml", dicom_port, ae_titles=ae)
+    url = f"http://127.0.0.1:{stow_port}/dicomweb/SERIESFLOW/studies"
+    with running(settings, config, stow_port=stow_port) as receiver:
+        for path in ct[:2]:
+            answer = curl(url, multipart([("application/dicom", path.read_bytes())]), tmp_path)
+            assert answer.status == 200, answer
+        result = storescu(dicom_port, ct[2:])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(wait_for_messages(observer, 1, timeout=20)) == 1
+        time.sleep(3)
+        assert received(observer) == []
+        (manifest,) = manifests(receiver.store)
+        assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(map(sop_uid, ct))
+        assert len(manifest.associations) == 3
 
 
 # -- processes: STOW-RS and C-STORE of one study end in the same selection ---------------
