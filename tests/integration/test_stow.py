@@ -82,6 +82,7 @@ def curl(
     tmp_path: Path,
     token: str | None = TOKEN,
     content_type: str = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+    headers: tuple[str, ...] | list[str] = (),
 ) -> Answer:
     (tmp_path / "body").write_bytes(body)
     command = [
@@ -92,6 +93,8 @@ def curl(
     ]  # fmt: skip
     if token is not None:
         command[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    for header in headers:
+        command[1:1] = ["-H", header]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "answer").read_text()
@@ -142,6 +145,8 @@ def test_stow_stores_each_instance_and_reports_each_failure(
         assert curl(url, body, tmp_path, content_type="application/dicom").status == 415
         large = multipart([("application/dicom", b"\0" * 70000)])
         assert curl(url, large, tmp_path).status == 413
+        chunked = curl(url, large, tmp_path, headers=["Transfer-Encoding: chunked"])
+        assert chunked.status == 413, chunked
 
         # Three good parts and a bad one: 202, three referenced, one failed (0xC000).
         answer = curl(url, body, tmp_path)
