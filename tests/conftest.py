@@ -15,8 +15,14 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from shared.logs import JsonFormatter
+
+# Speed is never a timed assertion in a test: hypothesis's per-example deadline is one, and
+# it fails property tests on a loaded machine. The properties themselves stay as they are.
+hypothesis_settings.register_profile("seriesflow", deadline=None)
+hypothesis_settings.load_profile("seriesflow")
 
 
 class RaisingJsonHandler(logging.Handler):

@@ -19,7 +19,7 @@ def test_formats_are_read_one_way(given: str | None, expected: str) -> None:
 
 
 def test_an_unknown_format_names_where_it_came_from() -> None:
-    with pytest.raises(InvalidInputError, match="image-format must be one of mhd, nii, nii.gz"):
+    with pytest.raises(InvalidInputError, match=r"image-format must be one of mhd, nii, nii\.gz"):
         parse_image_format("png", "image-format")
 
 

@@ -243,8 +243,13 @@ def test_an_invalid_series_uid_never_reaches_a_file_name(tmp_path: Path) -> None
     (name,) = read(tmp_path / "out" / "series-images.json").values()
     assert name.startswith("2.25.") and "/" not in name
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        ["dicom-metadata.json", "series-images.json", "selected-images.json", name]
-        + [name.removesuffix(".nii") + ".png"]  # the preview, named after the volume
+        [
+            "dicom-metadata.json",
+            "series-images.json",
+            "selected-images.json",
+            name,
+            name.removesuffix(".nii") + ".png",  # the preview, named after the volume
+        ]
     )
 
 
