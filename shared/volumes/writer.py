@@ -36,6 +36,7 @@ def parse_image_format(value: object, what: str = "image format") -> ImageFormat
             return known
     raise InvalidInputError(f"{what} must be one of {', '.join(IMAGE_FORMATS)}, not {value!r}")
 
+
 _SCALAR_TYPES = {
     "uint8": sitk.sitkUInt8,
     "int8": sitk.sitkInt8,
