@@ -32,6 +32,7 @@ from services.selector.settings import SelectorSettings
 from shared.config import SeriesflowConfig, load_config
 from shared.pipelines import PipelineRegistry
 from shared.settings import ServiceSettings
+from shared.tokens import parse_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES_DIR = ROOT / "deploy" / "services"
@@ -55,6 +56,9 @@ SECRET_SETTINGS = frozenset(
     {"SERIESFLOW_AMQP_URL", "SERIESFLOW_S3_ACCESS_KEY", "SERIESFLOW_S3_SECRET_KEY"}
 )
 TOKEN_SETTINGS = frozenset({"SERIESFLOW_API_TOKEN", "SERIESFLOW_API_TOKENS"})
+# They listen on 0.0.0.0, so they refuse to start without a token: the config API and the
+# receiver's DICOMweb STOW-RS (services/receiver/stow.py).
+TOKEN_SERVICES = frozenset({"config-api", "receiver"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +169,24 @@ def _environment(service: str) -> dict[str, str]:
         assert ref["key"] in _secret_example(), f"{service}: the Secret has no {ref['key']}"
         env[variable["name"]] = _secret_example()[ref["key"]]
     return env
+
+
+def _built_settings(service: str, monkeypatch: pytest.MonkeyPatch) -> ServiceSettings:
+    """The service's settings object built from its container's environment (only)."""
+    for name in _known_env_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in _environment(service).items():
+        monkeypatch.setenv(name, value)
+    try:
+        return SETTINGS[service]()
+    except ValidationError as exc:
+        pytest.fail(f"seriesflow {service} would refuse this environment: {exc}")
+
+
+def _receiver_settings(monkeypatch: pytest.MonkeyPatch) -> ReceiverSettings:
+    settings = _built_settings("receiver", monkeypatch)
+    assert isinstance(settings, ReceiverSettings)
+    return settings
 
 
 def _settings_env_names(cls: type[ServiceSettings]) -> set[str]:
@@ -396,31 +418,35 @@ def test_each_environment_is_accepted_by_the_services_settings(
             )
     for name in SECRET_SETTINGS | TOKEN_SETTINGS:
         assert name not in _settings_literals(), f"{name} is a secret, not a ConfigMap literal"
-    for name in _known_env_names():
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    try:
-        settings = SETTINGS[service]()
-    except ValidationError as exc:
-        pytest.fail(f"seriesflow {service} would refuse this environment: {exc}")
+    settings = _built_settings(service, monkeypatch)
     assert settings.config == Path("/etc/seriesflow/config.yaml")
     assert settings.pipelines == Path("/etc/seriesflow/pipelines")
     assert settings.amqp_url.get_secret_value().startswith("amqp")
 
 
-def test_config_api_has_a_token_from_the_secret_because_it_binds_every_interface() -> None:
+def test_config_api_and_stow_take_the_token_from_the_secret_because_they_bind_every_interface(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert "0.0.0.0" in _container("config-api")["args"]
-    container = _container("config-api")
-    from_secret = any(
-        variable["name"] in TOKEN_SETTINGS and "secretKeyRef" in variable.get("valueFrom", {})
-        for variable in container.get("env", [])
-    )
-    if any("secretRef" in source for source in container.get("envFrom", [])):
-        from_secret = from_secret or bool(TOKEN_SETTINGS & _secret_example().keys())
-    assert from_secret, "config-api refuses 0.0.0.0 without SERIESFLOW_API_TOKEN(S)"
+    assert _receiver_settings(monkeypatch).stow_host == "0.0.0.0"
     assert TOKEN_SETTINGS & _secret_example().keys(), "the example Secret shows the token key"
-    for service in SETTINGS.keys() - {"config-api"}:
+    for service in sorted(TOKEN_SERVICES):
+        container = _container(service)
+        assert not any("secretRef" in s for s in container.get("envFrom", [])), (
+            f"{service}: the token by its key, not the whole Secret"
+        )
+        tokens = [v for v in container.get("env", []) if v["name"] in TOKEN_SETTINGS]
+        assert tokens, f"{service} refuses 0.0.0.0 without SERIESFLOW_API_TOKEN(S)"
+        for variable in tokens:
+            assert "value" not in variable, f"{service}: {variable['name']} is never a literal"
+            ref = variable["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": SECRET_NAME, "key": variable["name"]}, service
+        settings = _built_settings(service, monkeypatch)
+        assert isinstance(settings, (ConfigApiSettings, ReceiverSettings))
+        assert parse_tokens(settings.api_token, settings.api_tokens), (
+            f"{service}: the Secret's token reaches the settings"
+        )
+    for service in SETTINGS.keys() - TOKEN_SERVICES:
         assert not TOKEN_SETTINGS & _environment(service).keys(), (
             f"{service} does not need the API token"
         )
@@ -456,27 +482,57 @@ def test_probes_config_api_http_receiver_dicom_consumers_broker_readiness() -> N
         assert not container.get("ports"), f"{service} serves no port"
 
 
-def test_receiver_listens_on_the_configured_scp_port() -> None:
-    (port,) = _container("receiver")["ports"]
-    assert port["containerPort"] == _config().dicom.scp.port == 11112
-    assert _config().dicom.scp.host == "0.0.0.0"
+def test_receiver_listens_on_the_configured_scp_and_stow_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _receiver_settings(monkeypatch)
+    ports = {p["name"]: p for p in _container("receiver")["ports"]}
+    assert {name: p["containerPort"] for name, p in ports.items()} == {
+        "dicom": _config().dicom.scp.port,
+        "stow": settings.stow_port,
+    }
+    assert all(p["protocol"] == "TCP" for p in ports.values())
+    assert _config().dicom.scp.port == 11112 and _config().dicom.scp.host == "0.0.0.0"
+    assert settings.stow_port == 8080 and settings.stow_host == "0.0.0.0"
+    # /metrics is scraped through the pod annotation (no declared port), on its own port.
+    annotations = _deployments()["receiver"]["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == settings.metrics_port == 9100
+    assert settings.metrics_host == "0.0.0.0"
+    assert settings.metrics_port not in {p["containerPort"] for p in ports.values()}
+
+
+def test_receiver_stow_request_limit_fits_its_memory_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A STOW-RS request is held in memory, up to about twice its size (docs/receiver.md):
+    # the largest one accepted takes at most half the container's memory limit.
+    limit = _memory_bytes(_container("receiver")["resources"]["limits"]["memory"])
+    max_bytes = _receiver_settings(monkeypatch).stow_max_bytes
+    assert max_bytes == 64 * 2**20
+    assert 2 * max_bytes <= limit // 2, f"{max_bytes} bytes per request, {limit} limit"
 
 
 @pytest.mark.parametrize(
-    ("name", "service", "port"),
-    [("seriesflow-receiver", "receiver", 11112), ("seriesflow-config-api", "config-api", 5000)],
+    ("name", "service", "ports"),
+    [
+        ("seriesflow-receiver", "receiver", {"dicom": 11112, "stow": 8080}),
+        ("seriesflow-config-api", "config-api", {"http": 5000}),
+    ],
 )
-def test_services_select_their_pods_and_reach_the_container_port(
-    name: str, service: str, port: int
+def test_services_select_their_pods_and_reach_the_container_ports(
+    name: str, service: str, ports: dict[str, int]
 ) -> None:
     assert set(_services()) == {"seriesflow-receiver", "seriesflow-config-api"}
     spec = _services()[name]["spec"]
     assert spec.get("type", "ClusterIP") == "ClusterIP"
     labels = _deployments()[service]["spec"]["template"]["metadata"]["labels"]
     assert spec["selector"].items() <= labels.items(), f"{name} selects the {service} pods"
-    (service_port,) = spec["ports"]
-    assert service_port["port"] == port
-    assert _port(_container(service), service_port["targetPort"]) == port
+    assert {p["name"]: p["port"] for p in spec["ports"]} == ports
+    container = _container(service)
+    for service_port in spec["ports"]:
+        assert service_port["targetPort"] == service_port["name"], "by the container's name"
+        assert _port(container, service_port["targetPort"]) == service_port["port"]
+        assert service_port.get("protocol", "TCP") == "TCP"
 
 
 # --------------------------------------------------------------------------------------------
