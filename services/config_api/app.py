@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.config_api import clara, console, quarantine_routes, retention_routes, routes
+from services.config_api.console_session import ConsoleSessions
 from services.config_api.deps import caller
 from services.config_api.guard import ApiGuard
 from services.config_api.models import Health
@@ -86,6 +87,7 @@ def create_app(
     app.state.store = store
     app.state.jobs = JobStore(store)
     app.state.tokens = TokenChecker(tokens)
+    app.state.sessions = ConsoleSessions(config.api_console_session_seconds)
     app.state.identifier_readers = parse_identifier_readers(config.api_identifier_readers, tokens)
     app.state.echo_timeout = config.api_echo_timeout
     app.state.repository = ConfigRepository(
@@ -107,7 +109,11 @@ def create_app(
     console.install(app, config)  # the web console, /console (docs/console.md)
     _error_handlers(app)
     app.add_middleware(
-        ApiGuard, tokens=app.state.tokens, max_body=config.api_max_body_bytes, answer=_answer
+        ApiGuard,
+        tokens=app.state.tokens,
+        sessions=app.state.sessions,
+        max_body=config.api_max_body_bytes,
+        answer=_answer,
     )
     return app
 

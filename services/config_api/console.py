@@ -6,6 +6,8 @@ selections each fell into), dead letters per service with a replay button, queue
 the live configuration (read-only). It is served by the config API behind the same guard
 (services/config_api/guard.py): the same bearer tokens, and without tokens loopback
 only, with a foreign ``Origin`` refused (so no other site can post the replay form).
+With tokens, a person signs in at ``/console/login`` with a token and gets a signed
+session cookie (services/config_api/console_session.py); ``/console/logout`` ends it.
 
 Data comes from :class:`shared.jobstore.JobStore` and
 :class:`shared.configstore.ConfigRepository` (the only owners of the object store), queue
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -32,11 +34,22 @@ from services.config_api.console_pages import (
     dead_letters_page,
     job_page,
     jobs_page,
+    login_page,
+    logout_page,
     message_page,
     queues_page,
 )
+from services.config_api.console_session import (
+    CONSOLE,
+    COOKIE,
+    LOGIN,
+    ConsoleSessions,
+    safe_next,
+)
 from services.config_api.jobs import job_detail, job_id
 from services.config_api.repository import ApiError, ConfigRepository
+from services.config_api.security import TokenChecker
+from services.config_api.settings import config_api_settings
 from services.status import CONSUMING_SERVICES, queue_stats
 from shared.broker import Broker, QueueStats
 from shared.dicom.metadata import METADATA_FILE, SELECTED_IMAGES_FILE
@@ -56,6 +69,7 @@ _PREVIEW_NAME = re.compile(r"^[0-9A-Za-z.\-]{1,128}\.png$")
 def install(app: FastAPI, settings: ServiceSettings) -> None:
     """Serve the console on ``app``; ``settings`` reach RabbitMQ for queues and replay."""
     app.state.console_settings = settings
+    app.state.console_secure_cookie = config_api_settings(settings).api_console_secure_cookie
     app.include_router(router)
 
 
@@ -93,6 +107,75 @@ def _answering(build: Callable[[], Response]) -> Response:
 @router.get("", response_class=HTMLResponse)
 def console_home() -> Response:
     return RedirectResponse("/console/jobs", status_code=303)
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next_path: str = Query(default="", alias="next")) -> Response:
+    tokens: TokenChecker = request.app.state.tokens
+    return _no_store(_html(login_page(safe_next(next_path), tokens=tokens.enabled)))
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Check the form's token like a bearer token; on success set the session cookie.
+
+    The guard has capped this body at a few KiB before it is read here.
+    """
+    tokens: TokenChecker = request.app.state.tokens
+    sessions: ConsoleSessions = request.app.state.sessions
+    body = (await request.body()).decode("utf-8", "replace")
+    try:
+        form = parse_qs(body, max_num_fields=4)
+    except ValueError:
+        form = {}
+    token = (form.get("token") or [""])[0].strip()
+    target = safe_next((form.get("next") or [""])[0])
+    if not tokens.enabled:
+        return RedirectResponse(target, status_code=303)
+    who = tokens.identify(f"Bearer {token}") if token else None
+    if who is None:
+        log.warning("console sign-in refused", extra={"peer": _peer(request)})
+        page = login_page(target, "That is not a valid API token.")
+        return _no_store(_html(page, 401))
+    log.info("console sign-in", extra={"peer": _peer(request), "token_name": who})
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        sessions.issue(who),
+        max_age=sessions.lifetime,
+        path=CONSOLE,
+        secure=request.url.scheme == "https" or bool(request.app.state.console_secure_cookie),
+        httponly=True,
+        samesite="strict",
+    )
+    return _no_store(response)
+
+
+@router.get("/logout", response_class=HTMLResponse)
+def logout_form(request: Request) -> Response:
+    tokens: TokenChecker = request.app.state.tokens
+    return _no_store(_html(logout_page(tokens.enabled)))
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    """Clear the session cookie (the signed value itself stays valid until it expires)."""
+    sessions: ConsoleSessions = request.app.state.sessions
+    who = sessions.verify(request.cookies.get(COOKIE))
+    if who is not None:
+        log.info("console sign-out", extra={"peer": _peer(request), "token_name": who})
+    response = RedirectResponse(LOGIN, status_code=303)
+    response.delete_cookie(COOKIE, path=CONSOLE, httponly=True, samesite="strict")
+    return _no_store(response)
 
 
 def _since(value: str) -> datetime | None:

@@ -41,17 +41,17 @@ _SECRET_WORDS = ("private", "password", "secret", "token")
 class Page:
     title: str
     body: str
+    nav: bool = True
 
     def render(self) -> str:
-        nav = "".join(
-            f'<a href="/console/{path}">{label}</a>'
-            for path, label in (
-                ("jobs", "Jobs"),
-                ("dead-letters", "Dead letters"),
-                ("queues", "Queues"),
-                ("config", "Configuration"),
-            )
+        links = (
+            ("jobs", "Jobs"),
+            ("dead-letters", "Dead letters"),
+            ("queues", "Queues"),
+            ("config", "Configuration"),
+            ("logout", "Sign out"),
         )
+        nav = "".join(f'<a href="/console/{path}">{label}</a>' for path, label in links if self.nav)
         return (
             "<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{escape(self.title)} - seriesflow</title><style>{_STYLE}</style></head>"
@@ -78,6 +78,38 @@ def _state(state: str) -> str:
 
 def message_page(title: str, message: str) -> Page:
     return Page(title, f"<p>{escape(message)}</p>")
+
+
+def login_page(next_path: str, problem: str = "", tokens: bool = True) -> Page:
+    """The sign-in form: one API token (its value is never echoed back)."""
+    if not tokens:
+        return Page(
+            "Sign in",
+            "<p>No API token is configured: the console is open on loopback, no sign-in is "
+            'needed. <a href="/console/jobs">Jobs</a></p>',
+            nav=False,
+        )
+    notice = f'<p class="failed" id="problem">{escape(problem)}</p>' if problem else ""
+    return Page(
+        "Sign in",
+        f"{notice}<form method='post' action='/console/login' id='login'>"
+        "<p><label>API token (SERIESFLOW_API_TOKEN or one of SERIESFLOW_API_TOKENS)<br>"
+        "<input type='password' name='token' id='token' size='48' required "
+        "autocomplete='current-password' autofocus></label></p>"
+        f"<input type='hidden' name='next' value='{escape(next_path)}'>"
+        "<p><button type='submit' id='sign-in'>Sign in</button></p></form>",
+        nav=False,
+    )
+
+
+def logout_page(tokens: bool = True) -> Page:
+    if not tokens:
+        return message_page("Sign out", "No API token is configured: there is no sign-in.")
+    return Page(
+        "Sign out",
+        "<form method='post' action='/console/logout' id='logout'>"
+        "<p><button type='submit' id='sign-out'>Sign out</button></p></form>",
+    )
 
 
 def jobs_page(rows: list[tuple[JobInfo, str]], filters: dict[str, str]) -> Page:

@@ -11,9 +11,16 @@ For every HTTP request, in this order:
 2. **Tokens configured**: every path but ``/health`` (``/docs`` and ``/openapi.json``
    included) needs ``Authorization: Bearer <token>``, else 401. Host is not checked: the
    API may be served under any name, and a browser never adds the token on its own.
-3. **Body cap** (``SERIESFLOW_API_MAX_BODY_BYTES``, 1 MiB by default): a ``Content-Length``
-   above it is answered 413 without reading the body; a body without a length
-   (chunked) is read up to the cap and answered 413 beyond it.
+   Under ``/console`` only, the console's session cookie
+   (:mod:`services.config_api.console_session`) stands for the token: without a token
+   header or a valid cookie a console request is redirected (303) to ``/console/login``;
+   a state-changing request (POST) made with the cookie must also carry a same-origin
+   ``Origin`` (or ``Referer``), else 403 ``origin_not_allowed``. The sign-in and sign-out
+   paths are open, but a POST to them from another origin is refused with 403.
+3. **Body cap** (``SERIESFLOW_API_MAX_BODY_BYTES``, 1 MiB by default; 4 KiB for the
+   sign-in and sign-out forms): a ``Content-Length`` above it is answered 413 without
+   reading the body; a body without a length (chunked) is read up to the cap and answered
+   413 beyond it.
 
 Refusals are logged (warning) with the peer's address, the method and the path; never a
 token nor a body. Answers have the API's error shape (a Kubernetes ``Status`` under
@@ -23,11 +30,23 @@ token nor a body. Answers have the API's error shape (a Kubernetes ``Status`` un
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.config_api.console_session import (
+    COOKIE,
+    DEFAULT_LIFETIME,
+    LOGIN,
+    LOGIN_MAX_BODY,
+    SAFE_METHODS,
+    SIGN_IN_PATHS,
+    ConsoleSessions,
+    is_console,
+    same_origin,
+)
 from services.config_api.security import (
     TokenChecker,
     host_name,
@@ -45,21 +64,29 @@ _SHOWN = 80  # characters of a refused Host or Origin header that reach the log
 class RefusedError(Exception):
     """Why a request is answered before it reaches the application."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, location: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.location = location  # a redirect (to the console's sign-in page) instead
 
 
 class ApiGuard:
     """ASGI middleware: Host and Origin rule, token before body, body cap (module docstring)."""
 
     def __init__(
-        self, app: ASGIApp, *, tokens: TokenChecker, max_body: int, answer: Answer
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenChecker,
+        sessions: ConsoleSessions | None = None,
+        max_body: int,
+        answer: Answer,
     ) -> None:
         self.app = app
         self.tokens = tokens
+        self.sessions = sessions or ConsoleSessions(DEFAULT_LIFETIME)
         self.max_body = max_body
         self.answer = answer
 
@@ -68,11 +95,18 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         request = Request(scope)  # no receive: nothing here can read the body
+        cap = self.max_body
+        if request.url.path in SIGN_IN_PATHS:
+            cap = min(cap, LOGIN_MAX_BODY)
         try:
             self.check_caller(request)
-            self.check_length(request)
-            replay = await self.read_chunked(request, receive)
+            self.check_length(request, cap)
+            replay = await self.read_chunked(request, receive, cap)
         except RefusedError as refusal:
+            if refusal.location:
+                redirect = RedirectResponse(refusal.location, status_code=303)
+                await redirect(scope, receive, send)
+                return
             client = scope.get("client")
             log.warning(
                 "request refused",
@@ -113,19 +147,48 @@ class ApiGuard:
             return
         if request.url.path in OPEN_PATHS:
             return
+        if is_console(request.url.path) and "authorization" not in headers:
+            self.check_console_session(request)
+            return
         if self.tokens.identify(headers.get("authorization")) is None:
             raise RefusedError(401, "unauthorized", "a valid bearer token is required")
 
-    def check_length(self, request: Request) -> None:
+    def check_console_session(self, request: Request) -> None:
+        """A console request without a token header: the sign-in pages, or the cookie."""
+        headers = request.headers
+        path = request.url.path
+        from_here = same_origin(headers.get("origin"), headers.get("referer"), headers.get("host"))
+        unsafe = request.method not in SAFE_METHODS
+        if path in SIGN_IN_PATHS:
+            if unsafe and ("origin" in headers or "referer" in headers) and not from_here:
+                raise RefusedError(
+                    403,
+                    "origin_not_allowed",
+                    "the sign-in and sign-out forms are accepted from the console's own pages only",
+                )
+            return
+        if self.sessions.verify(request.cookies.get(COOKIE)) is None:
+            back = path + (f"?{request.url.query}" if request.url.query else "")
+            query = "" if unsafe else "?" + urlencode({"next": back})
+            raise RefusedError(303, "sign_in_required", "sign in first", LOGIN + query)
+        if unsafe and not from_here:
+            raise RefusedError(
+                403,
+                "origin_not_allowed",
+                "a console form sent with the session cookie must come from the console's "
+                "own pages (a same-origin Origin or Referer header)",
+            )
+
+    def check_length(self, request: Request, cap: int) -> None:
         value = request.headers.get("content-length")
         if value is None:
             return
         if not value.strip().isdigit():
             raise RefusedError(400, "bad_request", "Content-Length is not a number")
-        if int(value) > self.max_body:
-            raise RefusedError(413, "too_large", self._too_large())
+        if int(value) > cap:
+            raise RefusedError(413, "too_large", self._too_large(cap))
 
-    async def read_chunked(self, request: Request, receive: Receive) -> Receive | None:
+    async def read_chunked(self, request: Request, receive: Receive, cap: int) -> Receive | None:
         """A body without Content-Length, read up to the cap; a receive that replays it.
 
         None when the request declares its length (h11 holds it to that length, and
@@ -143,8 +206,8 @@ class ApiGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise RefusedError(413, "too_large", self._too_large())
+            if size > cap:
+                raise RefusedError(413, "too_large", self._too_large(cap))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -159,7 +222,7 @@ class ApiGuard:
 
         return replay
 
-    def _too_large(self) -> str:
-        return (
-            f"the request body is larger than {self.max_body} bytes (SERIESFLOW_API_MAX_BODY_BYTES)"
-        )
+    def _too_large(self, cap: int) -> str:
+        if cap < self.max_body:
+            return f"the sign-in form is larger than {cap} bytes"
+        return f"the request body is larger than {cap} bytes (SERIESFLOW_API_MAX_BODY_BYTES)"

@@ -34,6 +34,19 @@ class ConfigApiSettings(ServiceSettings):
         le=256 * 1024 * 1024,
         description="Largest request body accepted; a larger one is answered 413 unread",
     )
+    api_console_session_seconds: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long a console sign-in lasts (the session cookie's lifetime)",
+    )
+    api_console_secure_cookie: bool = Field(
+        default=False,
+        description=(
+            "Always mark the console's session cookie Secure (set it when TLS ends at a "
+            "proxy in front of the API; over https the cookie is Secure anyway)"
+        ),
+    )
     api_identifier_readers: str = Field(
         default="",
         description=(

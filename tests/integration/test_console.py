@@ -240,8 +240,13 @@ def test_console_needs_the_token_and_refuses_foreign_pages(settings: ServiceSett
     store.ensure_bucket()
     config = ConfigApiSettings(**{**settings.model_dump(), "api_token": SecretStr("t0ken-abc")})
     client = TestClient(create_app(config, store, None), base_url="http://127.0.0.1:5000")
-    assert client.get("/console/jobs").status_code == 401
-    assert client.post("/console/dead-letters/parser/replay", data={}).status_code == 401
+    unsigned = client.get("/console/jobs", follow_redirects=False)  # no token, no cookie
+    assert unsigned.status_code == 303
+    assert unsigned.headers["location"] == "/console/login?next=%2Fconsole%2Fjobs"
+    post = client.post("/console/dead-letters/parser/replay", data={}, follow_redirects=False)
+    assert post.status_code == 303 and post.headers["location"] == "/console/login"
+    wrong = client.get("/console/jobs", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401
     answer = client.get("/console/jobs", headers={"Authorization": "Bearer t0ken-abc"})
     assert answer.status_code == 200 and "<table" in answer.text
     job = new_id()
