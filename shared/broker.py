@@ -458,7 +458,18 @@ class Broker:
     # -- replay -----------------------------------------------------------------------
 
     def replay_dead_letters(self, service: str, limit: int | None = None) -> int:
-        """Re-publish a service's dead letters to their original routing keys."""
+        """Re-publish a service's dead letters to their original routing keys.
+
+        A dead-letter queue that was never declared (the service never ran against this
+        broker) holds nothing: that is 0 replayed, not an error.
+        """
+        try:
+            self.channel.queue_declare(dead_letter_queue(service), passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise TransientError(f"dead letters of {service}: {exc.reply_text}") from exc
+            log.info("no dead-letter queue: nothing to replay", extra={"service": service})
+            return 0
         channel = self.channel
         done = 0
         while limit is None or done < limit:

@@ -256,3 +256,11 @@ def test_an_export_key_with_dot_dot_is_dead_lettered_at_once_not_retried(
     assert headers["x-seriesflow-error"] == "InvalidInputError", headers
     assert "'..'" in headers["x-seriesflow-reason"]
     assert int(headers.get("x-delivery-count", 0)) == 0  # the first delivery, no retry
+
+
+def test_replaying_a_service_that_never_ran_replays_nothing(broker: Broker) -> None:
+    """A dead-letter queue that was never declared holds nothing: 0, not a broker error
+    (the console's replay answered 500 for it), and the broker stays usable."""
+    assert broker.replay_dead_letters("selector") == 0
+    broker.declare_service_queue("selector", ("job.parsed.#",))
+    assert broker.replay_dead_letters("selector") == 0
