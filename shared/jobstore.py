@@ -7,6 +7,9 @@ The layout (keys from :mod:`shared.keys`)::
     jobs/<job_id>/events/<stage>.json    every event the job produced, stored before it is
                                          published (the stage's proof of work; replay)
     exports/<export_id>/state.json       per-destination progress of an export (exporter)
+    incoming/<association_id>/           instances as received and the association's
+                                         record (receiver)
+    quarantine/<association_id>.json     an association that ended without release (receiver)
 
 Stored event names (*stages*)::
 
@@ -377,6 +380,62 @@ class JobStore:
             deleted += 1
         return deleted
 
+    # -- the receiver's incoming/ (docs/receiver.md) ----------------------------------------
+
+    def ensure_bucket(self) -> None:
+        self.objects.ensure_bucket()
+
+    def put_instance(self, key: str, data: bytes) -> None:
+        """Store an instance as received at ``key`` (:func:`shared.keys.incoming_instance`)."""
+        self.objects.put_bytes(key, data, "application/dicom")
+
+    def delete_instance(self, key: str) -> None:
+        self.objects.delete(key)
+
+    def incoming_associations(self) -> list[str]:
+        """The names under ``incoming/``, as listed (not validated as association IDs)."""
+        return [
+            name[len(keys.INCOMING) :].rstrip("/")
+            for name in self.objects.list(keys.INCOMING, recursive=False)
+        ]
+
+    def incoming_instances(self, association_id: str) -> list[str]:
+        """The keys of the instances stored under ``incoming/<association_id>/``."""
+        return [
+            k for k in self.objects.list(keys.incoming_prefix(association_id)) if k.endswith(".dcm")
+        ]
+
+    def delete_incoming(self, association_id: str) -> int:
+        """Delete everything under ``incoming/<association_id>/``; how many objects."""
+        return self.objects.delete_prefix(keys.incoming_prefix(association_id))
+
+    def put_association_record(self, association_id: str, record: dict[str, Any]) -> None:
+        self.objects.put_json(keys.association_record(association_id), record)
+
+    def association_record(self, association_id: str) -> Any:
+        """The record's JSON; ObjectNotFoundError if there is none."""
+        return self.objects.get_json(keys.association_record(association_id))
+
+    def put_quarantine_record(self, association_id: str, record: dict[str, Any]) -> None:
+        self.objects.put_json(keys.quarantine_record(association_id), record)
+
+    def quarantine_record(self, association_id: str) -> Any:
+        """The record's JSON; ObjectNotFoundError if there is none."""
+        return self.objects.get_json(keys.quarantine_record(association_id))
+
+    def is_quarantined(self, association_id: str) -> bool:
+        return self.objects.exists(keys.quarantine_record(association_id))
+
+    def delete_quarantine_record(self, association_id: str) -> None:
+        self.objects.delete(keys.quarantine_record(association_id))
+
+    def quarantine_names(self) -> list[str]:
+        """The names under ``quarantine/``, as listed (not validated as association IDs)."""
+        return [
+            k[len(keys.QUARANTINE) :].removesuffix(".json")
+            for k in self.objects.list(keys.QUARANTINE)
+        ]
+
     # -- quarantine (receiver; docs/receiver.md) -------------------------------------------
     # Associations that ended without A-RELEASE: the receiver writes their record at
     # quarantine/<association_id>.json and leaves their instances under incoming/. These
@@ -415,11 +474,10 @@ class JobStore:
     def delete_quarantined(self, association_id: str) -> int:
         """Delete a quarantined association's instances, then its record; how many objects
         (ObjectNotFoundError if it is not quarantined)."""
-        key = keys.quarantine_record(association_id)
-        if not self.objects.exists(key):
+        if not self.is_quarantined(association_id):
             raise ObjectNotFoundError(f"association {association_id} is not quarantined")
-        deleted = self.objects.delete_prefix(keys.incoming_prefix(association_id))
-        self.objects.delete(key)
+        deleted = self.delete_incoming(association_id)
+        self.delete_quarantine_record(association_id)
         return deleted + 1
 
 

@@ -20,6 +20,7 @@ import re
 from shared.errors import InvalidIdentifierError
 from shared.identifiers import validate_name, validate_uid
 
+INCOMING = "incoming/"
 QUARANTINE = "quarantine/"
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")

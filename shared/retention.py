@@ -37,7 +37,6 @@ from shared.events import ExportCompleted
 from shared.jobstore import EXPORTED_PREFIX, JobInfo, JobStore
 from shared.logs import get_logger
 from shared.settings import ServiceSettings
-from shared.store import ObjectStore
 
 log = get_logger("retention")
 
@@ -216,7 +215,7 @@ class RetentionLoop(threading.Thread):
 
 
 def start_retention_loop(
-    settings: ServiceSettings, store: ObjectStore, stop: threading.Event
+    settings: ServiceSettings, jobs: JobStore, stop: threading.Event
 ) -> RetentionLoop | None:
     """The periodic purge for a service (the config API runs it); None when
     ``SERIESFLOW_RETENTION_INTERVAL`` is 0."""
@@ -224,7 +223,7 @@ def start_retention_loop(
         log.info("retention: no periodic purge (SERIESFLOW_RETENTION_INTERVAL is 0)")
         return None
     loop = RetentionLoop(
-        JobStore(store), RetentionPolicy.from_settings(settings), settings.retention_interval, stop
+        jobs, RetentionPolicy.from_settings(settings), settings.retention_interval, stop
     )
     loop.start()
     return loop

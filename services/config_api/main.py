@@ -19,6 +19,7 @@ from services.config_api.security import check_bind, parse_identifier_readers, p
 from services.config_api.settings import config_api_settings
 from services.runtime import ServiceThread, connect_broker, connect_store
 from shared.config import load_config
+from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.metrics import Metrics
 from shared.retention import start_retention_loop
@@ -43,7 +44,7 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     if broker is None:
         return
     app = create_app(config, store, broker, static)
-    start_retention_loop(config, store, stop)
+    start_retention_loop(config, JobStore(store), stop)
     server = uvicorn.Server(
         uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False)
     )

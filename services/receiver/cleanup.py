@@ -40,10 +40,10 @@ from services.receiver.quarantine import quarantine_orphan
 from services.receiver.release import JobService
 from shared import keys
 from shared.errors import InvalidIdentifierError
+from shared.jobstore import JobStore
 from shared.logs import get_logger
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.store import ObjectNotFoundError
 
-INCOMING = "incoming/"
 log = get_logger("receiver.cleanup")
 
 
@@ -56,7 +56,7 @@ class SweepResult:
 
 
 def sweep(
-    store: ObjectStore,
+    job_store: JobStore,
     jobs: JobService,
     incoming_ttl: float,
     recovery_grace: float,
@@ -67,8 +67,7 @@ def sweep(
     orphans = 0
     next_due: float | None = None
     adopt: list[AssociationRecord] = []
-    for name in store.list(INCOMING, recursive=False):
-        association_id = name[len(INCOMING) :].rstrip("/")
+    for association_id in job_store.incoming_associations():
         try:
             keys.validate_id(association_id)
         except InvalidIdentifierError:
@@ -76,22 +75,23 @@ def sweep(
         if jobs.is_known(association_id):
             continue
         try:
-            record = AssociationRecord.model_validate(
-                store.get_json(keys.association_record(association_id))
-            )
+            record = AssociationRecord.model_validate(job_store.association_record(association_id))
         except ObjectNotFoundError:
-            if store.exists(keys.quarantine_record(association_id)):
+            if job_store.is_quarantined(association_id):
                 jobs.remember(association_id)
                 continue
             created = association_created(association_id)
             old = created is not None and now - created >= incoming_ttl
             if old and not jobs.is_known(association_id):
-                quarantine_orphan(store, association_id)
+                quarantine_orphan(job_store, association_id)
                 jobs.remember(association_id)
                 orphans += 1
             continue
         except (ValidationError, ValueError):
-            log.error("association record is damaged; left alone", extra={"key": name})
+            log.error(
+                "association record is damaged; left alone",
+                extra={"key": keys.incoming_prefix(association_id)},
+            )
             jobs.remember(association_id)
             continue
         if record.published:

@@ -63,7 +63,6 @@ from shared import keys
 from shared.config import AETitleConfig
 from shared.logs import get_logger
 from shared.metrics import Metrics
-from shared.store import ObjectStore
 
 log = get_logger("receiver.scp")
 
@@ -74,7 +73,6 @@ class ReceiverContext:
 
     ae_titles: dict[str, AETitleConfig]
     policy: AssociationPolicy
-    store: ObjectStore
     jobs: JobService
     puts: TimedStore
     associations: OpenAssociations = field(default_factory=OpenAssociations)

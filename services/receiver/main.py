@@ -27,6 +27,7 @@ from shared.config import SeriesflowConfig, load_config
 from shared.configstore import LiveConfig, LiveView
 from shared.errors import InvalidIdentifierError, InvalidInputError
 from shared.identifiers import validate_name
+from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.metrics import Metrics
 from shared.pipelines import PipelineRegistry
@@ -82,23 +83,27 @@ class Receiver:
         self.scp_config = self.config.dicom.scp
         ae_titles = {a.ae_title: a for a in self.scp_config.ae_titles}
         self.metrics = Metrics("receiver")
-        self.store = ObjectStore(self.settings, metrics=self.metrics)
+        store = ObjectStore(self.settings, metrics=self.metrics)
+        self.job_store = JobStore(store)
         self.live = LiveConfig(
-            self.store,
+            store,
             self.config,
             self.settings.live_config_seconds,
             file_pipelines=PipelineRegistry.load(self.settings.pipelines),
         )
         self._pipelines: PipelineRegistry | None = None
         self.jobs = JobService(
-            self.settings, self.store, ae_titles, pipelines_by_ae_title(self.config)
+            self.settings,
+            self.job_store,
+            ae_titles,
+            pipelines_by_ae_title(self.config),
+            self.metrics,
         )
         self.context = ReceiverContext(
             ae_titles=ae_titles,
             policy=AssociationPolicy.from_config(self.scp_config),
-            store=self.store,
             jobs=self.jobs,
-            puts=TimedStore(self.store, self.settings.store_timeout_seconds),
+            puts=TimedStore(self.job_store, self.settings.store_timeout_seconds),
             metrics=self.metrics,
         )
         self.metrics.track_open_associations(lambda: len(self.context.associations))
@@ -196,12 +201,12 @@ class Receiver:
 
     def check_quarantine(self) -> tuple[int, int]:
         """Operator releases and expiry of ``quarantine/`` now: (jobs released, deleted)."""
-        return check_quarantine(self.store, self.jobs, self.settings.quarantine_seconds)
+        return check_quarantine(self.job_store, self.jobs, self.settings.quarantine_seconds)
 
     def sweep(self) -> SweepResult:
         """One sweep of ``incoming/`` now (see :mod:`services.receiver.cleanup`)."""
         return sweep(
-            self.store,
+            self.job_store,
             self.jobs,
             self.scp_config.incoming_ttl,
             self.settings.recovery_grace_seconds,
@@ -211,7 +216,7 @@ class Receiver:
         delay = self.settings.retry_backoff_seconds or 0.5
         for attempt in range(1, attempts + 1):
             try:
-                self.store.ensure_bucket()
+                self.job_store.ensure_bucket()
                 self._bucket_ready = True
                 return True
             except Exception as exc:

@@ -33,15 +33,16 @@ from services.receiver.instance import InstanceError, describe
 from services.receiver.job import AssociationRecord
 from services.receiver.release import JobService
 from shared import keys
+from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.manifest import InstanceRef
-from shared.store import ObjectNotFoundError, ObjectStore
+from shared.store import ObjectNotFoundError
 
 log = get_logger("receiver.quarantine")
 
 
 def check_quarantine(
-    store: ObjectStore,
+    job_store: JobStore,
     jobs: JobService,
     keep_seconds: float,
     clock: Callable[[], float] = time.time,
@@ -49,14 +50,14 @@ def check_quarantine(
     """Release what operators asked for, delete what expired: (jobs released, deleted)."""
     released = deleted = 0
     now = clock()
-    for key in list(store.list(keys.QUARANTINE)):
-        association_id = key[len(keys.QUARANTINE) :].removesuffix(".json")
+    for association_id in job_store.quarantine_names():
         try:
             keys.validate_id(association_id)
-            record = AssociationRecord.model_validate(store.get_json(key))
+            record = AssociationRecord.model_validate(job_store.quarantine_record(association_id))
         except ObjectNotFoundError:
             continue  # deleted by an operator meanwhile
         except (ValidationError, ValueError):
+            key = keys.quarantine_record(association_id)
             log.error("quarantine record is damaged; left alone", extra={"key": key})
             continue
         jobs.remember(association_id)
@@ -65,8 +66,8 @@ def check_quarantine(
             continue
         since = (record.quarantined_at or record.released_at).timestamp()
         if now - since >= keep_seconds:
-            objects = store.delete_prefix(keys.incoming_prefix(association_id))
-            store.delete(key)
+            objects = job_store.delete_incoming(association_id)
+            job_store.delete_quarantine_record(association_id)
             deleted += 1
             log.info(
                 "quarantined association expired: its instances are deleted",
@@ -75,14 +76,12 @@ def check_quarantine(
     return released, deleted
 
 
-def quarantine_orphan(store: ObjectStore, association_id: str) -> AssociationRecord:
+def quarantine_orphan(job_store: JobStore, association_id: str) -> AssociationRecord:
     """Quarantine ``incoming/<association_id>/``, which has instances and no record."""
     instances: list[InstanceRef] = []
     called = calling = ""
-    for key in store.list(keys.incoming_prefix(association_id)):
-        if not key.endswith(".dcm"):
-            continue
-        data = store.get_bytes(key)
+    for key in job_store.incoming_instances(association_id):
+        data = job_store.instance_bytes(key)
         try:
             meta = pydicom.dcmread(BytesIO(data), stop_before_pixels=True).file_meta
             instances.append(
@@ -115,7 +114,7 @@ def quarantine_orphan(store: ObjectStore, association_id: str) -> AssociationRec
         "open when a receiver died",
         quarantined_at=now,
     )
-    store.put_json(keys.quarantine_record(association_id), record.model_dump(mode="json"))
+    job_store.put_quarantine_record(association_id, record.model_dump(mode="json"))
     log.warning(
         "orphan instances quarantined",
         extra={"association": association_id, "instances": len(instances)},

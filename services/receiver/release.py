@@ -41,13 +41,12 @@ from services.receiver.job import (
 )
 from services.receiver.settings import ReceiverSettings
 from services.replay import record_and_publish
-from shared import keys
 from shared.broker import Broker
 from shared.config import AETitleConfig
 from shared.events import Envelope, JobReceived, event_id
 from shared.jobstore import RECEIVED, JobStore
 from shared.logs import get_logger, job_context
-from shared.store import ObjectStore
+from shared.metrics import Metrics
 
 PRODUCER = "receiver"
 _KEEPALIVE_SECONDS = 5.0
@@ -78,18 +77,19 @@ class JobService:
     def __init__(
         self,
         settings: ReceiverSettings,
-        store: ObjectStore,
+        job_store: JobStore,
         ae_titles: dict[str, AETitleConfig],
         pipelines: dict[str, str],
+        metrics: Metrics,
         broker_factory: Callable[[], Broker] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.job_store = job_store
         self.ae_titles = ae_titles
         self.pipelines = pipelines
         self.grouper = JobGrouper()
         self.index = InstanceIndex()
-        self._broker = (broker_factory or (lambda: Broker(settings, PRODUCER, store.metrics)))()
+        self._broker = (broker_factory or (lambda: Broker(settings, PRODUCER, metrics)))()
         self._connected = False
         self._queue: queue.Queue[_Work] = queue.Queue()
         self._stop = threading.Event()
@@ -256,7 +256,7 @@ class JobService:
         for part in record.parts():
             record.stamp(part, job_id_for([record.association_id], part))
         self._write_record(record)
-        self.store.delete(keys.quarantine_record(record.association_id))
+        self.job_store.delete_quarantine_record(record.association_id)
         log.info(
             "quarantined association released as a job by an operator",
             extra={"association": record.association_id, "instances": len(record.instances)},
@@ -300,9 +300,7 @@ class JobService:
         return Job(pipeline, records, overwrite, job_id, part)
 
     def _write_record(self, record: AssociationRecord) -> None:
-        self.store.put_json(
-            keys.association_record(record.association_id), record.model_dump(mode="json")
-        )
+        self.job_store.put_association_record(record.association_id, record.model_dump(mode="json"))
 
     def _schedule(self) -> None:
         while not self._stop.is_set():
@@ -364,9 +362,8 @@ class JobService:
             self._write_record(item.record)
             self._released(item.record)
         else:
-            self.store.put_json(
-                keys.quarantine_record(item.record.association_id),
-                item.record.model_dump(mode="json"),
+            self.job_store.put_quarantine_record(
+                item.record.association_id, item.record.model_dump(mode="json")
             )
             log.info(
                 "association quarantined",
@@ -382,14 +379,14 @@ class JobService:
                 if record.stamp(job.part, job.job_id):
                     self._write_record(record)
             manifest = job.manifest()
-            manifest_key = JobStore(self.store).put_manifest(manifest)
+            manifest_key = self.job_store.put_manifest(manifest)
             self._publish(job, manifest_key, len(manifest.instances))
             for record in job.records:
                 if record.mark_published(job.part):
                     self._write_record(record)
             for key in job.unused_keys():
                 try:
-                    self.store.delete(key)
+                    self.job_store.delete_instance(key)
                 except Exception:
                     log.warning("unused copy of an instance not deleted", extra={"key": key})
             log.info(
@@ -404,9 +401,8 @@ class JobService:
 
     def _publish(self, job: Job, manifest_key: str, count: int) -> None:
         self._connect()
-        jobs = JobStore(self.store)
         try:
-            stored = jobs.load_event(job.job_id, RECEIVED)
+            stored = self.job_store.load_event(job.job_id, RECEIVED)
             if stored is not None:
                 self._broker.publish(stored)
                 return
@@ -423,7 +419,7 @@ class JobService:
                 producer=PRODUCER,
                 event_id=event_id(job.job_id, RECEIVED),
             )
-            record_and_publish(jobs, self._broker, job.job_id, RECEIVED, envelope)
+            record_and_publish(self.job_store, self._broker, job.job_id, RECEIVED, envelope)
         except Exception:
             self._connected = False
             raise

@@ -15,8 +15,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from shared.errors import TransientError
+from shared.jobstore import JobStore
 from shared.logs import get_logger
-from shared.store import ObjectStore
 
 log = get_logger("receiver.scp")
 
@@ -28,8 +28,8 @@ class StoreTimeoutError(TransientError):
 class TimedStore:
     """``put`` with a deadline, on a bounded pool of worker threads."""
 
-    def __init__(self, store: ObjectStore, timeout: float, workers: int = 16) -> None:
-        self.store = store
+    def __init__(self, jobs: JobStore, timeout: float, workers: int = 16) -> None:
+        self.jobs = jobs
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="receiver-put")
 
@@ -38,7 +38,7 @@ class TimedStore:
 
         ``still_wanted`` is asked if a late put completes: False deletes the object.
         """
-        future = self._pool.submit(self.store.put_bytes, key, data, "application/dicom")
+        future = self._pool.submit(self.jobs.put_instance, key, data)
         try:
             future.result(timeout=self.timeout)
         except FutureTimeout:
@@ -51,7 +51,7 @@ class TimedStore:
         if done.exception() is not None or still_wanted():
             return
         try:
-            self.store.delete(key)
+            self.jobs.delete_instance(key)
             log.info("late copy of a refused instance deleted", extra={"key": key})
         except Exception as exc:
             log.warning(

@@ -213,7 +213,7 @@ def test_called_ae_titles_and_sources_are_checked_at_association(
         wrong_address = storescu(port, ct[:1], calling="FARAWAY")
         assert wrong_address.returncode != 0
         assert "Calling AE Title Not Recognized" in wrong_address.stdout + wrong_address.stderr
-        assert incoming(receiver.store) == []
+        assert incoming(receiver.job_store.objects) == []
         assert received(observer) == []
 
         # A known source, to each of two AE titles: each association is a job of its pipeline.
@@ -254,7 +254,7 @@ def test_a_series_is_stored_as_received_and_its_job_published(
         (message,) = wait_for_messages(observer, 1)
         time.sleep(0.3)
         assert received(observer) == [], "published once"
-        store = receiver.store
+        store = receiver.job_store.objects
 
         assert message.routing_key == "job.received.ct"
         assert message.event_id == event_id(message.job_id, "received")
@@ -312,16 +312,18 @@ def test_an_aborted_association_starts_no_job_and_its_instances_are_quarantined(
         assoc = scu_association(port)
         for path in ct[:2]:
             assert assoc.send_c_store(pydicom.dcmread(path)).Status == statuses.SUCCESS
-        assert len(incoming(receiver.store)) == 2, "stored before success was answered"
+        assert len(incoming(receiver.job_store.objects)) == 2, "stored before success was answered"
         assoc.abort()
-        wait_until(lambda: list(receiver.store.list("quarantine/")) != [], 10, "quarantined")
+        wait_until(
+            lambda: list(receiver.job_store.objects.list("quarantine/")) != [], 10, "quarantined"
+        )
         time.sleep(0.3)
-        assert len(incoming(receiver.store)) == 2, "acknowledged instances are kept"
-        (key,) = receiver.store.list("quarantine/")
-        record = AssociationRecord.model_validate(receiver.store.get_json(key))
+        assert len(incoming(receiver.job_store.objects)) == 2, "acknowledged instances are kept"
+        (key,) = receiver.job_store.objects.list("quarantine/")
+        record = AssociationRecord.model_validate(receiver.job_store.objects.get_json(key))
         assert record.ended == "aborted" and len(record.instances) == 2
         assert record.job_id is None
-        assert list(receiver.store.list("jobs/")) == []
+        assert list(receiver.job_store.objects.list("jobs/")) == []
         assert received(observer) == []
 
 
@@ -351,7 +353,9 @@ def test_associations_to_an_ae_title_with_a_timeout_form_one_job(
         body = message.body
         assert isinstance(body, JobReceived)
         assert body.instance_count == 5
-        manifest = JobManifest.model_validate(receiver.store.get_json(body.manifest_key))
+        manifest = JobManifest.model_validate(
+            receiver.job_store.objects.get_json(body.manifest_key)
+        )
         assert len(manifest.associations) == 2
         sent = {str(pydicom.dcmread(p).SOPInstanceUID) for p in first + second}
         assert {i.sop_instance_uid for i in manifest.instances} == sent
@@ -375,7 +379,7 @@ def test_store_statuses_for_bad_ignored_and_repeated_instances(
         ],
     )
     with running(settings, config) as receiver:
-        store = receiver.store
+        store = receiver.job_store.objects
         first = pydicom.dcmread(ct[0])
         again = pydicom.dcmread(ct[0])
         again.SeriesDescription = "second copy"
@@ -455,7 +459,9 @@ def test_a_restarted_receiver_finishes_pending_jobs_and_quarantines_orphans(
     port = free_port()
     with running(settings, config(30)) as first:
         assert storescu(port, ct).returncode == 0
-        wait_until(lambda: len(list(first.store.list("incoming/"))) == len(ct) + 1, 5, "record")
+        wait_until(
+            lambda: len(list(first.job_store.objects.list("incoming/"))) == len(ct) + 1, 5, "record"
+        )
     # Stopped within the timeout: the group was never released.
     store = ObjectStore(settings)
     assert list(store.list("jobs/")) == []

@@ -73,7 +73,7 @@ def test_two_studies_interleaved_on_one_association_become_two_jobs(
         messages = wait_for_messages(observer, 2, timeout=20)
         time.sleep(QUIET + 0.5)
         assert received(observer) == [], "one job per study, published once"
-        jobs = manifests(receiver.store, messages)
+        jobs = manifests(receiver.job_store.objects, messages)
         assert set(jobs) == uids(first, "StudyInstanceUID") | uids(second, "StudyInstanceUID")
         for files in (first, second):
             (study,) = uids(files, "StudyInstanceUID")
@@ -83,7 +83,7 @@ def test_two_studies_interleaved_on_one_association_become_two_jobs(
             assert manifest.job_id == job_id_for([association], study)
         (association,) = {a for m in jobs.values() for a in m.associations}
         record = AssociationRecord.model_validate(
-            receiver.store.get_json(keys.association_record(association))
+            receiver.job_store.objects.get_json(keys.association_record(association))
         )
         assert record.grouping == "study" and record.published
         assert set(record.study_jobs) == set(jobs)
@@ -104,7 +104,7 @@ def test_one_study_over_three_associations_becomes_one_job(
         (message,) = wait_for_messages(observer, 1, timeout=20)
         time.sleep(QUIET + 0.5)
         assert received(observer) == [], "one job for the study"
-        (manifest,) = manifests(receiver.store, [message]).values()
+        (manifest,) = manifests(receiver.job_store.objects, [message]).values()
         assert len(manifest.associations) == 3
         assert {i.sop_instance_uid for i in manifest.instances} == uids(files, "SOPInstanceUID")
         body = message.body
@@ -137,7 +137,9 @@ def test_grouping_and_duplicates_set_through_the_api_apply_to_the_next_study(
     with running(
         settings, write_config(tmp_path / "c.yaml", port), live_config_seconds=0.2
     ) as receiver:
-        api = TestClient(create_app(settings, receiver.store, None), base_url="http://localhost")
+        api = TestClient(
+            create_app(settings, receiver.job_store.objects, None), base_url="http://localhost"
+        )
         assert api.post("/api/v1/pipelines", json={"name": "ct"}).status_code == 201
         created = api.post(
             "/api/v1/ae-titles",
@@ -156,7 +158,7 @@ def test_grouping_and_duplicates_set_through_the_api_apply_to_the_next_study(
         result = storescu(port, [first[0], second[0], first[1], second[1]], called="BYSTUDY")
         assert result.returncode == 0, result.stdout + result.stderr
         messages = wait_for_messages(observer, 2, timeout=20)
-        jobs = manifests(receiver.store, messages)
+        jobs = manifests(receiver.job_store.objects, messages)
         assert set(jobs) == uids(first, "StudyInstanceUID") | uids(second, "StudyInstanceUID")
         bad = api.post(
             "/api/v1/ae-titles", json={"aeTitle": "BAD", "pipeline": "ct", "grouping": "series"}

@@ -72,7 +72,7 @@ def test_an_operator_sees_releases_and_deletes_quarantined_instances(
     port = free_port()
     config = write_config(tmp_path / "c.yaml", port)
     with running(settings, config, quarantine_check_seconds=0.3) as receiver:
-        store = receiver.store
+        store = receiver.job_store.objects
         aborted(port, ct[:3])
         wait_until(lambda: len(list(store.list("quarantine/"))) == 1, 10, "first quarantined")
         aborted(port, ct[3:])
@@ -125,9 +125,13 @@ def test_quarantined_instances_expire_after_the_quarantine_time(
         settings, config, quarantine_check_seconds=0.3, quarantine_seconds=2.0
     ) as receiver:
         aborted(port, ct[:2])
-        wait_until(lambda: list(receiver.store.list("quarantine/")) != [], 10, "quarantined")
-        assert len(incoming(receiver.store)) == 2
-        wait_until(lambda: list(receiver.store.list("quarantine/")) == [], 15, "expired")
-        assert incoming(receiver.store) == []
-        assert list(receiver.store.list(keys.QUARANTINE)) == []
+        wait_until(
+            lambda: list(receiver.job_store.objects.list("quarantine/")) != [], 10, "quarantined"
+        )
+        assert len(incoming(receiver.job_store.objects)) == 2
+        wait_until(
+            lambda: list(receiver.job_store.objects.list("quarantine/")) == [], 15, "expired"
+        )
+        assert incoming(receiver.job_store.objects) == []
+        assert list(receiver.job_store.objects.list(keys.QUARANTINE)) == []
         assert received(observer) == []

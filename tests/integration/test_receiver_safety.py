@@ -134,9 +134,11 @@ def test_corrupt_data_sets_are_refused_with_a_reason_and_the_association_goes_on
         assert store(assoc, good) == statuses.SUCCESS
         assoc.release()
         (message,) = wait_for_messages(observer, 1)
-        manifest = job_manifest(receiver.store, message)
+        manifest = job_manifest(receiver.job_store.objects, message)
         assert {i.sop_instance_uid for i in manifest.instances} == {uid, good.SOPInstanceUID}
-        assert len(incoming(receiver.store)) == 2, "nothing stored for refused data sets"
+        assert len(incoming(receiver.job_store.objects)) == 2, (
+            "nothing stored for refused data sets"
+        )
     reasons = [r.__dict__.get("reason", "") for r in caplog.records if r.msg == "instance refused"]
     assert any("cut off" in reason for reason in reasons), reasons
     assert any("no SOPInstanceUID" in reason for reason in reasons), reasons
@@ -163,8 +165,8 @@ def test_a_malformed_affected_sop_instance_uid_is_answered_0x0117(
         assert store(assoc, ct[0]) == statuses.SUCCESS
         assoc.release()
         (message,) = wait_for_messages(observer, 1)
-        assert len(job_manifest(receiver.store, message).instances) == 1
-        assert list(receiver.store.list("quarantine/")) == []
+        assert len(job_manifest(receiver.job_store.objects, message).instances) == 1
+        assert list(receiver.job_store.objects.list("quarantine/")) == []
 
 
 # -- #1: an acknowledged instance is never lost ------------------------------------------
@@ -309,12 +311,12 @@ def test_a_stalled_store_answers_out_of_resources_before_the_sender_gives_up(
         assert store(assoc, ct[2]) == statuses.SUCCESS
         assoc.release()
         (message,) = wait_for_messages(observer, 1)
-        manifest = job_manifest(receiver.store, message)
+        manifest = job_manifest(receiver.job_store.objects, message)
         sent = [str(pydicom.dcmread(p).SOPInstanceUID) for p in ct[:3]]
         assert [i.sop_instance_uid for i in manifest.instances] == [sent[0], sent[2]]
         # The stalled put completed late; the refused copy does not stay.
         refused = keys.incoming_instance(manifest.associations[0], sent[1])
-        wait_until(lambda: not receiver.store.exists(refused), 15, "late copy deleted")
+        wait_until(lambda: not receiver.job_store.objects.exists(refused), 15, "late copy deleted")
 
 
 def test_after_sigkill_during_a_broker_outage_the_restarted_receiver_recovers_at_start(
@@ -418,17 +420,19 @@ def test_duplicates_follow_the_policy_within_and_across_associations_with_an_aud
         assert received(observer) == [], "one job per AE title"
         content = {}
         for pipeline in ("keep", "over", "reject"):
-            manifest = job_manifest(receiver.store, messages[f"job.received.{pipeline}"])
+            manifest = job_manifest(
+                receiver.job_store.objects, messages[f"job.received.{pipeline}"]
+            )
             assert len(manifest.associations) == 2
             (ref,) = [i for i in manifest.instances if i.sop_instance_uid == first.SOPInstanceUID]
             assert len(manifest.instances) == 2, "each SOP Instance UID once"
-            ds = pydicom.dcmread(BytesIO(receiver.store.get_bytes(ref.key)))
+            ds = pydicom.dcmread(BytesIO(receiver.job_store.objects.get_bytes(ref.key)))
             content[pipeline] = ds.get("SeriesDescription")
             conflicts = [
                 c
                 for a in manifest.associations
                 for c in AssociationRecord.model_validate(
-                    receiver.store.get_json(keys.association_record(a))
+                    receiver.job_store.objects.get_json(keys.association_record(a))
                 ).duplicates
             ]
             assert len(conflicts) == 2, f"{pipeline}: every conflict is stored"

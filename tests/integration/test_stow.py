@@ -138,7 +138,7 @@ def test_stow_stores_each_instance_and_reports_each_failure(
         # No token, or a wrong one: 401, nothing stored.
         assert curl(url, body, tmp_path, token=None).status == 401
         assert curl(url, body, tmp_path, token="wrong").status == 401
-        assert list(receiver.store.list("incoming/")) == []
+        assert list(receiver.job_store.objects.list("incoming/")) == []
 
         # Bad requests: unknown AE title, not multipart/related, too large (refused unread).
         assert curl(url.replace("SERIESFLOW", "NOSUCHAE"), body, tmp_path).status == 404
@@ -156,14 +156,14 @@ def test_stow_stores_each_instance_and_reports_each_failure(
         assert answer.reasons() == [statuses.CANNOT_UNDERSTAND]
         assert "warning: 299" in answer.headers.lower()
         wait_for_messages(observer, 1)
-        (manifest,) = manifests(receiver.store)
+        (manifest,) = manifests(receiver.job_store.objects)
         assert manifest.called_ae_title == "SERIESFLOW"
         assert manifest.calling_ae_title == "STOW-RS"
         assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(
             sop_uid(p) for p in ct[:3]
         )
         # Stored as received: the data set bytes of the file, after our File Meta.
-        stored = receiver.store.get_bytes(manifest.instances[0].key)
+        stored = receiver.job_store.objects.get_bytes(manifest.instances[0].key)
         original = next(p for p in ct if sop_uid(p) == manifest.instances[0].sop_instance_uid)
         assert pydicom.dcmread(original).PixelData == pydicom.dcmread(io.BytesIO(stored)).PixelData
 
@@ -238,7 +238,7 @@ def test_a_study_sent_by_stow_requests_and_an_association_is_one_job(
         assert len(wait_for_messages(observer, 1, timeout=20)) == 1
         time.sleep(3)
         assert received(observer) == []
-        (manifest,) = manifests(receiver.store)
+        (manifest,) = manifests(receiver.job_store.objects)
         assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(map(sop_uid, ct))
         assert len(manifest.associations) == 3
 
