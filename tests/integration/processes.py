@@ -10,9 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from shared.settings import ServiceSettings
 
 from .infra import dcmtk, free_port, wait_for_port
+
+RULES = Path(__file__).resolve().parents[2] / "examples" / "rules" / "clara-t1c.json"
 
 
 def service_environment(settings: ServiceSettings, config: Path, pipelines: Path) -> dict[str, str]:
@@ -124,3 +128,52 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def write_brain_deployment(
+    folder: Path, receiver_port: int, destination: StoreSCP
+) -> tuple[Path, Path]:
+    """The configuration file and pipelines folder of the brain T1c deployment: AE title
+    SERIESFLOW on ``receiver_port`` for the source MODALITY, pipeline ``brain_t1c`` (Clara's
+    T1c rules, nii.gz) routing the selection T1C to ``destination`` as ``pacs``."""
+    config = folder / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dicom": {
+                    "scp": {
+                        "host": "127.0.0.1",
+                        "port": receiver_port,
+                        "ae-titles": [{"ae-title": "SERIESFLOW"}],
+                        "reject-unknown-sources": True,
+                        "sources": [{"host-ip": "127.0.0.1", "ae-title": "MODALITY"}],
+                    },
+                    "scu": {
+                        "ae-title": "SERIESFLOW",
+                        "destinations": [
+                            {
+                                "name": "pacs",
+                                "host-ip": "127.0.0.1",
+                                "port": destination.port,
+                                "ae-title": destination.ae_title,
+                            }
+                        ],
+                    },
+                },
+                "pipeline-mappings": [{"name": "brain_t1c", "clara-ae-title": "SERIESFLOW"}],
+            }
+        )
+    )
+    pipelines = folder / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "brain.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "brain_t1c",
+                "image-format": "nii.gz",
+                "rules-file": str(RULES),
+                "routes": [{"selection": "T1C", "destinations": ["pacs"]}],
+            }
+        )
+    )
+    return config, pipelines

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 
 from shared.broker import Broker
 from shared.events import Envelope
@@ -28,10 +27,15 @@ from shared.store import ObjectStore
 from shared.volumes.convert import ConversionOptions
 
 from .infra import dcmtk, free_port, wait_for_port
-from .processes import ServiceProcess, StoreSCP, service_environment, wait_until
+from .processes import (
+    RULES,
+    ServiceProcess,
+    StoreSCP,
+    service_environment,
+    wait_until,
+    write_brain_deployment,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "examples" / "rules" / "clara-t1c.json"
 SERVICES = ("receiver", "parser", "selector", "exporter")
 
 
@@ -94,46 +98,7 @@ def deployment(settings: ServiceSettings, tmp_path: Path) -> Iterator[Deployment
     }
     destination = StoreSCP(tmp_path / "pacs").start()
     receiver_port = free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "dicom": {
-                    "scp": {
-                        "host": "127.0.0.1",
-                        "port": receiver_port,
-                        "ae-titles": [{"ae-title": "SERIESFLOW"}],
-                        "reject-unknown-sources": True,
-                        "sources": [{"host-ip": "127.0.0.1", "ae-title": "MODALITY"}],
-                    },
-                    "scu": {
-                        "ae-title": "SERIESFLOW",
-                        "destinations": [
-                            {
-                                "name": "pacs",
-                                "host-ip": "127.0.0.1",
-                                "port": destination.port,
-                                "ae-title": destination.ae_title,
-                            }
-                        ],
-                    },
-                },
-                "pipeline-mappings": [{"name": "brain_t1c", "clara-ae-title": "SERIESFLOW"}],
-            }
-        )
-    )
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "brain.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "brain_t1c",
-                "image-format": "nii.gz",
-                "rules-file": str(RULES),
-                "routes": [{"selection": "T1C", "destinations": ["pacs"]}],
-            }
-        )
-    )
+    config, pipelines = write_brain_deployment(tmp_path, receiver_port, destination)
     env = service_environment(settings, config, pipelines)
     processes = {name: ServiceProcess(name, env, tmp_path) for name in SERVICES}
     store = ObjectStore(settings)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.broker import Broker, Delivery
@@ -27,11 +26,15 @@ from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
 from .infra import dcmtk, free_port, wait_for_port
-from .processes import ServiceProcess, StoreSCP, service_environment, wait_until
+from .processes import (
+    ServiceProcess,
+    StoreSCP,
+    service_environment,
+    wait_until,
+    write_brain_deployment,
+)
 from .test_operations import job_event
 
-REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "examples" / "rules" / "clara-t1c.json"
 SERVICES = ("receiver", "parser", "selector", "exporter")
 T1C = "T1c SE AX post-contrast"
 
@@ -90,46 +93,7 @@ def stack(settings: ServiceSettings, tmp_path: Path) -> Iterator[Stack]:
     write_brain_mr_study(study, seed=21)
     receiver_port = free_port()
     destination = StoreSCP(tmp_path / "pacs").start()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "dicom": {
-                    "scp": {
-                        "host": "127.0.0.1",
-                        "port": receiver_port,
-                        "ae-titles": [{"ae-title": "SERIESFLOW"}],
-                        "reject-unknown-sources": True,
-                        "sources": [{"host-ip": "127.0.0.1", "ae-title": "MODALITY"}],
-                    },
-                    "scu": {
-                        "ae-title": "SERIESFLOW",
-                        "destinations": [
-                            {
-                                "name": "pacs",
-                                "host-ip": "127.0.0.1",
-                                "port": destination.port,
-                                "ae-title": destination.ae_title,
-                            }
-                        ],
-                    },
-                },
-                "pipeline-mappings": [{"name": "brain_t1c", "clara-ae-title": "SERIESFLOW"}],
-            }
-        )
-    )
-    pipelines = tmp_path / "pipelines"
-    pipelines.mkdir()
-    (pipelines / "brain.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "brain_t1c",
-                "image-format": "nii.gz",
-                "rules-file": str(RULES),
-                "routes": [{"selection": "T1C", "destinations": ["pacs"]}],
-            }
-        )
-    )
+    config, pipelines = write_brain_deployment(tmp_path, receiver_port, destination)
     env = service_environment(settings, config, pipelines)
     ports = {name: free_port() for name in SERVICES}
     processes = {
