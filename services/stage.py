@@ -99,38 +99,32 @@ class JobStageHandler(Generic[BodyT, SettingsT]):
         """
         pipeline = getattr(envelope.body, "pipeline", None)
         if isinstance(envelope.body, self.expects) and isinstance(pipeline, str):
-            self.metrics.job_finished(self.service, "failed")
             with job_context(envelope.job_id, envelope.correlation_id):
-                report_failure(
-                    self.jobs,
-                    self.broker,
-                    job_id=envelope.job_id,
-                    correlation_id=envelope.correlation_id,
-                    pipeline=pipeline,
-                    stage=self.service,
-                    reason=reason,
-                    producer=self.service,
-                )
+                self._fail(envelope, pipeline, reason)
 
     def _handle(self, envelope: Envelope, body: BodyT) -> None:
         raise NotImplementedError
 
     def _report(self, envelope: Envelope, pipeline: str, reason: str) -> None:
         """Report the job as failed; a failure to report must not hide the original error."""
-        self.metrics.job_finished(self.service, "failed")
         try:
-            report_failure(
-                self.jobs,
-                self.broker,
-                job_id=envelope.job_id,
-                correlation_id=envelope.correlation_id,
-                pipeline=pipeline,
-                stage=self.service,
-                reason=reason,
-                producer=self.service,
-            )
+            self._fail(envelope, pipeline, reason)
         except SeriesflowError as exc:
             log.error("could not report the failure", extra={"reason": exc.reason})
+
+    def _fail(self, envelope: Envelope, pipeline: str, reason: str) -> None:
+        """Count the job as failed, store and publish its ``job.failed``."""
+        self.metrics.job_finished(self.service, "failed")
+        report_failure(
+            self.jobs,
+            self.broker,
+            job_id=envelope.job_id,
+            correlation_id=envelope.correlation_id,
+            pipeline=pipeline,
+            stage=self.service,
+            reason=reason,
+            producer=self.service,
+        )
 
 
 def run_stage(
