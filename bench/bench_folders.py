@@ -25,28 +25,18 @@ failure: the exit status is 0 unless a command could not run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench_process import (
-    MIB,
-    child_env,
-    run_child,
-    seriesflow_command,
-    tail,
-    tool_version,
-)
+import _common as common
+from _common import MIB, REPO, RESULTS_DIR, verdict
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "folders.json"
+RESULTS = RESULTS_DIR / "folders.json"
 SPEED_TARGET = 3.0  # seriesflow median / dcm2niix median
 MEMORY_FACTOR = 3.0  # peak RSS <= MEMORY_FACTOR x largest volume + MEMORY_SLACK_MIB
 MEMORY_SLACK_MIB = 150.0
@@ -85,7 +75,7 @@ def one_run(
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     os.sync()
-    outcome = run_child(argv, log, timeout, env)
+    outcome = common.run_child(argv, log, timeout, env)
     volumes = list(out.glob("*.nii"))
     result: dict[str, Any] = {
         "seconds": outcome.seconds,
@@ -97,7 +87,9 @@ def one_run(
     }
     # seriesflow exits 3 when it found (and recorded) damaged DICOM data: still a full run
     if outcome.returncode not in (0, 3) or not volumes:
-        result["error"] = f"exit status {outcome.returncode}, {len(volumes)} volumes\n" + tail(log)
+        result["error"] = (
+            f"exit status {outcome.returncode}, {len(volumes)} volumes\n" + common.tail(log)
+        )
     return result
 
 
@@ -168,10 +160,6 @@ def bench_folder(
     }
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def print_report(report: dict[str, Any]) -> None:
     print(
         f"\n{'folder':<26} {'files':>5} {'sf s':>7} {'d2n s':>7} {'ratio':>6} {'target':>6}"
@@ -194,8 +182,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"seriesflow/dcm2niix <= {SPEED_TARGET}. memory: peak RSS over the runs; limit "
         f"{MEMORY_FACTOR:g} x the largest volume + {MEMORY_SLACK_MIB:g} MiB"
     )
-    load = report["environment"]["load_average_before_after"]
-    print(f"load average before/after: {load[0]} / {load[1]} on {os.cpu_count()} CPUs")
+    print(common.load_line(report["environment"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,15 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="seriesflow-bench-folders-", dir=args.workdir))
-    seriesflow = seriesflow_command(args.seriesflow)
-    env = child_env()
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5:
-        print(
-            f"warning: load average {load_before[0]:.2f}: other processes compete for the "
-            f"{os.cpu_count()} CPUs, timings will be noisy",
-            file=sys.stderr,
-        )
+    seriesflow = common.seriesflow_command(args.seriesflow)
+    env = common.child_env()
+    load_before = common.warn_if_busy()
     try:
         folders: dict[str, Path] = {}
         for name in args.folders:
@@ -257,29 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         }
         report = {
             "benchmark": "folders",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": common.created(),
             "parameters": {"runs": args.runs, "testdata": str(root)},
             "targets": {
                 "speed": f"seriesflow/dcm2niix median <= {SPEED_TARGET}",
+                "speed_limit": SPEED_TARGET,
                 "memory": f"peak RSS <= {MEMORY_FACTOR:g} x largest volume + "
                 f"{MEMORY_SLACK_MIB:g} MiB",
             },
             "environment": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "dcm2niix": tool_version([dcm2niix, "--version"]),
-                "load_average_before_after": [
-                    round(load_before[0], 2),
-                    round(os.getloadavg()[0], 2),
-                ],
+                "dcm2niix": common.tool_version([dcm2niix, "--version"]),
+                **common.machine(load_before),
             },
             "folders": results,
         }
         print_report(report)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nresults written to {args.results}")
+        common.write_results(args.results, report)
         return 1 if any("error" in row for row in results.values()) else 0
     finally:
         if args.keep:

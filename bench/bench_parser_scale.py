@@ -26,11 +26,7 @@ the same table are measured elsewhere; a missed target is a measurement (exit st
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,12 +34,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_process import _RUNNER, MIB, child_env
+from _common import (
+    MIB,
+    REPO,
+    RESULTS_DIR,
+    child_env,
+    collect,
+    created,
+    launch,
+    load_line,
+    machine,
+    median,
+    per_thousand,
+    warn_if_busy,
+    write_results,
+)
 
 from shared.samples import write_ct_series
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "parser_scale.json"
+RESULTS = RESULTS_DIR / "parser_scale.json"
 
 # Run by the launcher in a child: imports first, then the parser's work, timed.
 _DRIVER = r"""
@@ -61,27 +70,24 @@ print(f"PARSE_SECONDS {time.perf_counter() - start}", file=sys.stderr)
 def start(job: Path, out: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    argv = [sys.executable, "-c", _DRIVER, str(job), str(out)]
-    runner = [sys.executable, "-I", "-S", "-c", _RUNNER, "3600", str(log), *argv]
-    return subprocess.Popen(runner, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return launch([sys.executable, "-c", _DRIVER, str(job), str(out)], log, 3600, env, REPO)
 
 
 def finish(process: subprocess.Popen[str], log: Path) -> dict[str, float]:
-    stdout, _ = process.communicate()
-    seconds, rss_kib, _floor, returncode = stdout.split()
+    outcome = collect(process, log)
     text = log.read_text(errors="replace")
     parse = [line.split()[1] for line in text.splitlines() if line.startswith("PARSE_SECONDS")]
-    if int(returncode) != 0 or not parse:
-        raise RuntimeError(f"parser run failed (exit {returncode}):\n{text[-2000:]}")
+    if outcome.returncode != 0 or not parse:
+        raise RuntimeError(f"parser run failed (exit {outcome.returncode}):\n{text[-2000:]}")
     return {
-        "process_seconds": float(seconds),
+        "process_seconds": outcome.seconds,
         "parse_seconds": float(parse[0]),
-        "max_rss_mib": round(int(rss_kib) * 1024 / MIB, 1),
+        "max_rss_mib": round(outcome.max_rss_mib, 1),
     }
 
 
 def median_of(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    return median(r[key] for r in runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="seriesflow-bench-parser-", dir=args.workdir))
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5:
-        print(f"warning: load average {load_before[0]:.2f}: timings will be noisy", file=sys.stderr)
+    load_before = warn_if_busy()
     try:
         scale: dict[str, Any] = {}
         for n in args.sizes:
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "instances": n,
                 "runs": runs,
                 "median_parse_seconds": parse,
-                "seconds_per_1000": parse / n * 1000,
+                "seconds_per_1000": per_thousand(parse, n),
                 "peak_rss_mib": peak,
                 "volume_mib": round(volume_mib, 1),
                 "peak_beyond_volume_mib": round(peak - volume_mib, 1),
@@ -147,20 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 two.append(elapsed)
                 del outcomes
         single_seconds = median_of(one, "process_seconds")
-        pair_seconds = statistics.median(two)
+        pair_seconds = median(two)
         report = {
             "benchmark": "parser_scale",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": created(),
             "parameters": {"runs": args.runs, "size": args.size, "pair": args.pair},
-            "environment": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "load_average_before_after": [
-                    round(load_before[0], 2),
-                    round(os.getloadavg()[0], 2),
-                ],
-            },
+            "environment": machine(load_before),
             "scale": scale,
             "two_at_once": {
                 "one_parser_one_job_seconds": single_seconds,
@@ -170,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         print_report(report)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nresults written to {args.results}")
+        write_results(args.results, report)
         return 0
     finally:
         if args.keep:
@@ -198,8 +192,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"jobs at once: {pair['two_parsers_two_jobs_seconds']:.2f} s "
         f"(ratio {pair['ratio']:.2f}, {pair['target']})"
     )
-    load = report["environment"]["load_average_before_after"]
-    print(f"load average before/after: {load[0]} / {load[1]} on {os.cpu_count()} CPUs")
+    print(load_line(report["environment"]))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ after one uncounted warm-up each:
 
 Every run writes into a fresh, empty folder. Wall time is ``time.perf_counter`` around the
 child process; peak memory is the child's ``ru_maxrss`` from ``os.wait4`` (including any
-processes it waited for, such as pigz), taken by a bare launcher (see ``_RUNNER``). Each
+processes it waited for, such as pigz), taken by a bare launcher (``_common.launch``). Each
 tool keeps its normal side outputs: seriesflow writes its metadata JSON files, dcm2niix its
 BIDS sidecar, so both do the whole job a user asks of them. Results go to
-``bench/results/process.json``. Missing a target is a measurement, not a failure: the exit
+``bench/results/process.json``. ``--formats nii`` times only the first pair (issue 10's
+row; ``bench_all.py`` runs it so). Missing a target is a measurement, not a failure: the exit
 status is 0 unless a command could not run.
 """
 
@@ -25,13 +26,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import platform
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,15 +37,29 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from _common import (
+    MIB,
+    RESULTS_DIR,
+    Outcome,
+    child_env,
+    created,
+    machine,
+    run_child,
+    seriesflow_command,
+    tail,
+    tool_version,
+    verdict,
+    warn_if_busy,
+    write_results,
+)
 
 from shared.samples import write_ct_series
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "process.json"
+RESULTS = RESULTS_DIR / "process.json"
 SPEED_TARGET = 1.5  # seriesflow median / dcm2niix median, uncompressed NIfTI (issue 10)
 MEMORY_TARGET = 3.0  # seriesflow peak RSS <= MEMORY_TARGET x volume + MEMORY_SLACK_MIB
 MEMORY_SLACK_MIB = 150.0
-MIB = 1024 * 1024
+FORMATS = ("nii", "nii.gz")
 
 
 @dataclass
@@ -80,94 +91,6 @@ class Variant:
             data["median_max_rss_mib"] = statistics.median(self.rss_mib())
             data["peak_max_rss_mib"] = max(self.rss_mib())
         return data
-
-
-@dataclass
-class Outcome:
-    seconds: float
-    max_rss_mib: float
-    floor_mib: float  # the runner's own RSS: no child can report less
-    returncode: int
-    log: Path
-    volume_bytes: int = 0
-
-
-# Runs one command and reports its wall time and peak RSS. It runs in a bare interpreter
-# (``-I -S``, stdlib only) because a child's ru_maxrss starts from the high-water mark of
-# the process that forked it: forked from this script (numpy, pydicom, the generated
-# series), even ``true`` would report this script's own peak. From the runner, the floor is
-# the runner's ~10 MiB, which is reported with each run.
-_RUNNER = r"""
-import os, resource, signal, sys, time
-timeout, log, argv = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
-fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        os.write(2, f"cannot run {argv[0]}: {exc}\n".encode())
-    os._exit(127)
-signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-signal.setitimer(signal.ITIMER_REAL, timeout)
-_, status, usage = os.wait4(pid, 0)
-seconds = time.perf_counter() - start
-signal.setitimer(signal.ITIMER_REAL, 0)
-print(seconds, usage.ru_maxrss, floor, os.waitstatus_to_exitcode(status))
-"""
-
-
-def run_child(argv: list[str], log: Path, timeout: float, env: dict[str, str]) -> Outcome:
-    """Runs ``argv`` to completion, with its wall time and its own peak RSS."""
-    runner = [sys.executable, "-I", "-S", "-c", _RUNNER, str(timeout), str(log), *argv]
-    done = subprocess.run(runner, capture_output=True, text=True, env=env, check=False)
-    try:
-        seconds, rss_kib, floor_kib, returncode = done.stdout.split()
-    except ValueError:
-        raise OSError(f"benchmark runner failed: {done.stdout}{done.stderr}") from None
-    # Linux reports ru_maxrss in KiB
-    return Outcome(
-        seconds=float(seconds),
-        max_rss_mib=int(rss_kib) * 1024 / MIB,
-        floor_mib=int(floor_kib) * 1024 / MIB,
-        returncode=int(returncode),
-        log=log,
-    )
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-def seriesflow_command(explicit: str | None) -> list[str]:
-    if explicit:
-        return shlex.split(explicit)
-    script = Path(sys.executable).parent / "seriesflow"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "seriesflow"]
-
-
-def child_env() -> dict[str, str]:
-    """The environment, without Clara variables that would change what seriesflow does."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("NVIDIA_CLARA_")}
-
-
-def tool_version(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unavailable ({exc})"
-    text = (done.stdout + done.stderr).strip().splitlines()
-    return text[-1] if text else f"exit {done.returncode}"
 
 
 def make_variants(seriesflow: list[str], dcm2niix: str, input_dir: Path, uid: str) -> list[Variant]:
@@ -203,8 +126,9 @@ def make_variants(seriesflow: list[str], dcm2niix: str, input_dir: Path, uid: st
 
 def measure(
     variant: Variant, work: Path, index: str, timeout: float, env: dict[str, str]
-) -> Outcome | None:
-    """One run of ``variant`` into a fresh folder; None (and ``variant.error``) on failure."""
+) -> tuple[Outcome, int] | None:
+    """One run of ``variant`` into a fresh folder: the outcome and the volume's size in
+    bytes; None (and ``variant.error``) on failure."""
     out = work / f"out-{variant.key}-{index}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -223,10 +147,10 @@ def measure(
             + tail(log)
         )
         return None
-    outcome.volume_bytes = volume.stat().st_size
+    volume_bytes = volume.stat().st_size
     if index != "check":
         shutil.rmtree(out)
-    return outcome
+    return outcome, volume_bytes
 
 
 def compare_volumes(a: Path, b: Path) -> dict[str, Any]:
@@ -258,10 +182,6 @@ def compare_volumes(a: Path, b: Path) -> dict[str, Any]:
     return result
 
 
-def verdict(ok: bool | None) -> str:
-    return "n/a " if ok is None else ("PASS" if ok else "MISS")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="counted runs per command (>= 1)")
@@ -274,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seriesflow", help="seriesflow command (default: .venv/bin/seriesflow)")
     parser.add_argument("--dcm2niix", default="dcm2niix")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=FORMATS,
+        default=list(FORMATS),
+        help="nii: seriesflow nii against dcm2niix -z n only (what issue 10's row is); "
+        "nii.gz: also the compressed commands (default: both)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -302,14 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             f"generated in {generation:.2f} s"
         )
 
-        load_before = os.getloadavg()
-        if load_before[0] > 0.5:
-            print(
-                f"warning: load average {load_before[0]:.2f}: other processes compete for "
-                f"the {os.cpu_count()} CPUs, timings will be noisy",
-                file=sys.stderr,
-            )
-        variants = make_variants(seriesflow, dcm2niix, input_dir, uid)
+        load_before = warn_if_busy()
+        variants = [
+            v
+            for v in make_variants(seriesflow, dcm2niix, input_dir, uid)
+            if v.output_name.endswith(tuple(f".{f}" for f in args.formats))
+        ]
         for v in variants:  # warm-up, not counted; a command that fails here is dropped
             if measure(v, work, "warmup", args.timeout, env) is None:
                 print(f"error: {v.label} failed, not timed:\n{v.error}", file=sys.stderr)
@@ -319,16 +245,17 @@ def main(argv: list[str] | None = None) -> int:
             for v in live[shift:] + live[:shift]:  # interleaved, starting point rotates
                 if v.error is not None:
                     continue
-                outcome = measure(v, work, str(r), args.timeout, env)
-                if outcome is None:
+                measured = measure(v, work, str(r), args.timeout, env)
+                if measured is None:
                     print(f"error: {v.label} failed in run {r + 1}:\n{v.error}", file=sys.stderr)
                     continue
+                outcome, volume_bytes = measured
                 v.runs.append(
                     {
                         "seconds": outcome.seconds,
                         "max_rss_mib": round(outcome.max_rss_mib, 1),
                         "rss_floor_mib": round(outcome.floor_mib, 1),
-                        "volume_mib": round(outcome.volume_bytes / MIB, 1),
+                        "volume_mib": round(volume_bytes / MIB, 1),
                     }
                 )
             print(f"run {r + 1}/{args.runs} done", file=sys.stderr)
@@ -348,14 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         report = build_report(args, variants, volume_mib, input_mib, generation, check)
-        report["environment"]["load_average_before_after"] = [
-            round(load_before[0], 2),
-            round(os.getloadavg()[0], 2),
-        ]
+        report["environment"].update(machine(load_before))
         print_report(report, variants)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nresults written to {args.results}")
+        write_results(args.results, report)
         return 1 if any(v.error for v in variants) else 0
     finally:
         if args.keep:
@@ -364,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def ratio(a: Variant, b: Variant) -> float | None:
-    if not a.runs or not b.runs:
+def ratio(a: Variant | None, b: Variant | None) -> float | None:
+    if a is None or b is None or not a.runs or not b.runs:
         return None
     return statistics.median(a.seconds()) / statistics.median(b.seconds())
 
@@ -381,10 +303,11 @@ def build_report(
     by_key = {v.key: v for v in variants}
     speed = ratio(by_key["seriesflow_nii"], by_key["dcm2niix_zn"])
     sf_runs = by_key["seriesflow_nii"].runs
+    gz = by_key.get("seriesflow_nii_gz")
     peak = max(r["max_rss_mib"] for r in sf_runs) if sf_runs else None
     return {
         "benchmark": "process",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": created(),
         "parameters": {
             "runs": args.runs,
             "slices": args.slices,
@@ -395,21 +318,19 @@ def build_report(
             "generation_seconds": round(generation, 2),
         },
         "environment": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
             "dcm2niix": tool_version([shutil.which(args.dcm2niix) or "dcm2niix", "--version"]),
             "pigz": shutil.which("pigz"),
         },
         "variants": {v.key: v.summary() for v in variants},
         "ratios": {
             "nii": speed,
-            "nii_gz_vs_dcm2niix_zy": ratio(by_key["seriesflow_nii_gz"], by_key["dcm2niix_zy"]),
-            "nii_gz_vs_dcm2niix_zi": ratio(by_key["seriesflow_nii_gz"], by_key["dcm2niix_zi"]),
+            "nii_gz_vs_dcm2niix_zy": ratio(gz, by_key.get("dcm2niix_zy")),
+            "nii_gz_vs_dcm2niix_zi": ratio(gz, by_key.get("dcm2niix_zi")),
         },
         "targets": {
             "speed_nii": {
                 "target": f"seriesflow/dcm2niix median <= {SPEED_TARGET}",
+                "limit": SPEED_TARGET,
                 "value": speed,
                 "pass": None if speed is None else speed <= SPEED_TARGET,
             },

@@ -22,7 +22,6 @@ count and time.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import socket
 import struct
@@ -35,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import SecretStr
+from _common import process_mib, write_results
+from bench_service import bench_settings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shared.samples import write_ct_series  # noqa: E402
-from shared.settings import ServiceSettings  # noqa: E402
 from tests.integration.infra import (  # noqa: E402
     dcmtk,
     dcmtk_available,
@@ -59,10 +58,10 @@ PUSH_SECONDS = 20.0
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+    value = process_mib(pid, field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/{pid}/status")
+    return value
 
 
 class Sampler(threading.Thread):
@@ -188,14 +187,7 @@ def run(
 ) -> int:
     ct = work / "ct"
     write_ct_series(ct, slices=args.slices, size=512, seed=9)
-    settings = ServiceSettings(
-        amqp_url=SecretStr(amqp),
-        s3_endpoint=endpoint,
-        s3_access_key=SecretStr(access),
-        s3_secret_key=SecretStr(secret),
-        s3_bucket="bench",
-        s3_secure=False,
-    )
+    settings = bench_settings(amqp, endpoint, access, secret, "bench")
     port = free_port()
     config, pipelines = work / "config.yaml", work / "pipelines"
     write_config(config, port, pipelines)
@@ -249,10 +241,9 @@ def run(
         "rss_limit_mb": args.rss_limit_mb,
         "refused_pdus_logged": log.count("PDU refused"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
     for key, value in figures.items():
         print(f"{key:32} {value}")
+    write_results(RESULTS, figures)
     if not ok:
         print(output[-2000:], file=sys.stderr)
     good = ok and idle_open == args.idle and peak < args.rss_limit_mb

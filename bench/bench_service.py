@@ -3,23 +3,26 @@
 Run from the repository root (needs RabbitMQ on 127.0.0.1:5672; starts SeaweedFS):
 
     .venv/bin/python bench/bench_service.py [--runs 5] [--slices 300] [--size 512]
+    .venv/bin/python bench/bench_service.py --parts latency      # one part only
 
-1. **Receive throughput**, instances per second: seriesflow's receiver, which stores every
-   instance durably in S3 (SeaweedFS) before it answers success, against dcmtk ``storescp``
-   writing to disk with ``TCP_NODELAY=1``. The same ``storescu`` (also ``TCP_NODELAY=1``)
-   sends the same generated CT series to each, alternating. Target: at least 0.5x.
-   Then **4 ``storescu`` at once** to each side (4 different studies of a quarter of the
-   slices each, so the same number of instances; ``storescp --fork`` serves them in
-   parallel, as the receiver does).
-2. **End-to-end latency**: from the end of the association (``storescu`` returning after
-   its release) to ``selected-images.json`` being in the store (the ``job.selected`` event
-   is published right after it is written), with receiver, parser and selector running as
-   separate processes at the default INFO log level. Target: median at most 1.5 s. Where
-   the time goes is read from the services' own log lines (job released, job parsed, job
-   selected) and printed as medians.
+1. **Receive throughput** (part ``receive``), instances per second: seriesflow's receiver,
+   which answers success only after an instance is stored durably, against dcmtk
+   ``storescp`` writing to disk with ``TCP_NODELAY=1``. The same ``storescu`` (also
+   ``TCP_NODELAY=1``) sends the same generated CT series to each, alternating. Target: at
+   least 0.5x. Then **4 ``storescu`` at once** to each side (4 different studies of a
+   quarter of the slices each, so the same number of instances; ``storescp --fork`` serves
+   them in parallel, as the receiver does).
+2. **End-to-end latency** (part ``latency``): from the end of the association
+   (``storescu`` returning after its release) to ``selected-images.json`` being in the
+   store (the ``job.selected`` event is published right after it is written), with
+   receiver, parser and selector running as separate processes at the default INFO log
+   level. Target: median at most 1.5 s. Where the time goes is read from the services' own
+   log lines (job released, job parsed, job selected) and printed as medians.
 
-Medians over ``--runs`` runs, after one uncounted warm-up. Results go to
-``bench/results/service.json``. A missed target is a measurement: the exit status is 0.
+The services run with their default settings (``tests/integration/processes.py``), so the
+benchmark measures whatever the receiver, parser and selector do by default. Medians over
+``--runs`` runs, after one uncounted warm-up. Results go to ``bench/results/service.json``
+(``--results``). A missed target is a measurement: the exit status is 0.
 """
 
 from __future__ import annotations
@@ -29,26 +32,36 @@ import datetime
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    at_least,
+    at_most,
+    listing,
+    machine,
+    median,
+    verdict,
+    warn_if_busy,
+    write_results,
+)
 from pydantic import SecretStr
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.broker import Broker  # noqa: E402
-from shared.events import Envelope  # noqa: E402
-from shared.samples import write_ct_series  # noqa: E402
-from shared.settings import ServiceSettings  # noqa: E402
-from tests.integration.infra import (  # noqa: E402
+from shared.broker import Broker, queue_name
+from shared.events import Envelope
+from shared.samples import write_ct_series
+from shared.settings import ServiceSettings
+from tests.integration.infra import (
     dcmtk,
     dcmtk_available,
     free_port,
@@ -56,12 +69,14 @@ from tests.integration.infra import (  # noqa: E402
     start_seaweedfs,
     wait_for_port,
 )
-from tests.integration.processes import ServiceProcess, service_environment  # noqa: E402
+from tests.integration.processes import ServiceProcess, service_environment
 
-RESULTS = REPO / "bench" / "results" / "service.json"
+RESULTS = RESULTS_DIR / "service.json"
 THROUGHPUT_TARGET = 0.5
 LATENCY_TARGET_SECONDS = 1.5
 CONCURRENT = 4
+PARTS = ("receive", "latency")
+PIPELINE_SERVICES = ("receiver", "parser", "selector")
 
 
 def storescu_command(port: int, called: str, folder: Path) -> list[str]:
@@ -179,26 +194,102 @@ def write_config(path: Path, port: int, fmt_pipeline: Path) -> None:
     )
 
 
-def wait_for_selected(broker: Broker, timeout: float = 120.0) -> tuple[float, str]:
-    """Block until a job.selected arrives on the observer queue; its arrival time and job."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        method, _, body = broker.channel.basic_get("seriesflow.bench-observer", auto_ack=True)
-        if method is not None:
+class Deployment:
+    """A configuration (one receiver port, pipeline ``bench``, NIfTI) and the services'
+    environment, in ``folder``."""
+
+    def __init__(self, settings: ServiceSettings, folder: Path, log_level: str = "INFO") -> None:
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        config, pipelines = folder / "config.yaml", folder / "pipelines"
+        write_config(config, self.port, pipelines)
+        self.env = service_environment(settings, config, pipelines)
+        self.env["SERIESFLOW_LOG_LEVEL"] = log_level
+        self.logs = folder / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def start(self, service: str, log_dir: Path | None = None) -> ServiceProcess:
+        """One service process, its log in ``log_dir`` (default the deployment's logs)."""
+        folder = log_dir or self.logs
+        folder.mkdir(parents=True, exist_ok=True)
+        return ServiceProcess(service, self.env, folder).start()
+
+    def start_pipeline(self, services: Iterable[str] = PIPELINE_SERVICES) -> list[ServiceProcess]:
+        """The services, started; returns once the receiver (if any) listens."""
+        started = [self.start(name) for name in services]
+        if "receiver" in services:
+            wait_for_port(self.port, 60)
+        return started
+
+
+class Observer:
+    """A queue of the benchmark's own, bound to job events; when each event arrived."""
+
+    def __init__(self, settings: ServiceSettings, events: Iterable[str]) -> None:
+        self.broker = Broker(settings, "bench")
+        self.broker.connect(attempts=3)
+        name = "bench-observer"
+        self.broker.declare_service_queue(name, [f"{e}.#" for e in (*events, "job.failed")])
+        self.queue = queue_name(name)
+        self.pending: list[tuple[str, str, float]] = []  # (type, job, perf_counter)
+
+    def drain(self) -> None:
+        """Forgets every event that arrived so far."""
+        self._poll(block=False)
+        self.pending.clear()
+
+    def wait(self, event: str, job: str | None = None, timeout: float = 120.0) -> tuple[float, str]:
+        """The first event of this type (of ``job``, or any) not yet taken: when it arrived
+        (``time.perf_counter``) and its job. A ``job.failed`` of the job raises."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, (kind, job_id, at) in enumerate(self.pending):
+                if job is not None and job_id != job:
+                    continue
+                if kind == "job.failed":
+                    raise RuntimeError(f"job {job_id} failed")
+                if kind == event:
+                    del self.pending[index]
+                    return at, job_id
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {event} within {timeout} s")
+            self._poll(block=True)
+
+    def _poll(self, block: bool) -> None:
+        while True:
+            method, _, body = self.broker.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                if block:
+                    time.sleep(0.005)
+                return
             envelope = Envelope.from_bytes(body)
-            if envelope.type == "job.selected":
-                return time.perf_counter(), envelope.job_id
-        if method is None:
-            time.sleep(0.005)
-    raise TimeoutError("no job.selected within the time limit")
+            self.pending.append((envelope.type, envelope.job_id, time.perf_counter()))
+            block = False
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def stop_all(processes: Iterable[ServiceProcess]) -> None:
+    """SIGTERM to every process at once, then each waited for (killed after 15 s)."""
+    processes = list(processes)
+    for process in processes:
+        if process.alive() and process.process is not None:
+            process.process.terminate()
+    for process in processes:
+        process.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if not (dcmtk_available("storescu") and dcmtk_available("storescp")):
         print("dcmtk (storescu, storescp) is not installed: bash scripts/setup.sh", file=sys.stderr)
         return 2
@@ -206,20 +297,37 @@ def main(argv: list[str] | None = None) -> int:
     s3 = start_seaweedfs(work / "s3")
     try:
         with rabbitmq_vhost() as amqp:
-            return run(args, work, s3.endpoint, s3.access_key, s3.secret_key, amqp)
+            settings = bench_settings(amqp, s3.endpoint, s3.access_key, s3.secret_key, "bench")
+            return run(args, work, settings)
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(
-    args: argparse.Namespace, work: Path, endpoint: str, access: str, secret: str, amqp: str
-) -> int:
-    load = os.getloadavg()[0]
-    if load > (os.cpu_count() or 1) * 0.5:
-        print(f"warning: load average {load:.1f}; timings may be noisy", file=sys.stderr)
+def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
+    load = warn_if_busy()
     ct = work / "ct"
     write_ct_series(ct, slices=args.slices, size=args.size, seed=5)
+    report: dict[str, Any] = {
+        "benchmark": "service",
+        "input": {"files": args.slices, "size": args.size, "runs": args.runs},
+    }
+    if "receive" in args.parts:
+        report["receive"] = receive_part(args, work, settings, ct)
+    if "latency" in args.parts:
+        report["latency"] = latency_part(args, work, settings, ct)
+    report["machine"] = machine(load)
+    print()
+    print_report(report)
+    write_results(args.results, report)
+    return 0
+
+
+def receive_part(
+    args: argparse.Namespace, work: Path, settings: ServiceSettings, ct: Path
+) -> dict[str, Any]:
+    """Receive throughput: the receiver alone (log level WARNING: no per-instance lines),
+    against storescp writing to disk; one storescu, then 4 at once to each side."""
     quarters = []
     for n in range(CONCURRENT):
         folder = work / f"ct-{n}"
@@ -227,18 +335,9 @@ def run(
             folder, slices=max(1, args.slices // CONCURRENT), size=args.size, seed=11 + n
         )
         quarters.append(folder)
-    settings = bench_settings(amqp, endpoint, access, secret, "bench")
-    port = free_port()
-    config, pipelines = work / "config.yaml", work / "pipelines"
-    write_config(config, port, pipelines)
-    env = service_environment(settings, config, pipelines)
-    env["SERIESFLOW_LOG_LEVEL"] = "WARNING"  # no per-instance log lines while timing
-    logs = work / "logs"
-    logs.mkdir()
-
-    # 1. Receive throughput: the receiver alone, against storescp writing to disk.
-    receiver = ServiceProcess("receiver", env, logs).start()
-    wait_for_port(port, 60)
+    deployment = Deployment(settings, work / "receive", log_level="WARNING")
+    port = deployment.port
+    services = deployment.start_pipeline(["receiver"])
     storescp = ForkingStoreSCP(work / "storescp-out")
     times: dict[str, list[float]] = {
         "seriesflow": [],
@@ -264,26 +363,39 @@ def run(
             print(f"receive run {run_index}/{args.runs} done", file=sys.stderr)
     finally:
         storescp.stop()
-        receiver.stop()
+        stop_all(services)
+    files = args.slices
+    files_x4 = CONCURRENT * max(1, args.slices // CONCURRENT)
+    medians = {name: median(values) for name, values in times.items()}
+    rate = {
+        name: (files_x4 if name.endswith("_x4") else files) / seconds
+        for name, seconds in medians.items()
+    }
+    return {
+        "concurrent": CONCURRENT,
+        "seconds": times,
+        "median_seconds": medians,
+        "instances_per_second": rate,
+        "ratio": rate["seriesflow"] / rate["storescp"],
+        "ratio_x4": rate["seriesflow_x4"] / rate["storescp_x4"],
+        "target": THROUGHPUT_TARGET,
+    }
 
-    # 2. Latency: receiver + parser + selector at INFO, release -> selected-images.json.
-    env["SERIESFLOW_LOG_LEVEL"] = "INFO"
-    latency_logs = work / "latency-logs"
-    latency_logs.mkdir()
-    broker = Broker(settings, "bench")
-    broker.connect(attempts=3)
-    broker.declare_service_queue("bench-observer", ["job.selected.#"])
-    services = [
-        ServiceProcess(n, env, latency_logs).start() for n in ("receiver", "parser", "selector")
-    ]
-    wait_for_port(port, 60)
+
+def latency_part(
+    args: argparse.Namespace, work: Path, settings: ServiceSettings, ct: Path
+) -> dict[str, Any]:
+    """Receiver + parser + selector at INFO, release -> selected-images.json."""
+    deployment = Deployment(settings, work / "latency")
+    observer = Observer(settings, ["job.selected"])
+    services = deployment.start_pipeline()
     latencies: list[float] = []
     released_at: dict[str, float] = {}
     try:
         for run_index in range(args.runs + 1):
-            storescu(port, "SERIESFLOW", ct)
+            storescu(deployment.port, "SERIESFLOW", ct)
             released, wall = time.perf_counter(), time.time()
-            arrived, job = wait_for_selected(broker)
+            arrived, job = observer.wait("job.selected")
             if run_index:
                 latencies.append(arrived - released)
                 released_at[job] = wall
@@ -291,61 +403,44 @@ def run(
                 f"latency run {run_index}/{args.runs}: {arrived - released:.2f} s", file=sys.stderr
             )
     finally:
-        for process in services:
-            process.stop()
-        broker.close()
-    stages = stage_medians(latency_logs, released_at)
+        stop_all(services)
+        observer.close()
+    return {
+        "seconds": latencies,
+        "median_seconds": median(latencies),
+        "target_seconds": LATENCY_TARGET_SECONDS,
+        "stage_median_seconds": stage_medians(deployment.logs, released_at),
+    }
 
-    files = args.slices
-    median = {name: statistics.median(values) for name, values in times.items()}
-    files_x4 = CONCURRENT * max(1, args.slices // CONCURRENT)
-    rate = {
-        name: (files_x4 if name.endswith("_x4") else files) / seconds
-        for name, seconds in median.items()
-    }
-    ratio = rate["seriesflow"] / rate["storescp"]
-    ratio_x4 = rate["seriesflow_x4"] / rate["storescp_x4"]
-    latency = statistics.median(latencies)
-    report: dict[str, Any] = {
-        "input": {"files": files, "size": args.size, "runs": args.runs, "concurrent": CONCURRENT},
-        "receive": {
-            "seconds": times,
-            "median_seconds": median,
-            "instances_per_second": rate,
-            "ratio": ratio,
-            "ratio_x4": ratio_x4,
-            "target": THROUGHPUT_TARGET,
-        },
-        "latency_seconds": latencies,
-        "latency_median_seconds": latency,
-        "latency_target_seconds": LATENCY_TARGET_SECONDS,
-        "latency_stage_median_seconds": stages,
-        "machine": {"cpus": os.cpu_count(), "load_average": load},
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=1))
-    print()
-    for name in times:
+
+def print_report(report: dict[str, Any]) -> None:
+    if "receive" in report:
+        receive = report["receive"]
+        for name, values in receive["seconds"].items():
+            print(
+                f"receive  {name:<14} {receive['instances_per_second'][name]:8.1f} instances/s"
+                f"   (median {receive['median_seconds'][name]:.2f} s; "
+                f"runs: {listing(values)})"
+            )
+        for label, value in (
+            ("", receive["ratio"]),
+            (f", {CONCURRENT} at once", receive["ratio_x4"]),
+        ):
+            print(
+                f"{verdict(at_least(value, THROUGHPUT_TARGET))}  receive throughput ratio"
+                f"{label} {value:.2f} (target >= {THROUGHPUT_TARGET})"
+            )
+    if "latency" in report:
+        latency = report["latency"]
         print(
-            f"receive  {name:<14} {rate[name]:8.1f} instances/s   (median {median[name]:.2f} s; "
-            f"runs: {', '.join(f'{v:.2f}' for v in times[name])})"
+            f"{verdict(at_most(latency['median_seconds'], LATENCY_TARGET_SECONDS))}  release -> "
+            f"selected-images.json median {latency['median_seconds']:.2f} s (target <= "
+            f"{LATENCY_TARGET_SECONDS} s; runs: {listing(latency['seconds'])})"
         )
-    for label, value in (("", ratio), (f", {CONCURRENT} storescu at once", ratio_x4)):
         print(
-            f"{'PASS' if value >= THROUGHPUT_TARGET else 'MISS'}  receive throughput ratio"
-            f"{label} {value:.2f} (target >= {THROUGHPUT_TARGET})"
+            "  where it goes (medians, from the services' logs): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in latency["stage_median_seconds"].items())
         )
-    print(
-        f"{'PASS' if latency <= LATENCY_TARGET_SECONDS else 'MISS'}  release -> "
-        f"selected-images.json median {latency:.2f} s (target <= {LATENCY_TARGET_SECONDS} s; "
-        f"runs: {', '.join(f'{v:.2f}' for v in latencies)})"
-    )
-    print(
-        "  where it goes (medians, from the services' logs): "
-        + ", ".join(f"{name} {value:.2f} s" for name, value in stages.items())
-    )
-    print(f"results written to {RESULTS}")
-    return 0
 
 
 def stage_medians(logs: Path, released_at: dict[str, float]) -> dict[str, float]:
@@ -360,7 +455,7 @@ def stage_medians(logs: Path, released_at: dict[str, float]) -> dict[str, float]
             steps["receiver"].append(job_released[job] - released)
             steps["parser"].append(parsed[job] - job_released[job])
             steps["selector"].append(selected[job] - parsed[job])
-    return {name: statistics.median(values) for name, values in steps.items() if values}
+    return {name: median(values) for name, values in steps.items() if values}
 
 
 if __name__ == "__main__":
