@@ -123,11 +123,11 @@ def _estimate(setup: float, per_run: float, quick: float) -> Callable[[argparse.
 
 
 JOBS = (
-    Job("service", ("receive", "latency"), service_argv, _estimate(20, 25, 8)),
-    Job("export", ("export",), export_argv, _estimate(30, 6, 8)),
-    Job("process", ("process",), process_argv, _estimate(5, 4, 4)),
-    Job("folders", ("folders",), folders_argv, _estimate(5, 45, 12)),
-    Job("service-scale", ("scale", "parsers"), scale_argv, _estimate(150, 12, 30)),
+    Job("service", ("receive", "latency"), service_argv, _estimate(40, 21, 45)),
+    Job("export", ("export",), export_argv, _estimate(30, 5, 30)),
+    Job("process", ("process",), process_argv, _estimate(8, 4, 15)),
+    Job("folders", ("folders",), folders_argv, _estimate(10, 50, 20)),
+    Job("service-scale", ("scale", "parsers"), scale_argv, _estimate(200, 12, 60)),
 )
 
 

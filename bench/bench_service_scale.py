@@ -67,8 +67,9 @@ from bench_service import (
     storescu,
     storescu_at_once,
 )
+from pika.exceptions import ChannelClosedByBroker
 
-from shared.broker import queue_name
+from shared.broker import Broker, queue_name
 from shared.samples import write_ct_series
 from shared.settings import ServiceSettings
 from tests.integration.infra import rabbitmq_vhost, start_seaweedfs
@@ -142,7 +143,7 @@ def one_count(
     observer = Observer(settings, ["job.received", "job.parsed", "job.selected"])
     services = dict(zip(SCALE_SERVICES, deployment.start_pipeline(SCALE_SERVICES), strict=True))
     try:
-        wait_consumers(observer, {"parser": 1, "selector": 1})
+        wait_consumers(settings, {"parser": 1, "selector": 1})
         observer.drain()
         receive = storescu(deployment.port, "SERIESFLOW", folder)
         released, wall = time.perf_counter(), time.time()
@@ -172,17 +173,29 @@ def pid_peak(process: ServiceProcess) -> float | None:
     return None if process.process is None else process_mib(process.process.pid, "VmHWM")
 
 
-def wait_consumers(observer: Observer, services: dict[str, int], timeout: float = 60.0) -> None:
-    """Until each service's queue has (at least) that many consumers."""
+def wait_consumers(
+    settings: ServiceSettings, services: dict[str, int], timeout: float = 60.0
+) -> None:
+    """Until each service's queue exists with (at least) that many consumers. Each look is
+    a connection of its own: asking for a queue not declared yet closes the channel."""
     deadline = time.monotonic() + timeout
     for service, wanted in services.items():
-        while True:
-            declared = observer.broker.channel.queue_declare(queue_name(service), passive=True)
-            if declared.method.consumer_count >= wanted:
-                break
+        while consumers(settings, queue_name(service)) < wanted:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{service}: fewer than {wanted} consumers after {timeout} s")
-            time.sleep(0.1)
+            time.sleep(0.2)
+
+
+def consumers(settings: ServiceSettings, queue: str) -> int:
+    """How many consumers ``queue`` has; 0 when it is not declared yet."""
+    broker = Broker(settings, "bench")
+    broker.connect(attempts=3)
+    try:
+        return int(broker.channel.queue_declare(queue, passive=True).method.consumer_count)
+    except ChannelClosedByBroker:
+        return 0
+    finally:
+        broker.close()
 
 
 def summarise_count(count: int, size: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -256,7 +269,7 @@ def pair_part(args: argparse.Namespace, work: Path, settings: ServiceSettings) -
     one: list[float] = []
     two: list[float] = []
     try:
-        wait_consumers(observer, {"parser": 2})
+        wait_consumers(settings, {"parser": 2})
         observer.drain()
         for run in range(args.pair_runs + 1):  # the first is a warm-up
             cases = [("one", studies[:1]), ("two", studies[1:])]
