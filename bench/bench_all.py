@@ -131,10 +131,14 @@ JOBS = (
 )
 
 
+def job_key(job: Job, args: argparse.Namespace) -> str:
+    """The job and its options, as its duration is recorded."""
+    return f"{job.name} {' '.join(job.argv(args, args.only)[1:])}"
+
+
 def expected_seconds(job: Job, args: argparse.Namespace, measured: dict[str, Any]) -> float:
     """The last measured duration of this job with the same options, else the estimate."""
-    key = f"{job.name} {' '.join(job.argv(args, args.only)[1:])}"
-    found = measured.get(key)
+    found = measured.get(job_key(job, args))
     return float(found) if isinstance(found, int | float) else job.estimate(args)
 
 
@@ -167,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [job for job in JOBS if set(job.rows) & set(args.only)]
     measured = read_json(DURATIONS) or {}
     expected = {job.name: expected_seconds(job, args, measured) for job in jobs}
+    estimated = [job.name for job in jobs if job_key(job, args) not in measured]
     print(
         f"bench_all: rows {', '.join(args.only)}; {args.runs} counted run(s) each"
         f"{' (quick: small data)' if args.quick else ''}; expected duration about "
-        f"{duration(sum(expected.values()))} on an idle machine"
+        f"{duration(sum(expected.values()))} ("
+        + (f"{', '.join(estimated)}: estimates for an idle machine; " if estimated else "")
+        + "measured durations of the last run with the same options where there is one: "
+        "bench/results/durations.json)"
     )
     load_before = warn_if_busy()
     started = time.perf_counter()
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         begun = time.perf_counter()
         status = run_script(command, out / f"{job.name}.log")
         durations[job.name] = time.perf_counter() - begun
-        measured[f"{job.name} {' '.join(script_argv[1:])}"] = round(durations[job.name], 1)
+        measured[job_key(job, args)] = round(durations[job.name], 1)
         report = read_json(results)
         if status != 0 or report is None:
             failures[job.name] = f"exit status {status}\n{tail(out / f'{job.name}.log', 25)}"

@@ -192,6 +192,7 @@ def run(
     config, pipelines = work / "config.yaml", work / "pipelines"
     write_config(config, port, pipelines)
     env = service_environment(settings, config, pipelines)
+    env["SERIESFLOW_SPOOL_DIR"] = str(work / "spool")  # not the user's shared default
     logs = work / "logs"
     logs.mkdir()
     receiver = ServiceProcess("receiver", env, logs).start()

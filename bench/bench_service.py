@@ -49,6 +49,7 @@ from _common import (
     listing,
     machine,
     median,
+    tail,
     verdict,
     warn_if_busy,
     write_results,
@@ -205,6 +206,11 @@ class Deployment:
         write_config(config, self.port, pipelines)
         self.env = service_environment(settings, config, pipelines)
         self.env["SERIESFLOW_LOG_LEVEL"] = log_level
+        # The receiver's local spool (where it has one) in this deployment's folder, on the
+        # same disk as storescp's output: the default is shared by every receiver of this
+        # user, and a receiver uploads what it finds there at start. Ignored by a receiver
+        # without the setting.
+        self.env["SERIESFLOW_SPOOL_DIR"] = str(folder / "spool")
         self.logs = folder / "logs"
         self.logs.mkdir(exist_ok=True)
 
@@ -218,7 +224,12 @@ class Deployment:
         """The services, started; returns once the receiver (if any) listens."""
         started = [self.start(name) for name in services]
         if "receiver" in services:
-            wait_for_port(self.port, 60)
+            try:
+                wait_for_port(self.port, 60)
+            except TimeoutError:
+                stop_all(started)
+                log = tail(self.logs / "receiver.log", 30)
+                raise RuntimeError(f"the receiver did not listen; its log ends:\n{log}") from None
         return started
 
 
