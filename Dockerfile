@@ -78,12 +78,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# uid/gid 10001: numeric, so Kubernetes' runAsNonRoot can verify it. /input and /output exist
-# and belong to that user, so named volumes mounted there start out writable by it.
+# uid/gid 10001: numeric, so Kubernetes' runAsNonRoot can verify it. /input and /output, and
+# the receiver's spool /var/lib/seriesflow/spool (SERIESFLOW_SPOOL_DIR), exist and belong to
+# that user, so named volumes mounted there start out writable by it.
 RUN groupadd --gid 10001 seriesflow \
     && useradd --uid 10001 --gid 10001 --home-dir /home/seriesflow --create-home \
         --shell /usr/sbin/nologin seriesflow \
-    && install -d -o 10001 -g 10001 -m 0755 /input /output
+    && install -d -o 10001 -g 10001 -m 0755 /input /output \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/seriesflow /var/lib/seriesflow/spool
 
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
 # Installing compiles the bytecode once, here, which is why PYTHONDONTWRITEBYTECODE is safe
@@ -96,6 +98,9 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 
 USER 10001:10001
 WORKDIR /home/seriesflow
+
+# The receiver's local spool (docs/receiver.md, "The spool"): mount a persistent volume here.
+ENV SERIESFLOW_SPOOL_DIR=/var/lib/seriesflow/spool
 
 VOLUME ["/input", "/output"]
 

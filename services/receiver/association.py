@@ -178,6 +178,8 @@ class OpenAssociation:
     stored_at: dict[str, float] = field(default_factory=dict)  # by SOPInstanceUID
     digests: dict[str, str] = field(default_factory=dict)  # by SOPInstanceUID
     duplicates: list[DuplicateConflict] = field(default_factory=list)
+    store_answered: bool = False
+    """The object store answered a check on this association (its first instance)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

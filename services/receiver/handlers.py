@@ -17,7 +17,8 @@ EVT_ABORTED         :func:`handle_aborted`: the association's instances are quar
 
 C-STORE statuses (:mod:`services.receiver.statuses`):
 
-* ``SUCCESS`` (0x0000): the instance is in the object store (``put`` returned), or its
+* ``SUCCESS`` (0x0000): the instance is fsynced in the local spool
+  (:mod:`services.receiver.spool`), which uploads it to the object store behind, or its
   SOP Class is ignored for this AE title, or the job already has this copy or keeps its
   first copy (:mod:`services.receiver.duplicates`);
 * ``INVALID_SOP_INSTANCE`` (0x0117): the Affected SOP Instance UID is not a valid UID;
@@ -27,8 +28,9 @@ C-STORE statuses (:mod:`services.receiver.statuses`):
   (:mod:`services.receiver.encoding`);
 * ``DUPLICATE_SOP_INSTANCE`` (0x0111): different content for an instance the job has, and
   the policy is ``reject``;
-* ``OUT_OF_RESOURCES`` (0xA700): the object store did not take it in time (unreachable,
-  refused, stalled past ``SERIESFLOW_STORE_TIMEOUT_SECONDS``);
+* ``OUT_OF_RESOURCES`` (0xA700): the spool takes nothing now: the last upload to the
+  object store failed, the oldest pending upload is older than
+  ``SERIESFLOW_STORE_TIMEOUT_SECONDS``, the spool is full, or the local disk failed;
 * ``PROCESSING_FAILURE`` (0x0110): anything unexpected. Never success unless stored.
 """
 
@@ -58,7 +60,7 @@ from services.receiver.grouping import group_for
 from services.receiver.instance import InstanceError, check_sop_instance_uid, describe, part10
 from services.receiver.job import DuplicateConflict, Ending
 from services.receiver.release import JobService
-from services.receiver.storing import TimedStore
+from services.receiver.spool import Spool
 from shared import keys
 from shared.config import AETitleConfig
 from shared.logs import get_logger
@@ -74,7 +76,7 @@ class ReceiverContext:
     ae_titles: dict[str, AETitleConfig]
     policy: AssociationPolicy
     jobs: JobService
-    puts: TimedStore
+    spool: Spool
     associations: OpenAssociations = field(default_factory=OpenAssociations)
     stopping: bool = False
     """Set when the receiver ends the open associations itself (shutdown)."""
@@ -164,7 +166,7 @@ def handle_echo(event: Any, context: ReceiverContext) -> int:
 
 
 def handle_store(event: Any, context: ReceiverContext) -> int:
-    """Store the instance as received; SUCCESS only once the store has it."""
+    """Store the instance as received; SUCCESS only once the spool has it on disk."""
     association = context.associations.get(event.assoc)
     if association is None:
         log.error("C-STORE on an association that was not established")
@@ -248,7 +250,10 @@ def store_instance(
             return statuses.DUPLICATE_SOP_INSTANCE
         replace = True
     try:
-        context.puts.put(key, data, lambda: sop_instance_uid in association.instances)
+        context.spool.store(
+            key, association.association_id, data, ask=not association.store_answered
+        )
+        association.store_answered = True
     except Exception as exc:
         log.error(
             "instance not stored: answering Refused (out of resources)",

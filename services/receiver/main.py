@@ -21,7 +21,7 @@ from services.receiver.handlers import ReceiverContext
 from services.receiver.quarantine import check_quarantine
 from services.receiver.release import JobService
 from services.receiver.settings import receiver_settings
-from services.receiver.storing import TimedStore
+from services.receiver.spool import Spool, default_spool_dir
 from services.receiver.stow import StowServer
 from shared.config import SeriesflowConfig, load_config
 from shared.configstore import LiveConfig, LiveView
@@ -92,9 +92,20 @@ class Receiver:
             file_pipelines=PipelineRegistry.load(self.settings.pipelines),
         )
         self._pipelines: PipelineRegistry | None = None
+        self.spool = Spool(
+            self.settings.spool_dir or default_spool_dir(),
+            self.settings.s3_bucket,
+            self.job_store,
+            timeout=self.settings.store_timeout_seconds,
+            max_bytes=self.settings.spool_max_bytes,
+            workers=self.settings.spool_upload_threads,
+            backoff=self.settings.retry_backoff_seconds,
+            backoff_max=self.settings.retry_backoff_max_seconds,
+        )
         self.jobs = JobService(
             self.settings,
             self.job_store,
+            self.spool,
             ae_titles,
             pipelines_by_ae_title(self.config),
             self.metrics,
@@ -103,7 +114,7 @@ class Receiver:
             ae_titles=ae_titles,
             policy=AssociationPolicy.from_config(self.scp_config),
             jobs=self.jobs,
-            puts=TimedStore(self.job_store, self.settings.store_timeout_seconds),
+            spool=self.spool,
             metrics=self.metrics,
         )
         self.metrics.track_open_associations(lambda: len(self.context.associations))
@@ -136,7 +147,11 @@ class Receiver:
     def start(self) -> None:
         """Connect to the store, start the job threads and listen; returns at once."""
         self._stop.clear()
-        self._ensure_bucket(self.settings.store_attempts_at_start)
+        self.spool.open()
+        if not self._ensure_bucket(self.settings.store_attempts_at_start):
+            self.spool.mark_failing("the object store was unreachable at start")
+        self.spool.recover()  # what a killed receiver left: uploaded before the first sweep
+        self.spool.start()
         view = self.live.view()
         self._check_pipelines(view)
         self.apply_config(view.config, view.pipelines)
@@ -146,6 +161,7 @@ class Receiver:
             self._server = scp.start_server(self._ae, self.scp_config, self.context)
         except Exception:
             self.jobs.stop()
+            self.spool.close()
             raise
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="receiver-housekeeping", daemon=True
@@ -180,10 +196,14 @@ class Receiver:
         if self._ae is not None:
             self._ae.shutdown()
         handlers.end_quietly_ended(self.context)
-        self.context.puts.close()
+        # Uploads and the records behind them go on while the store takes them; what is
+        # left is uploaded by the next start.
+        if not self.spool.drain(max(self.settings.store_timeout_seconds, 5.0)):
+            log.warning("spool not empty at stop", extra={"files": self.spool.state().files})
         if self._housekeeper is not None:
             self._housekeeper.join(10)
         self.jobs.stop()
+        self.spool.close()
         self.metrics.close()
         log.info("receiver stopped")
 
@@ -300,7 +320,7 @@ class Receiver:
                         "stored configuration not read; keeping the current one",
                         extra={"reason": getattr(exc, "reason", type(exc).__name__)},
                     )
-            if now >= next_sweep:
+            if now >= next_sweep and self.spool.recovering() == 0:
                 next_sweep = now + self.settings.orphan_sweep_seconds
                 try:
                     if self._bucket_ready or self._ensure_bucket(1):

@@ -1,10 +1,11 @@
 """From released associations to published jobs, durably and in order.
 
-When an association is released, its record (:class:`AssociationRecord`) is written
-beside its instances. Then, at once (``timeout: 0``) or when its group falls quiet
-(:mod:`services.receiver.job`), the job is released by one worker thread, each step
-idempotent and retried with backoff until it succeeds (a broker or store outage delays
-jobs, it never loses them):
+When an association is released, its record (:class:`AssociationRecord`) is written to
+the local spool (:mod:`services.receiver.spool`), fsynced; the spool uploads it beside its
+instances once every instance of the association is in the object store. Then, at once
+(``timeout: 0``) or when its group falls quiet (:mod:`services.receiver.job`), the job
+is released by one worker thread, each step idempotent and retried with backoff until it
+succeeds (a broker or store outage delays jobs, it never loses them):
 
 1. every record of the job is stamped with the job ID (per study, for study grouping);
 2. the manifest is written at ``jobs/<job_id>/manifest.json``;
@@ -16,7 +17,8 @@ jobs, it never loses them):
 A process that dies anywhere in between leaves records that say how far it got;
 :mod:`services.receiver.cleanup` finds them and finishes the job under the same job ID.
 An association that ends without A-RELEASE starts no job: its record goes to the
-quarantine (:mod:`services.receiver.quarantine`) and its instances stay.
+quarantine (:mod:`services.receiver.quarantine`), once its instances are in the store, and
+its instances stay.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from services.receiver.job import (
     part_of,
 )
 from services.receiver.settings import ReceiverSettings
+from services.receiver.spool import Spool
 from services.replay import record_and_publish
 from shared.broker import Broker
 from shared.config import AETitleConfig
@@ -78,6 +81,7 @@ class JobService:
         self,
         settings: ReceiverSettings,
         job_store: JobStore,
+        spool: Spool,
         ae_titles: dict[str, AETitleConfig],
         pipelines: dict[str, str],
         metrics: Metrics,
@@ -85,6 +89,7 @@ class JobService:
     ) -> None:
         self.settings = settings
         self.job_store = job_store
+        self.spool = spool
         self.ae_titles = ae_titles
         self.pipelines = pipelines
         self.grouper = JobGrouper()
@@ -184,15 +189,19 @@ class JobService:
             },
         )
         try:
-            self._write_record(record)
+            self.spool.store_record(
+                record.association_id,
+                record.model_dump(mode="json"),
+                lambda: self._released(record),
+            )
         except Exception as exc:
-            log.warning(
-                "association record not written yet, retrying in the background",
+            log.error(
+                "association record not spooled; written to the store after its instances",
                 extra={"association": record.association_id, "error": type(exc).__name__},
             )
-            self._queue.put(_WriteRecord(record))
-            return
-        self._released(record)
+            self.spool.after_uploads(
+                record.association_id, lambda: self._queue.put(_WriteRecord(record))
+            )
 
     def association_aborted(self, association: OpenAssociation, ended: Ending) -> None:
         """An association ended without A-RELEASE: no job; its instances are quarantined.
@@ -216,8 +225,11 @@ class JobService:
                 "instances": len(record.instances),
             },
         )
+        self.spool.forget(association.association_id)
         if record.instances or record.duplicates:
-            self._queue.put(_Quarantine(record))
+            self.spool.after_uploads(
+                association.association_id, lambda: self._queue.put(_Quarantine(record))
+            )
 
     def _keep_audit(self, record: AssociationRecord, reason: str) -> None:
         """Keep the audit of an association that stored nothing but had duplicates."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
@@ -44,8 +46,24 @@ class ReceiverSettings(ServiceSettings):
     store_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
-        description="Longest wait for the object store to take an instance; past it C-STORE "
-        "answers Refused (0xA700), well before a sender's own timeout makes it abort",
+        description="Longest a spooled instance may wait for the object store to take it; "
+        "while the oldest pending upload is older, C-STORE answers Refused (0xA700)",
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Local folder of the spool (services/receiver/spool.py): instances are "
+        "fsynced here before success and uploaded to the object store behind; must survive "
+        "a restart (a persistent volume). Default: $XDG_STATE_HOME/seriesflow/receiver-spool "
+        "(~/.local/state/... without XDG_STATE_HOME)",
+    )
+    spool_max_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024 * 1024,
+        description="Largest size of the files waiting in the spool for upload; past it, "
+        "C-STORE answers Refused (0xA700)",
+    )
+    spool_upload_threads: int = Field(
+        default=8, ge=1, le=64, description="Threads uploading spooled instances to the store"
     )
     drain_seconds: float = Field(
         default=25.0,

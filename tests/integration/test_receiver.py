@@ -155,6 +155,19 @@ def incoming(store: ObjectStore) -> list[str]:
     return [k for k in store.list("incoming/") if k.endswith(".dcm")]
 
 
+def held(receiver: Receiver, uids: list[str]) -> list[str]:
+    """Those of ``uids`` (answered Success) that are durably held: a file in the receiver's
+    spool, or else (an upload removes the file only once the store has it) in the store."""
+    spooled = receiver.spool.slot / "incoming"
+    found = []
+    for uid in uids:
+        if any(spooled.glob(f"*/{uid}.dcm")) or any(
+            key.endswith(f"/{uid}.dcm") for key in incoming(receiver.job_store.objects)
+        ):
+            found.append(uid)
+    return found
+
+
 def scu_association(port: int, called: str = "SERIESFLOW", calling: str = "MODALITY") -> Any:
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -310,9 +323,12 @@ def test_an_aborted_association_starts_no_job_and_its_instances_are_quarantined(
     port = free_port()
     with running(settings, write_config(tmp_path / "c.yaml", port)) as receiver:
         assoc = scu_association(port)
+        answered = []
         for path in ct[:2]:
-            assert assoc.send_c_store(pydicom.dcmread(path)).Status == statuses.SUCCESS
-        assert len(incoming(receiver.job_store.objects)) == 2, "stored before success was answered"
+            ds = pydicom.dcmread(path)
+            assert assoc.send_c_store(ds).Status == statuses.SUCCESS
+            answered.append(str(ds.SOPInstanceUID))
+            assert held(receiver, answered) == answered, "held before success was answered"
         assoc.abort()
         wait_until(
             lambda: list(receiver.job_store.objects.list("quarantine/")) != [], 10, "quarantined"

@@ -243,12 +243,14 @@ def test_sigterm_drains_open_associations_and_quarantines_what_outlives_the_drai
 
 
 class StallingProxy:
-    """A TCP proxy to the S3 server that can hold every byte (a stalled object store)."""
+    """A TCP proxy to the S3 server that can hold every byte (``stalled``: a stalled object
+    store), or only requests that write (``hold_puts``: reads and checks still answered)."""
 
     def __init__(self, target: str) -> None:
         host, port = target.rsplit(":", 1)
         self.target = (host, int(port))
         self.stalled = threading.Event()
+        self.hold_puts = threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"127.0.0.1:{self.server.getsockname()[1]}"
         self._closed = threading.Event()
@@ -267,7 +269,10 @@ class StallingProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                while self.stalled.is_set() and not self._closed.is_set():
+                held = self.hold_puts.is_set() and data.startswith(b"PUT ")
+                while not self._closed.is_set() and (
+                    self.stalled.is_set() or (held and self.hold_puts.is_set())
+                ):
                     time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
@@ -298,6 +303,10 @@ def test_a_stalled_store_answers_out_of_resources_before_the_sender_gives_up(
     ct: list[Path],  # noqa: F811
     stalling_proxy: StallingProxy,
 ) -> None:
+    """The spool is a latency buffer: once a spooled instance has waited for the store
+    longer than the store timeout, new instances are refused (0xA700) at once, while the
+    sender still waits; the instance answered Success before is uploaded when the store
+    is back, and is in the job."""
     port = free_port()
     config = write_config(tmp_path / "c.yaml", port)
     with running(
@@ -305,18 +314,26 @@ def test_a_stalled_store_answers_out_of_resources_before_the_sender_gives_up(
     ) as receiver:
         assoc = association(port, dimse_timeout=5)  # the sender gives up after 5 s
         assert store(assoc, ct[0]) == statuses.SUCCESS
+        wait_until(lambda: receiver.spool.state().files == 0, 10, "first instance uploaded")
         stalling_proxy.stalled.set()
-        assert store(assoc, ct[1]) == statuses.OUT_OF_RESOURCES, "answered, not aborted"
+        assert store(assoc, ct[1]) == statuses.SUCCESS, "spooled: no upload is late yet"
+        wait_until(lambda: (receiver.spool.state().oldest_seconds or 0) > 1.2, 5, "an upload late")
+        started = time.monotonic()
+        assert store(assoc, ct[2]) == statuses.OUT_OF_RESOURCES, "answered, not aborted"
+        assert time.monotonic() - started < 1.0, "refused at once, not after a wait"
+        assert receiver.spool.state().files == 1, "the refused instance is not spooled"
         stalling_proxy.stalled.clear()
-        assert store(assoc, ct[2]) == statuses.SUCCESS
+        wait_until(lambda: receiver.spool.state().files == 0, 20, "late upload completed")
+        assert store(assoc, ct[3]) == statuses.SUCCESS
         assoc.release()
         (message,) = wait_for_messages(observer, 1)
         manifest = job_manifest(receiver.job_store.objects, message)
-        sent = [str(pydicom.dcmread(p).SOPInstanceUID) for p in ct[:3]]
-        assert [i.sop_instance_uid for i in manifest.instances] == [sent[0], sent[2]]
-        # The stalled put completed late; the refused copy does not stay.
-        refused = keys.incoming_instance(manifest.associations[0], sent[1])
-        wait_until(lambda: not receiver.job_store.objects.exists(refused), 15, "late copy deleted")
+        sent = [str(pydicom.dcmread(p).SOPInstanceUID) for p in ct[:4]]
+        assert [i.sop_instance_uid for i in manifest.instances] == [sent[0], sent[1], sent[3]]
+        for ref in manifest.instances:
+            assert receiver.job_store.objects.exists(ref.key), "every instance is in the store"
+        refused = keys.incoming_instance(manifest.associations[0], sent[2])
+        assert not receiver.job_store.objects.exists(refused), "the refused one never is"
 
 
 def test_after_sigkill_during_a_broker_outage_the_restarted_receiver_recovers_at_start(

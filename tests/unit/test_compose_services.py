@@ -48,3 +48,22 @@ def test_compose_configuration_and_pipelines_load_and_agree() -> None:
         assert pipeline.destinations() <= destinations
     receiver_port = compose()["services"]["receiver"]["ports"][0]["target"]
     assert receiver_port == config.dicom.scp.port
+
+
+def test_the_receiver_spools_on_a_named_volume_its_user_can_write() -> None:
+    """Instances answered Success wait for upload in the spool: it must outlive the
+    container (a named volume) and be writable by the image's user (uid 10001), which
+    the Dockerfile gives the mount point (a new named volume copies its ownership)."""
+    data = compose()
+    receiver = data["services"]["receiver"]
+    spool = receiver["environment"]["SERIESFLOW_SPOOL_DIR"]
+    (mount,) = [v for v in receiver["volumes"] if isinstance(v, dict) and v["target"] == spool]
+    assert mount["type"] == "volume" and mount["source"] in data["volumes"]
+    assert not mount.get("read_only")
+    for name in SERVICES:
+        if name != "receiver":
+            targets = [v.get("target") for v in data["services"][name].get("volumes", [])]
+            assert spool not in targets, f"{name} must not share the receiver's spool"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"-o 10001 -g 10001 -m 0700 /var/lib/seriesflow {spool}" in dockerfile
+    assert f"ENV SERIESFLOW_SPOOL_DIR={spool}" in dockerfile

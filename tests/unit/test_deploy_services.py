@@ -103,11 +103,15 @@ def _listed() -> list[tuple[Path, dict[str, Any]]]:
     return [(path, doc) for path, doc in _manifests() if path in resources]
 
 
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
 def _deployments() -> dict[str, dict[str, Any]]:
-    """The Deployments by service (their `app.kubernetes.io/component` label)."""
+    """The workloads (Deployments, and the receiver's StatefulSet) by service (their
+    `app.kubernetes.io/component` label)."""
     found: dict[str, dict[str, Any]] = {}
     for _, doc in _listed():
-        if doc["kind"] == "Deployment":
+        if doc["kind"] in WORKLOADS:
             component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
             assert component not in found, f"two Deployments for {component}"
             found[component] = doc
@@ -350,8 +354,12 @@ def test_each_deployment_is_non_root_with_a_read_only_root(service: str) -> None
     volumes = {v["name"]: v for v in pod["volumes"]}
     (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert "emptyDir" in volumes[tmp["name"]], "a writable /tmp on a read-only root filesystem"
+    claims = {
+        c["metadata"]["name"]
+        for c in _deployments()[service]["spec"].get("volumeClaimTemplates", [])
+    }
     for mount in container["volumeMounts"]:
-        assert mount["name"] in volumes, f"{service}: no volume {mount['name']}"
+        assert mount["name"] in volumes.keys() | claims, f"{service}: no volume {mount['name']}"
 
 
 @pytest.mark.parametrize("service", sorted(SETTINGS))
@@ -572,10 +580,10 @@ def test_kubectl_kustomize_renders_the_services() -> None:
     assert result.returncode == 0, result.stderr
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = sorted(d["kind"] for d in rendered)
-    assert kinds == ["ConfigMap"] * 3 + ["Deployment"] * 5 + ["Service"] * 2
+    assert kinds == ["ConfigMap"] * 3 + ["Deployment"] * 4 + ["Service"] * 2 + ["StatefulSet"]
     config_maps = {d["metadata"]["name"] for d in rendered if d["kind"] == "ConfigMap"}
     image = _kustomization()["images"][0]
-    for deployment in (d for d in rendered if d["kind"] == "Deployment"):
+    for deployment in (d for d in rendered if d["kind"] in WORKLOADS):
         assert "namespace" not in deployment["metadata"]
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -586,3 +594,34 @@ def test_kubectl_kustomize_renders_the_services() -> None:
         }
         assert referenced and referenced <= config_maps, "generated names are substituted"
         assert deployment["metadata"]["labels"]["app.kubernetes.io/part-of"] == "seriesflow"
+
+
+def test_the_receiver_is_a_statefulset_with_its_spool_on_a_claim_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """C-STORE is answered once an instance is fsynced in the local spool: the spool must
+    outlive the pod (a PersistentVolumeClaim per replica, kept when the pod or the
+    StatefulSet goes), be writable by uid 10001 on a read-only root (fsGroup), and hold
+    more than the spool's limit."""
+    workload = _deployments()["receiver"]
+    assert workload["kind"] == "StatefulSet"
+    assert workload["spec"]["serviceName"] == "seriesflow-receiver"
+    assert workload["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    (claim,) = workload["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    size = _memory_bytes(claim["spec"]["resources"]["requests"]["storage"])
+    settings = _receiver_settings(monkeypatch)
+    assert settings.spool_dir is not None
+    (mount,) = [
+        m for m in _container("receiver")["volumeMounts"] if m["name"] == claim["metadata"]["name"]
+    ]
+    assert mount["mountPath"] == str(settings.spool_dir)
+    assert not mount.get("readOnly")
+    assert _pod("receiver")["securityContext"]["fsGroup"] == 10001
+    assert settings.spool_max_bytes <= size // 2, "room for what is uploaded meanwhile"
+    for service in SETTINGS:
+        if service != "receiver":
+            assert _deployments()[service]["kind"] == "Deployment"
