@@ -14,8 +14,8 @@ the issue's shape: stage | seriesflow | peer | ratio | target | PASS/MISS. It al
 the scale run (300, 1,500 and 5,000 instances: time and peak memory of receiver, parser
 and selector) and two parsers against one. What was run, the machine and its load average
 before and after go with the table into ``bench/results/all.json`` and a Markdown summary
-(``bench/results.md`` for a whole run, to be committed by whoever ran it;
-``bench/results/summary.md`` for ``--quick`` or ``--only``, which never replace it).
+(``bench/results.md`` for a whole run of at least 5 runs a row, to be committed by whoever
+ran it; ``bench/results/summary.md`` otherwise, which never replaces it).
 
 A missed target is a measurement: the exit status is 1 only when a benchmark could not
 run (its log's end is shown).
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.runs = 1 if args.quick else 5
     if args.runs < 1 or args.scale_runs < 1:
         parser.error("--runs and --scale-runs must be at least 1")
-    whole = not args.quick and set(args.only) == set(ROWS)
+    whole = not args.quick and set(args.only) == set(ROWS) and args.runs >= 5
     summary_path = args.summary or (SUMMARY if whole else RESULTS_DIR / "summary.md")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = RESULTS_DIR / f"all-{stamp}"
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         + "measured durations of the last run with the same options where there is one: "
         "bench/results/durations.json)"
     )
+    if args.runs < 5 and not args.quick:
+        print("note: fewer than 5 runs a row: issue 10 asks for medians of at least 5")
     load_before = warn_if_busy()
     started = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
@@ -472,6 +474,7 @@ def markdown(
     host = combined["machine"]
     options = " ".join(sys.argv[1:] if argv is None else argv)
     memory = host["memory_mib"]
+    quick_note = "; `--quick`: small data, the figures mean nothing"
     busy = max(host["load_average_before_after"]) >= 0.5 * (host["cpus"] or 1)
     text = [
         "# Benchmarks: issue 10's table, one run of `bench/bench_all.py`",
@@ -484,8 +487,9 @@ def markdown(
         f"- Load average (1 min) before / after: {host['load_average_before_after'][0]} / "
         f"{host['load_average_before_after'][1]}"
         + (" (a busy machine: the figures are noisy)" if busy else ""),
-        f"- Medians of {combined['options']['runs']} counted runs a row, after a warm-up; "
-        f"whole run {combined['seconds'] / 60:.1f} min",
+        f"- Medians of {combined['options']['runs']} counted run(s) a row, after a warm-up"
+        + (quick_note if combined["options"]["quick"] else "")
+        + f"; whole run {duration(combined['seconds'])}",
         "",
         *lines,
         "",
