@@ -53,6 +53,7 @@ ROWS = ("receive", "latency", "export", "process", "folders", "scale", "parsers"
 SUMMARY = BENCH / "results.md"
 DURATIONS = RESULTS_DIR / "durations.json"
 MONAI_PEER = "MONAI Informatics Gateway: 14 s, 324-slice CT (published, 48 vCPU; not run here)"
+RUN_OPTIONS = ("--runs", "--pair-runs")  # the scripts' numbers of runs
 HEADER = ("stage", "seriesflow", "peer", "ratio", "target", "verdict")
 
 
@@ -111,9 +112,10 @@ def scale_argv(args: argparse.Namespace, rows: list[str]) -> list[str]:
     return argv
 
 
-# Estimates (seconds, idle 2-CPU machine, the default sizes): setup + per counted run. A
-# busy machine takes two to four times as long. Replaced by the last measured durations
-# (bench/results/durations.json) where there are some.
+# Estimates (seconds, idle 2-CPU machine, the default sizes): setup + per round (the
+# warm-up and each counted run). A busy machine takes two to four times as long. Scaled to
+# the last measured duration of the same job and data (bench/results/durations.json)
+# where there is one.
 def _estimate(setup: float, per_run: float, quick: float) -> Callable[[argparse.Namespace], float]:
     def estimate(args: argparse.Namespace) -> float:
         runs: int = args.runs
@@ -132,14 +134,24 @@ JOBS = (
 
 
 def job_key(job: Job, args: argparse.Namespace) -> str:
-    """The job and its options, as its duration is recorded."""
-    return f"{job.name} {' '.join(job.argv(args, args.only)[1:])}"
+    """The job and its options but the numbers of runs, as its duration is recorded."""
+    argv = job.argv(args, args.only)[1:]
+    kept: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg not in RUN_OPTIONS and (index == 0 or argv[index - 1] not in RUN_OPTIONS):
+            kept.append(arg)
+    return " ".join([job.name, *kept])
 
 
 def expected_seconds(job: Job, args: argparse.Namespace, measured: dict[str, Any]) -> float:
-    """The last measured duration of this job with the same options, else the estimate."""
+    """The estimate, scaled by the last measured duration of the same job and data (taken
+    with ``runs`` counted runs) over the estimate for that many runs."""
+    estimate = job.estimate(args)
     found = measured.get(job_key(job, args))
-    return float(found) if isinstance(found, int | float) else job.estimate(args)
+    if not isinstance(found, dict):
+        return estimate
+    then = argparse.Namespace(**{**vars(args), "runs": found["runs"]})
+    return float(found["seconds"]) * estimate / job.estimate(then)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (quick: small data)' if args.quick else ''}; expected duration about "
         f"{duration(sum(expected.values()))} ("
         + (f"{', '.join(estimated)}: estimates for an idle machine; " if estimated else "")
-        + "measured durations of the last run with the same options where there is one: "
+        + "scaled to the durations of the last run of the same data where there is one: "
         "bench/results/durations.json)"
     )
     if args.runs < 5 and not args.quick:
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         begun = time.perf_counter()
         status = run_script(command, out / f"{job.name}.log")
         durations[job.name] = time.perf_counter() - begun
-        measured[job_key(job, args)] = round(durations[job.name], 1)
+        measured[job_key(job, args)] = {"runs": args.runs, "seconds": round(durations[job.name])}
         report = read_json(results)
         if status != 0 or report is None:
             failures[job.name] = f"exit status {status}\n{tail(out / f'{job.name}.log', 25)}"

@@ -4,6 +4,7 @@ processes are a shell's ``true`` and one short Python allocation."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -118,3 +119,16 @@ def test_bench_all_rows_from_results_and_a_missing_result() -> None:
 def test_bench_all_jobs_cover_every_row() -> None:
     covered = {row for job in bench_all.JOBS for row in job.rows}
     assert covered == set(bench_all.ROWS)
+
+
+def test_bench_all_expected_duration_scales_the_last_measured_one() -> None:
+    args = argparse.Namespace(runs=5, quick=False, only=list(bench_all.ROWS), scale_runs=1)
+    process = next(job for job in bench_all.JOBS if job.name == "process")
+    key = bench_all.job_key(process, args)
+    assert key == "process --formats nii"  # the number of runs is not part of the key
+    assert bench_all.expected_seconds(process, args, {}) == process.estimate(args)
+    one_run = argparse.Namespace(**{**vars(args), "runs": 1})
+    measured = {key: {"runs": 1, "seconds": 3 * process.estimate(one_run)}}
+    assert bench_all.expected_seconds(process, args, measured) == pytest.approx(
+        3 * process.estimate(args)
+    )
