@@ -63,12 +63,58 @@ def part10(
     The calling AE title goes in as Source Application Entity Title, the called one as
     Receiving Application Entity Title, so an instance left without its association's
     record (a receiver killed mid-association) still says where it was sent."""
+    return b"".join(
+        (_PREAMBLE, _file_meta(file_meta, source_ae_title, called_ae_title), encoded_dataset)
+    )
+
+
+_PREAMBLE = b"\0" * 128 + b"DICM"
+_SOURCE_AE_TITLE = 0x00020016
+_RECEIVING_AE_TITLE = 0x00020018
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
+_TEXT_VRS = frozenset({"AE", "SH", "LO", "CS", "UI"})
+
+
+def _file_meta(file_meta: FileMetaDataset, source: str, called: str) -> bytes:
+    """The File Meta Information group encoded (explicit VR little endian, its group
+    length first), with the two AE titles set. Encoded here, element by element, because
+    pydicom's copy and writer cost about 1.5 ms per instance; anything but the text, UID
+    and byte values a File Meta Information holds goes through pydicom."""
+    values: dict[int, tuple[str, bytes]] = {}
+    for element in file_meta:
+        tag, vr = int(element.tag), str(element.VR)
+        if tag == 0x00020000:
+            continue
+        value = element.value
+        if vr in _TEXT_VRS and isinstance(value, str):
+            values[tag] = (vr, value.encode("ascii"))
+        elif vr == "OB" and isinstance(value, bytes):
+            values[tag] = (vr, value)
+        else:
+            return _file_meta_by_pydicom(file_meta, source, called)
+    for tag, title in ((_SOURCE_AE_TITLE, source), (_RECEIVING_AE_TITLE, called)):
+        if title:
+            values[tag] = ("AE", title.encode("ascii"))
+    body = b"".join(_element(tag, *values[tag]) for tag in sorted(values))
+    return _element(0x00020000, "UL", len(body).to_bytes(4, "little")) + body
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB") else b" "
+    head = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little") + vr.encode()
+    if vr in _LONG_VRS:
+        return head + b"\0\0" + len(value).to_bytes(4, "little") + value
+    return head + len(value).to_bytes(2, "little") + value
+
+
+def _file_meta_by_pydicom(file_meta: FileMetaDataset, source: str, called: str) -> bytes:
     meta = copy.deepcopy(file_meta)
-    if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title
-    if called_ae_title:
-        meta.ReceivingApplicationEntityTitle = called_ae_title
-    return b"".join((b"\0" * 128, b"DICM", encode_file_meta(meta), encoded_dataset))
+    if source:
+        meta.SourceApplicationEntityTitle = source
+    if called:
+        meta.ReceivingApplicationEntityTitle = called
+    return bytes(encode_file_meta(meta))
 
 
 def describe(

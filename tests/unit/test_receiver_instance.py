@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from services.receiver import statuses
 from services.receiver.instance import InstanceError, check_sop_instance_uid, describe, part10
@@ -38,6 +40,31 @@ def test_part10_keeps_the_data_set_bytes_and_names_the_source(ct_file: Path) -> 
     assert ds.file_meta.TransferSyntaxUID == meta.TransferSyntaxUID
     assert ds.PixelData == pydicom.dcmread(ct_file).PixelData
     assert "SourceApplicationEntityTitle" not in meta, "the caller's meta is not changed"
+
+
+@pytest.mark.parametrize(
+    ("source", "called"), [("MODALITY", "SERIESFLOW"), ("ODD", "AE1"), ("", ""), ("STOW-RS", "")]
+)
+def test_part10_encodes_the_file_meta_as_pydicom_does(
+    ct_file: Path, source: str, called: str
+) -> None:
+    """The File Meta Information is encoded by the receiver itself (fast), byte for byte as
+    pydicom's writer does: for pynetdicom's C-STORE meta and for a file's (STOW-RS)."""
+    file_meta, dataset = split(ct_file)
+    sop = pydicom.dcmread(ct_file)
+    c_store = create_file_meta(
+        sop_class_uid=sop.SOPClassUID,
+        sop_instance_uid=sop.SOPInstanceUID,
+        transfer_syntax=file_meta.TransferSyntaxUID,
+    )
+    for meta in (file_meta, c_store):
+        expected = copy.deepcopy(meta)
+        if source:
+            expected.SourceApplicationEntityTitle = source
+        if called:
+            expected.ReceivingApplicationEntityTitle = called
+        encoded = part10(meta, dataset, source, called)
+        assert encoded == b"\0" * 128 + b"DICM" + encode_file_meta(expected) + dataset
 
 
 def test_describe_reads_the_identifying_uids(ct_file: Path) -> None:
