@@ -14,18 +14,37 @@ what differs between files, not with the number of files times the size of a hea
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom import config as pydicom_config
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import (
+    _read_command_set_elements,
+    _read_file_meta_info,
+    read_preamble,
+    read_sequence,
+)
+from pydicom.misc import size_in_bytes
 from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.values import convert_string
 
 from shared.dicom.metadata import SkippedFile
 
@@ -35,6 +54,10 @@ _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyIn
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_WHOLE_READ_LIMIT = 4 * 1024 * 1024
+"""Files up to this size are read into memory in one call and parsed there (pydicom's many
+small reads from a file cost more than the parse of a buffer); larger files are parsed
+from the file, so pixel data of a big multi-frame file is never held."""
 _PIXEL_TAG_SET = frozenset(_PIXEL_DATA_TAGS)
 _ALWAYS_OWN = frozenset(
     {
@@ -62,6 +85,29 @@ class SeriesReference:
 
     elements: dict[BaseTag, RawDataElement]
     signatures: dict[int, Hashable]
+    shareable: dict[int, RawDataElement] = field(default_factory=dict)
+    """``elements`` by plain int tag, for lookups."""
+    encoding: str | list[str] = "iso8859"
+    """The character set the first file's text decodes with."""
+    decoded: dict[BaseTag, DataElement] | None = None
+    """The shared elements, decoded once for all the files of the series (see :meth:`wake`)."""
+
+    def decode(self) -> dict[BaseTag, DataElement]:
+        """The shared elements pydicom decodes from their bytes alone, decoded once.
+
+        A file awake gets these instead of the raw elements, so frame building and the
+        JSON conversion decode a value the series' files share once, not once per file.
+        An element that does not decode stays raw: the file that reads it gets the error.
+        """
+        if self.decoded is None:
+            self.decoded = {}
+            for tag, raw in self.elements.items():
+                if _decodes_alone(raw):
+                    try:
+                        self.decoded[tag] = convert_raw_data_element(raw, encoding=self.encoding)
+                    except Exception:  # left raw: the file that reads it gets the error
+                        continue
+        return self.decoded
 
 
 @dataclass
@@ -71,6 +117,7 @@ class _Rest:
     reference: SeriesReference
     own: Elements  # elements not shared with the reference (at least _ALWAYS_OWN)
     missing: frozenset[int]  # the reference's tags this file does not have
+    same_charset: bool = False  # its text decodes as the reference's does
     awake: bool = False
 
 
@@ -125,11 +172,18 @@ class InstanceFile:
     """Set when the file was read at rest (see :class:`HeaderReader`)."""
 
     def wake(self) -> None:
-        """Give the dataset back all its elements (a no-op unless the file is at rest)."""
+        """Give the dataset back all its elements (a no-op unless the file is at rest).
+
+        Shared elements are given decoded, once for the series (:meth:`SeriesReference.
+        decode`), when the file's character set is the reference's.
+        """
         rest = self.rest
         if rest is None or rest.awake:
             return
-        merged: Elements = dict(rest.reference.elements)
+        reference = rest.reference
+        merged: Elements = dict(reference.elements)
+        if rest.same_charset:
+            merged.update(reference.decode())
         for tag in rest.missing:
             merged.pop(BaseTag(tag), None)
         merged.update(rest.own)
@@ -229,15 +283,13 @@ def read_instance(
     """
     relative = path.relative_to(root).as_posix()
     try:
-        with path.open("rb") as fp:
-            fp.seek(_PREAMBLE)
-            if fp.read(4) != _MAGIC:
-                return SkippedFile(
-                    path=relative,
-                    code="not_dicom",
-                    reason="not a DICOM Part 10 file (no 'DICM' prefix)",
-                )
-        dataset = pydicom.dcmread(path, defer_size="64 KB")
+        dataset = _read_header(path)
+        if dataset is None:
+            return SkippedFile(
+                path=relative,
+                code="not_dicom",
+                reason="not a DICOM Part 10 file (no 'DICM' prefix)",
+            )
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
         return SkippedFile(
             path=relative, code="damaged", reason=f"unreadable DICOM header: {_describe(exc)}"
@@ -283,10 +335,148 @@ def read_instance(
     )
 
 
+def _read_header(path: Path) -> Dataset | None:
+    """The file's dataset, values over 64 KB deferred; None without the 'DICM' prefix.
+
+    A small file is read whole and parsed from memory; the dataset is then made to refer
+    to the file, as if pydicom had read it by name (deferred values are read from there).
+    """
+    with path.open("rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        if size > _WHOLE_READ_LIMIT:
+            fp.seek(_PREAMBLE)
+            if fp.read(4) != _MAGIC:
+                return None
+            fp.seek(0)
+            return pydicom.dcmread(fp, defer_size=_DEFER_SIZE)
+        data = fp.read()
+    if data[_PREAMBLE : _PREAMBLE + 4] != _MAGIC:
+        return None
+    if not pydicom_config.debugging:
+        try:
+            return _parse_explicit_little(data, path)
+        except (_NotPlainError, EOFError, ValueError, KeyError, TypeError, struct.error):
+            pass  # pydicom reads it, and says what is wrong with it
+    buffer = io.BytesIO(data)
+    buffer.name = str(path)  # as pydicom names what it inflates
+    dataset = pydicom.dcmread(buffer, defer_size=_DEFER_SIZE)
+    if dataset.buffer is buffer:  # not so when deflated: pydicom keeps what it inflated
+        dataset.buffer = None
+        dataset.fileobj_type = open
+    return dataset
+
+
+_DEFER_SIZE = "64 KB"
+_DEFER_BYTES = size_in_bytes(_DEFER_SIZE)
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<L")
+_LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_VR_HEADERS = {
+    code: (code.decode(), 12 if code in _LONG_VRS else 8)
+    for code in (vr.encode() for vr in VR)
+    if len(code) == 2
+}
+"""Every VR as encoded: its name and the size of an element header with it."""
+_new_tuple = tuple.__new__
+_CHARSET_TAG = 0x00080005
+
+
+class _NotPlainError(Exception):
+    """The file is not plain explicit VR little endian: pydicom reads it instead."""
+
+
+def _parse_explicit_little(data: bytes, path: Path) -> FileDataset:
+    """The dataset pydicom's ``dcmread(path, defer_size="64 KB")`` gives, parsed faster.
+
+    For the common case only: explicit VR little endian, no command set, every VR known,
+    no value of undefined length but sequences. Top-level elements are cut from the
+    buffer directly (pydicom reads each through a file object); sequences of undefined
+    length are read by pydicom itself, as ``dcmread`` does. Anything else (or anything
+    odd: a truncated element, an unknown VR) raises :class:`_NotPlainError`, and the caller
+    lets pydicom read the file, so the result is always pydicom's.
+    """
+    fp = io.BytesIO(data)
+    preamble = read_preamble(fp, False)
+    file_meta = _read_file_meta_info(fp)
+    if _read_command_set_elements(fp) or file_meta.get("TransferSyntaxUID") != (
+        ExplicitVRLittleEndian
+    ):
+        raise _NotPlainError
+    pos = fp.tell()
+    end = len(data)
+    if end - pos < 8 or not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B):
+        raise _NotPlainError  # empty, or implicit VR despite the transfer syntax
+    encoding: str | list[str] = default_encoding
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    unpack, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
+    while end - pos >= 8:
+        group, number, vr_bytes, length = unpack(data, pos)
+        known = _VR_HEADERS.get(vr_bytes)
+        if known is None:
+            raise _NotPlainError
+        vr, header = known
+        if header == 12:
+            if end - pos < 12:
+                raise _NotPlainError
+            length = unpack_long(data, pos + 8)[0]
+        value_tell = pos + header
+        number |= group << 16  # the tag, compared as a plain int (BaseTag's == is slow)
+        if number == 0xFFFEE00D:
+            break
+        tag = BaseTag(number)
+        if length == 0xFFFFFFFF:
+            if vr != "SQ":
+                raise _NotPlainError
+            fp.seek(value_tell)
+            sequence = read_sequence(fp, False, True, length, encoding)
+            elements[tag] = DataElement(tag, vr, sequence, value_tell, is_undefined_length=True)
+            pos = fp.tell()
+            continue
+        pos = value_tell + length
+        if length > _DEFER_BYTES and number != _CHARSET_TAG:
+            value: bytes | None = None
+        elif length > 0:
+            if pos > end:
+                raise _NotPlainError  # cut short: pydicom says what it makes of it
+            value = data[value_tell:pos]
+        else:
+            value = cast(bytes | None, empty_value_for_VR(vr, raw=True))
+        if number == _CHARSET_TAG:
+            encoding = convert_encodings(convert_string(value or b"", True))
+        elements[tag] = _new_tuple(  # RawDataElement(tag, vr, ..., False, True), made faster
+            RawDataElement, (tag, vr, length, value, value_tell, False, True, True, False)
+        )
+    dataset = Dataset(elements, parent_encoding=default_encoding)
+    charset_elem = elements.get(BaseTag(_CHARSET_TAG))
+    if isinstance(charset_elem, RawDataElement):
+        encoding = convert_encodings(convert_raw_data_element(charset_elem).value)
+    else:
+        encoding = default_encoding
+    dataset.set_original_encoding(False, True, encoding)
+    result = FileDataset(str(path), dataset, preamble, file_meta, False, True)
+    result.set_original_encoding(False, True, dataset._character_set)
+    return result
+
+
 def _signature(elem: Any) -> Hashable:
     if isinstance(elem, RawDataElement):
         return (elem.VR, elem.value)
     return (elem.VR, repr(elem.value))  # sequences are parsed while reading
+
+
+def _decodes_alone(raw: RawDataElement | None) -> bool:
+    """Whether pydicom decodes the element from its bytes and character set alone.
+
+    Not so for implicit VR (the VR may depend on other elements), UN, private elements
+    (which pydicom gives their file's private creator) or sequences (whose items link to
+    their dataset).
+    """
+    return (
+        raw is not None
+        and raw.VR is not None
+        and raw.VR not in ("UN", "SQ")
+        and not (raw.tag >> 16) & 1
+    )
 
 
 def _shareable(elem: Any, ref: RawDataElement) -> bool:
@@ -306,35 +496,56 @@ def _shareable(elem: Any, ref: RawDataElement) -> bool:
 def _at_rest(
     dataset: Dataset, references: dict[Hashable, SeriesReference]
 ) -> tuple[SparseSignatures, _Rest]:
-    """Signatures and the at-rest form of a freshly read dataset (nothing decoded yet)."""
+    """Signatures and the at-rest form of a freshly read dataset (nothing decoded yet).
+
+    Tags are looked up as plain ints: a BaseTag key compared with another BaseTag object
+    calls pydicom's ``__eq__`` in Python, once per element.
+    """
     elements = dataset._dict
     uid = elements.get(_SERIES_INSTANCE_UID)
     key = uid.value if isinstance(uid, RawDataElement) else repr(uid)
     reference = references.get(key)
     if reference is None:
-        reference = SeriesReference(elements={}, signatures={})
+        charset = dataset.original_character_set or dataset._character_set
+        reference = SeriesReference(
+            elements={},
+            signatures={},
+            encoding=charset if isinstance(charset, str) else list(charset),
+        )
         for tag, elem in elements.items():
-            if tag in _PIXEL_TAG_SET:
+            number = int(tag)
+            if number in _PIXEL_TAG_SET:
                 continue
-            reference.signatures[tag] = _signature(elem)
-            if tag not in _ALWAYS_OWN and type(elem) is RawDataElement and elem.value is not None:
+            reference.signatures[number] = _signature(elem)
+            if (
+                number not in _ALWAYS_OWN
+                and type(elem) is RawDataElement
+                and elem.value is not None
+            ):
                 reference.elements[tag] = elem
+                reference.shareable[number] = elem
         references[key] = reference
-    shared, ref_signatures = reference.elements, reference.signatures
+    shared, ref_signatures = reference.shareable, reference.signatures
     own: Elements = {}
     own_signatures: dict[int, Hashable] = {}
+    present: set[int] = set()
     for tag, elem in elements.items():
-        ref = shared.get(tag)
+        number = int(tag)
+        present.add(number)
+        ref = shared.get(number)
         if ref is not None and (elem is ref or _shareable(elem, ref)):
             continue  # same encoded value: same signature, kept by the reference
         own[tag] = elem
-        if tag in _PIXEL_TAG_SET:
+        if number in _PIXEL_TAG_SET:
             continue
         signature = _signature(elem)
-        if ref_signatures.get(tag, _MISSING) != signature:
-            own_signatures[tag] = signature
-    missing = frozenset(t for t in ref_signatures if t not in elements)
-    return SparseSignatures(ref_signatures, own_signatures, missing), _Rest(reference, own, missing)
+        if ref_signatures.get(number, _MISSING) != signature:
+            own_signatures[number] = signature
+    missing = frozenset(t for t in ref_signatures if t not in present)
+    same_charset = _CHARSET_TAG not in own_signatures and _CHARSET_TAG not in missing
+    return SparseSignatures(ref_signatures, own_signatures, missing), _Rest(
+        reference, own, missing, same_charset
+    )
 
 
 def _signatures(dataset: Dataset) -> dict[int, Hashable]:

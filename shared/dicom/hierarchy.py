@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pydicom.datadict import tag_for_keyword
 
 from shared.dicom.files import InstanceFile, SparseSignatures, awake
-from shared.dicom.json_model import JsonAttributes, dataset_to_json
+from shared.dicom.json_model import JsonAttributes, JsonCache, dataset_to_json
 from shared.dicom.metadata import Instance, SkippedFile
 
 # Patient, Patient Study and General Study module attributes (PS3.3 C.7.1.1, C.7.2.1-2).
@@ -213,6 +213,7 @@ def place_series_attributes(series: SeriesInstances, study_tags: frozenset[int])
     series_tags = series.common_tags - study_tags
     series.attributes = dataset_to_json(series.files[0].dataset, series_tags)
     series.instances = []
+    cache: JsonCache = {}  # values shared by some of the series' instances, converted once
     for item in series.files:
         own = [
             t
@@ -223,6 +224,6 @@ def place_series_attributes(series: SeriesInstances, study_tags: frozenset[int])
             Instance(
                 SOPInstanceUID=item.sop_instance_uid,
                 path=item.relative_path,
-                attributes=dataset_to_json(item.dataset, (int(t) for t in own)),
+                attributes=dataset_to_json(item.dataset, (int(t) for t in own), cache),
             )
         )

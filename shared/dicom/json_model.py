@@ -8,15 +8,20 @@ decode is kept with its VR and no value, so one bad element never loses a file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 JsonAttributes = dict[str, dict[str, Any]]
 """A DICOM JSON Model object: ``{"GGGGEEEE": {"vr": ..., "Value": [...]}}``."""
+JsonCache = dict[Hashable, dict[str, Any] | None]
+"""Elements already converted, by their encoded form (see :func:`dataset_to_json`)."""
+_MISSING = object()
+_UNSURE_VRS = frozenset({"UN"})
+"""Raw VRs whose decoding may depend on more than the element (a private creator)."""
 
 MAX_INLINE_BINARY = 1024
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -56,15 +61,63 @@ def element_to_json(elem: DataElement) -> dict[str, Any] | None:
         return {"vr": str(elem.VR)}
 
 
-def dataset_to_json(ds: Dataset, tags: Iterable[int] | None = None) -> JsonAttributes:
-    """The dataset (or only ``tags`` of it) in the JSON Model, sorted by tag."""
+def dataset_to_json(
+    ds: Dataset, tags: Iterable[int] | None = None, cache: JsonCache | None = None
+) -> JsonAttributes:
+    """The dataset (or only ``tags`` of it) in the JSON Model, sorted by tag.
+
+    With ``cache``, an element still in its encoded form (explicit VR, value read) is
+    converted once per distinct tag, VR, byte order, bytes and character set: files of a
+    series share many values that differ from the series' common ones (echo times, image
+    types, orientations), and their instances then share the converted attribute.
+    """
     out: JsonAttributes = {}
-    elements = ds if tags is None else (ds[t] for t in sorted(tags) if t in ds)
-    for elem in elements:
-        converted = element_to_json(elem)
-        if converted is not None:
-            out[tag_key(int(elem.tag))] = converted
+    if tags is None:
+        for elem in ds:
+            _put(out, int(elem.tag), element_to_json(elem))
+        return out
+    elements = ds._dict
+    charset: Hashable = None
+    for tag in sorted(tags):
+        raw = elements.get(tag)  # type: ignore[call-overload]
+        if raw is None:
+            continue
+        key: Hashable = None
+        if cache is not None and type(raw) is RawDataElement and _cacheable(raw):
+            if charset is None:
+                charset = _charset(ds)
+            key = (tag, raw.VR, raw.is_little_endian, raw.value, charset)
+            hit = cache.get(key, _MISSING)
+            if hit is not _MISSING:
+                _put(out, tag, hit)  # type: ignore[arg-type]
+                continue
+        converted = element_to_json(ds[tag])
+        if key is not None:
+            cache[key] = converted  # type: ignore[index]
+        _put(out, tag, converted)
     return out
+
+
+def _put(out: JsonAttributes, tag: int, converted: dict[str, Any] | None) -> None:
+    if converted is not None:
+        out[tag_key(tag)] = converted
+
+
+def _cacheable(raw: RawDataElement) -> bool:
+    """Whether the element decodes from its own bytes and the character set alone."""
+    return (
+        raw.value is not None
+        and raw.VR is not None
+        and not raw.is_implicit_VR
+        and raw.VR not in _UNSURE_VRS
+        and raw.VR != "SQ"
+    )
+
+
+def _charset(ds: Dataset) -> Hashable:
+    """The character set pydicom decodes the dataset's text with, in a hashable form."""
+    charset = ds.original_character_set or ds._character_set
+    return tuple(charset) if isinstance(charset, list) else charset
 
 
 def attribute_values(attribute: Mapping[str, Any]) -> list[Any]:
