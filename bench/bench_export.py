@@ -17,6 +17,12 @@ several at once), so the exporter's parallel associations are served in parallel
   publishing ``export.requested`` to receiving ``export.completed``, so the broker, the
   state kept in the store, the downloads and the association are all inside the time.
   Every run is a new export, so every file is sent.
+* **transport**: the exporter's association code alone, one association, sending the local
+  files (no broker, no store, no state);
+* **baseline** (only with ``--baseline DIR``): the exporter of another checkout (for
+  example ``git archive HEAD`` unpacked in a folder), as a second process on a RabbitMQ
+  vhost of its own, timed like seriesflow in the same runs: a change is measured against
+  the code before it, not against another invocation on a machine whose load varies.
 
 Runs are interleaved (the order alternates) after one uncounted warm-up of each; before
 every run the destination's folder is emptied and flushed (``sync``). Each run's file count
@@ -169,6 +175,7 @@ class Exporter:
         lag: int | None,
         associations: int,
         extra_env: dict[str, str],
+        repo: Path = REPO,
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERIESFLOW_")}
         env.update(
@@ -194,7 +201,7 @@ class Exporter:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=repo,
         )
         self.broker = Broker(settings, "bench")
         self.broker.connect(attempts=3)
@@ -292,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="another SERIESFLOW_EXPORTER_* setting for the exporter (repeatable)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also time the exporter of the checkout in DIR (same settings), interleaved",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -302,11 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="seriesflow-bench-export-", dir=args.workdir))
     s3 = start_seaweedfs(work / "s3")
     try:
-        with rabbitmq_vhost() as amqp:
+        with rabbitmq_vhost() as amqp, contextlib.ExitStack() as more:
             settings = bench_settings(
                 amqp, s3.endpoint, s3.access_key, s3.secret_key, "bench-export"
             )
-            return run(args, work, settings)
+            baseline = None
+            if args.baseline is not None:
+                other = more.enter_context(rabbitmq_vhost())
+                baseline = bench_settings(
+                    other, s3.endpoint, s3.access_key, s3.secret_key, "bench-export"
+                )
+            return run(args, work, settings, baseline)
     finally:
         s3.stop()
         if args.keep:
@@ -315,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
+def run(
+    args: argparse.Namespace,
+    work: Path,
+    settings: ServiceSettings,
+    baseline_settings: ServiceSettings | None = None,
+) -> int:
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1) * 0.5:
         print(f"warning: load average {load:.1f}; timings may be noisy", file=sys.stderr)
@@ -349,14 +374,28 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
     )
     exporter_log = work / "exporter.log"
     extra_env = dict(item.split("=", 1) for item in args.env)
-    exporter = Exporter(
-        settings, config, exporter_log, args.state_lag, args.associations, extra_env
-    )
+    exporters = {
+        "seriesflow": Exporter(
+            settings, config, exporter_log, args.state_lag, args.associations, extra_env
+        )
+    }
     times: dict[str, list[float]] = {"seriesflow": [], "storescu": [], "transport": []}
+    if baseline_settings is not None:
+        exporters["baseline"] = Exporter(
+            baseline_settings,
+            config,
+            work / "baseline.log",
+            args.state_lag,
+            args.associations,
+            extra_env,
+            repo=args.baseline.resolve(),
+        )
+        times["baseline"] = []
     tools = list(times)
     try:
         for index in range(args.runs + 1):
-            order = tools[index % 3 :] + tools[: index % 3]
+            turn = index % len(tools)
+            order = tools[turn:] + tools[:turn]
             for tool in order:
                 destination.clear()
                 if tool == "storescu":
@@ -364,7 +403,7 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
                 elif tool == "transport":
                     seconds = transport_only(files, destination.port)
                 else:
-                    seconds, completed = exporter.export(job, instance_keys)
+                    seconds, completed = exporters[tool].export(job, instance_keys)
                     if completed.status != "succeeded" or any(
                         f.status != "sent" for f in completed.files
                     ):
@@ -377,7 +416,8 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
                 label = "warm-up" if index == 0 else f"run {index}/{args.runs}"
                 print(f"{label:>10}  {tool:<10} {seconds:7.3f} s", file=sys.stderr)
     finally:
-        exporter.stop()
+        for exporter in exporters.values():
+            exporter.stop()
         destination.stop()
 
     median = {tool: statistics.median(values) for tool, values in times.items()}
@@ -402,6 +442,8 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
         "exporter_internal_median_seconds": statistics.median(inside) if inside else None,
         "ratio": ratio,
         "transport_ratio": rate["transport"] / rate["storescu"],
+        "baseline_ratio": rate["baseline"] / rate["storescu"] if "baseline" in rate else None,
+        "baseline": str(args.baseline) if args.baseline else None,
         "target": TARGET,
         "met": ratio >= TARGET,
         "machine": {
@@ -414,7 +456,7 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
     args.results.write_text(json.dumps(report, indent=1))
     print()
     print(f"{len(files)} files, {total_mib:.0f} MiB, to storescp (max PDU {args.max_pdu or 16384})")
-    for tool in ("storescu", "seriesflow", "transport"):
+    for tool in tools:
         print(
             f"  {tool:<10} median {median[tool]:7.3f} s  {rate[tool]:8.1f} files/s  "
             f"{total_mib / median[tool]:7.1f} MiB/s   runs: "
@@ -429,6 +471,11 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
         "  (transport: the exporter's association code alone, sending the local files in "
         f"one association: {rate['transport'] / rate['storescu']:.2f} x storescu)"
     )
+    if "baseline" in rate:
+        print(
+            f"  (baseline: the exporter of {args.baseline}: "
+            f"{rate['baseline'] / rate['storescu']:.2f} x storescu)"
+        )
     print(
         f"{'PASS' if ratio >= TARGET else 'MISS'}  seriesflow / storescu throughput "
         f"{ratio:.2f} (target >= {TARGET})"

@@ -8,18 +8,21 @@
   transfer syntax or not at all, never transcoded. At most 128 contexts fit in one
   association; an export that needs more (many SOP classes) uses one association per group
   of files, in order, alternatives dropped first.
-* **Sending as stored.** A file goes from its spool path with pynetdicom's chunked mode
-  (``_config.STORE_SEND_CHUNKED_DATASET``): the encoded data set after the File Meta
-  Information is sent byte for byte, never decoded. Only when the SCP accepted the file's
+* **Sending as stored.** A file's bytes (downloaded into memory) are sent after its File
+  Meta Information byte for byte, never decoded. Only when the SCP accepted the file's
   SOP class in the *other* little-endian syntax is it decoded and re-encoded (VR encoding
-  only; pixel data is untouched).
-* **One write per file.** For a file sent as stored, the C-STORE request's P-DATA-TF PDUs
-  (the command set, then the data set in fragments of the destination's maximum PDU
-  length) are built in one buffer and written to the association's socket at once
-  (:func:`_send_store_in_one_write`), instead of one PDU at a time through pynetdicom's
-  state machine thread, which cost about 2 ms of CPU per 512 KiB file at 16 KiB PDUs.
-  pynetdicom still negotiates, picks the context, builds the command set, and reads and
-  checks the response; everything else it sends goes its own way.
+  only; pixel data is untouched) and sent by pynetdicom's ``send_c_store``.
+* **One write per file, the response read by the sender.** Once the association is
+  established its connection is taken from pynetdicom (:meth:`StoreAssociation._park`:
+  pynetdicom's reactor thread finds a stand-in socket with nothing to read, the
+  association's thread is paused). For a file sent as stored, the C-STORE request's
+  P-DATA-TF PDUs (the command set, then the data set in fragments of the destination's
+  maximum PDU length) are built in one buffer and written to the socket at once, and the
+  response is read from the socket by the same thread (:func:`read_command`): no per-PDU
+  trip through pynetdicom's state machine thread (about 2 ms of CPU per 512 KiB file at
+  16 KiB PDUs) and no hand-over of the response from its reactor thread, which polls every
+  millisecond. pynetdicom negotiates; it gets the connection back to release, to abort,
+  and to send a re-encoded file.
 * **Socket.** ``TCP_NODELAY`` is set as the connection opens (``EVT_CONN_OPEN``), so
   small PDUs (the command set, the last fragment) never wait for Nagle's algorithm.
 * **DICOM TLS.** A destination with ``tls`` is reached over TLS (BCP 195 profile,
@@ -35,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +48,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import build_context
 
 from services.exporter.meta import FileMeta
@@ -151,7 +156,9 @@ def _keep_responses_for_the_sender(assoc: Any) -> None:
 _PDATA_HEADER = struct.Struct(">BBIIBB")
 
 
-def p_data_tf_pdus(context_id: int, command: bytes, data: bytes, max_pdu: int) -> bytes:
+def p_data_tf_pdus(
+    context_id: int, command: bytes, data: bytes | memoryview, max_pdu: int
+) -> bytes:
     """The P-DATA-TF PDUs of one DIMSE message, one PDV each: the command set, then the data
     set, each cut into fragments whose PDV list fits ``max_pdu`` (0: no limit), as
     pynetdicom's own ``encode_msg`` cuts them."""
@@ -169,41 +176,74 @@ def p_data_tf_pdus(context_id: int, command: bytes, data: bytes, max_pdu: int) -
     return b"".join(parts)
 
 
-def _send_store_in_one_write(assoc: Any) -> None:
-    """Make the association send a C-STORE request whose data set is a file (pynetdicom's
-    chunked mode) as one buffer written straight to its socket. The requestor's own thread
-    is the only one sending P-DATA while it waits for the response, so nothing can come
-    between the PDUs. Any other message goes through pynetdicom as before."""
-    dimse = getattr(assoc, "dimse", None)
-    dul = getattr(assoc, "dul", None)
-    original = getattr(dimse, "send_msg", None)
-    if dimse is None or dul is None or original is None:
+class _Parked:
+    """Stands in for pynetdicom's socket while we send and read ourselves: its reactor
+    thread, polling for data, finds none and leaves the connection to us."""
+
+    ready = False
+    socket = None
+
+
+class LostAssociationError(Exception):
+    """The association ended while waiting for a response (closed, aborted, released)."""
+
+
+_PDU_HEADER = struct.Struct(">BBI")
+_PDV_HEADER = struct.Struct(">IBB")
+_C_STORE_RSP = 0x8001
+
+
+def _read_exactly(sock: socket.socket, length: int) -> bytes:
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    done = 0
+    while done < length:
+        received = sock.recv_into(view[done:])
+        if received == 0:
+            raise LostAssociationError("the destination closed the connection")
+        done += received
+    return bytes(buffer)
+
+
+def read_command(sock: socket.socket) -> bytes:
+    """The next DIMSE message's command set from P-DATA-TF PDUs (a data set that follows
+    it, which a C-STORE response never has, is read and dropped). Anything else the
+    destination sends now (A-ABORT, A-RELEASE-RQ, a broken PDU) ends the association."""
+    command = bytearray()
+    while True:
+        kind, _, length = _PDU_HEADER.unpack(_read_exactly(sock, 6))
+        if kind != 0x04:
+            raise LostAssociationError(
+                f"the destination sent PDU type 0x{kind:02X} instead of a response"
+            )
+        if length > 1 << 24:
+            raise LostAssociationError(f"the destination sent a {length} byte PDU")
+        body = _read_exactly(sock, length)
+        offset = 0
+        while offset + 6 <= len(body):
+            item, _context, control = _PDV_HEADER.unpack_from(body, offset)
+            end = offset + 4 + item
+            if item < 2 or end > len(body):
+                raise LostAssociationError("the destination sent a malformed P-DATA-TF PDU")
+            if control & 0x01:
+                command += body[offset + 6 : end]
+                if control & 0x02:
+                    return bytes(command)
+            offset = end
+
+
+def _pause_reactor(assoc: Any) -> None:
+    """Keep the association's own reactor thread paused while we send. A requestor that
+    only sends C-STOREs needs nothing from it; pynetdicom pauses it for every ``send_*``
+    anyway (a wait of up to a millisecond, more under load, per file), and lets it run
+    again to release or abort (``release``, ``abort`` and ``kill`` do that themselves)."""
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if checkpoint is None:
         return
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        where = getattr(primitive, "_dataset_path", None)
-        transport = dul.socket
-        if (
-            not isinstance(primitive, C_STORE)
-            or primitive.MessageIDBeingRespondedTo is not None
-            or not isinstance(where, tuple)
-            or transport is None
-        ):
-            original(primitive, context_id)
-            return
-        message = C_STORE_RQ()
-        message.primitive_to_message(primitive)
-        command = encode(message.command_set, True, True)
-        if command is None:  # pragma: no cover - a command set pydicom cannot encode
-            original(primitive, context_id)
-            return
-        path, offset = where
-        with Path(path).open("rb") as file:
-            file.seek(offset)
-            data = file.read()
-        transport.send(p_data_tf_pdus(context_id, command, data, dimse.maximum_pdu_size))
-
-    dimse.send_msg = send_msg
+    checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while not getattr(assoc, "_is_paused", True) and time.monotonic() < deadline:
+        time.sleep(0.0002)
 
 
 def _set_nodelay(event: Any) -> None:
@@ -221,7 +261,9 @@ class StoreAssociation:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_pdu: int = 16382
     _assoc: Any = None
-    _accepted: frozenset[Pair] = frozenset()
+    _accepted: dict[Pair, int] = field(default_factory=dict)  # accepted: context ID
+    _message_id: int = 0
+    _socket: Any = None  # pynetdicom's AssociationSocket while we hold the connection
 
     @property
     def is_open(self) -> bool:
@@ -230,9 +272,6 @@ class StoreAssociation:
     def open(self) -> None:
         """Request the association; raises :class:`AssociationError` if there is none."""
         self.abort()
-        # Chunked sending reads the file and sends its data set as stored. The flag is
-        # process-wide and only changes what send_c_store does with a path.
-        _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=self.calling_ae_title)
         ae.connection_timeout = self.timeouts.connect
         ae.acse_timeout = self.timeouts.acse
@@ -258,12 +297,14 @@ class StoreAssociation:
             ) from exc
         if assoc.is_established:
             _keep_responses_for_the_sender(assoc)
-            _send_store_in_one_write(assoc)
+            _pause_reactor(assoc)
             self._assoc = assoc
-            self._accepted = frozenset(
-                (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            self._park()
+            self._accepted = {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): cx.context_id
                 for cx in assoc.accepted_contexts
-            )
+                if cx.context_id is not None
+            }
             return
         name = self.destination.name
         if assoc.is_rejected:
@@ -302,13 +343,14 @@ class StoreAssociation:
             raise AssociationError(exc.reason, transient=False) from exc
         return context, tls.server_name or self.destination.host_ip
 
-    def send(self, path: Path, meta: FileMeta) -> SendResult:
-        """C-STORE the file at ``path`` (its header is ``meta``) and classify the response."""
+    def send(self, file: bytes | Path, meta: FileMeta) -> SendResult:
+        """C-STORE a stored file, its bytes or a local path (its header is ``meta``), and
+        classify the response."""
+        data = file.read_bytes() if isinstance(file, Path) else file
         exact = (meta.sop_class_uid, meta.transfer_syntax_uid)
-        dataset: Path | Dataset
-        if exact in self._accepted:
-            dataset = path
-        else:
+        context_id = self._accepted.get(exact)
+        dataset: Dataset | None = None
+        if context_id is None:
             other = _LITTLE_ENDIAN_ALTERNATIVE.get(meta.transfer_syntax_uid)
             if other is None or (meta.sop_class_uid, other) not in self._accepted:
                 return SendResult(
@@ -317,13 +359,20 @@ class StoreAssociation:
                     f"{meta.sop_class_uid} in transfer syntax {meta.transfer_syntax_uid}",
                 )
             try:
-                dataset = dcmread(path)
+                dataset = dcmread(BytesIO(data))
             except (InvalidDicomError, ValueError, EOFError) as exc:
                 return SendResult(StoreOutcome.REFUSED, f"cannot re-encode: {exc}")
         if not self.is_open:
             return SendResult(StoreOutcome.RESEND, "the association was lost")
         try:
-            response = self._assoc.send_c_store(dataset)
+            if context_id is not None:
+                response = self._send_as_stored(context_id, meta, data)
+            else:
+                self._unpark()
+                response = self._assoc.send_c_store(dataset, msg_id=self._next_message_id())
+                if self.is_open:
+                    _pause_reactor(self._assoc)  # send_c_store lets it run again
+                    self._park()
         except RuntimeError:
             return SendResult(StoreOutcome.RESEND, "the association was lost")
         except (ValueError, AttributeError) as exc:
@@ -335,8 +384,78 @@ class StoreAssociation:
         code = int(status)
         return SendResult(outcome, "" if code == 0 else status_text(code), code)
 
+    def _next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    def _send_as_stored(self, context_id: int, meta: FileMeta, data: bytes) -> Dataset:
+        """Send the data set after the File Meta Information byte for byte, never decoded,
+        and wait for the response on this thread: the C-STORE request's P-DATA-TF PDUs in
+        one buffer written to the socket, then the response's PDUs read from it. Returns
+        the response's status (an empty Dataset when there is none: the association is
+        then aborted, as pynetdicom does)."""
+        sock = self._socket.socket if self._socket is not None else None
+        if sock is None:
+            raise RuntimeError("the association was lost")
+        primitive = C_STORE()
+        primitive.MessageID = message_id = self._next_message_id()
+        primitive.AffectedSOPClassUID = meta.sop_class_uid
+        primitive.AffectedSOPInstanceUID = meta.sop_instance_uid
+        primitive.Priority = 0x0002
+        message = C_STORE_RQ()
+        message.primitive_to_message(primitive)
+        message.command_set.CommandDataSetType = 0x0001  # a data set follows
+        command = encode(message.command_set, True, True)
+        if command is None:  # pragma: no cover - a command set pydicom cannot encode
+            raise ValueError("cannot encode the C-STORE command set")
+        body = memoryview(data)[meta.dataset_offset :]
+        pdus = p_data_tf_pdus(context_id, command, body, self._assoc.dimse.maximum_pdu_size)
+        try:
+            sock.settimeout(self.timeouts.network)
+            sock.sendall(pdus)
+            sock.settimeout(self.timeouts.dimse)
+            response = decode(BytesIO(read_command(sock)), True, True)
+        except (OSError, LostAssociationError, ValueError) as exc:  # TimeoutError is an OSError
+            log.info(
+                "no C-STORE response",
+                extra={"destination": self.destination.name, "reason": str(exc) or "timeout"},
+            )
+            self.abort()
+            return Dataset()
+        if (
+            response.get("CommandField") != _C_STORE_RSP
+            or response.get("MessageIDBeingRespondedTo") != message_id
+            or "Status" not in response
+        ):
+            log.info("invalid C-STORE response", extra={"destination": self.destination.name})
+            self.abort()
+            return Dataset()
+        status = Dataset()
+        status.Status = response.Status
+        return status
+
+    def _park(self) -> None:
+        """Take the connection from pynetdicom's reactor thread (which keeps running,
+        finding nothing to read, polling less often); we send and read ourselves."""
+        dul = self._assoc.dul
+        if self._socket is None and dul.socket is not None:
+            self._socket, dul.socket = dul.socket, _Parked()
+            dul._run_loop_delay = 0.02
+
+    def _unpark(self) -> None:
+        """Give the connection back to pynetdicom (to release, abort or re-encode)."""
+        if self._assoc is None or self._socket is None:
+            return
+        dul = self._assoc.dul
+        dul.socket, self._socket = self._socket, None
+        dul._run_loop_delay = 0.001
+        with contextlib.suppress(AttributeError, OSError):
+            dul.socket.socket.settimeout(self.timeouts.network)
+        dul._idle_timer.restart()  # it saw no traffic while parked
+
     def close(self) -> None:
         """Release the association (abort it if the release fails)."""
+        self._unpark()
         assoc, self._assoc = self._assoc, None
         if assoc is None:
             return
@@ -350,6 +469,7 @@ class StoreAssociation:
                 assoc.abort()
 
     def abort(self) -> None:
+        self._unpark()
         assoc, self._assoc = self._assoc, None
         if assoc is not None and assoc.is_established:
             assoc.abort()

@@ -5,8 +5,9 @@
    object or one that is not a DICOM Part 10 file is ``skipped``.
 3. Plan the association(s) from the files' SOP classes and transfer syntaxes and send the
    files over ``exporter_associations`` parallel associations (each takes the next file in
-   the requested order), each file downloaded ahead into a spool folder (at most
-   ``exporter_prefetch`` files on disk) and removed once sent.
+   the requested order), each file downloaded ahead into memory (at most
+   ``exporter_prefetch`` files ahead, and no new download ahead while
+   ``exporter_prefetch_mib`` are held) and dropped once sent.
 4. Record each file's outcome as it happens (:class:`StateRecorder`).
 
 Retries inside the attempt: a C-STORE without a response (timeout, abort, lost
@@ -19,13 +20,11 @@ that cannot be read raises :class:`TransientError` (what was recorded stays reco
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.exporter.association import (
     AssociationError,
@@ -43,7 +42,6 @@ from shared.events import FileStatus
 from shared.jobstore import JobStore
 from shared.logs import get_logger
 from shared.store import ObjectNotFoundError
-from shared.workdir import make_work_folder
 
 log = get_logger("exporter")
 _MAX_META_BYTES = 1 << 20
@@ -53,7 +51,7 @@ _MAX_META_BYTES = 1 << 20
 class ExportOptions:
     fetch_workers: int = 4
     prefetch: int = 8
-    spool_dir: Path | None = None
+    prefetch_bytes: int = 32 << 20
     file_retries: int = 3
     backoff: float = 1.0
     backoff_max: float = 30.0
@@ -68,7 +66,7 @@ class ExportOptions:
         return cls(
             fetch_workers=settings.exporter_fetch_workers,
             prefetch=settings.exporter_prefetch,
-            spool_dir=settings.exporter_spool_dir or settings.work_dir,
+            prefetch_bytes=settings.exporter_prefetch_mib << 20,
             file_retries=settings.exporter_file_retries,
             backoff=settings.retry_backoff_seconds,
             backoff_max=settings.retry_backoff_max_seconds,
@@ -131,13 +129,21 @@ def manifest_pairs(jobs: JobStore, job_id: str) -> dict[str, Pair]:
     return {i.key: (i.sop_class_uid, i.transfer_syntax_uid) for i in manifest.instances}
 
 
-def download(jobs: JobStore, key: str, path: Path) -> FileMeta:
-    """Download a file to ``path``; returns its header as found in the downloaded bytes."""
+@dataclass(frozen=True)
+class Downloaded:
+    """A stored file in memory, and its header as found in those bytes."""
+
+    meta: FileMeta
+    data: bytes
+
+
+def download(jobs: JobStore, key: str) -> Downloaded:
+    """Download a file; a missing one raises ObjectNotFoundError, a non-Part 10 one
+    NotPart10Error."""
     data = jobs.instance_bytes(key)
     result = parse_file_meta(data, complete=True)
     assert isinstance(result, FileMeta)  # complete=True never asks for more
-    path.write_bytes(data)
-    return result
+    return Downloaded(result, data)
 
 
 class ExportAttempt:
@@ -219,26 +225,19 @@ class ExportAttempt:
     # -- sending ----------------------------------------------------------------------
 
     def _send(self, pool: ThreadPoolExecutor, files: list[tuple[str, Pair]]) -> None:
-        spool_root = self.options.spool_dir
-        if spool_root is not None:
-            spool_root.mkdir(parents=True, exist_ok=True)
-        spool = make_work_folder("export", spool_root)
-        try:
-            plans = plan_associations([pair for _, pair in files])
-            for number, plan in enumerate(plans):
-                group = [files[i] for i in plan.files]
-                stopped = _GroupSender(self, pool, spool, plan.contexts, group).run()
-                if stopped is not None:
-                    for later in plans[number + 1 :]:
-                        for index in later.files:
-                            key = files[index][0]
-                            self._record(key, "failed", stopped.reason, stopped.transient)
-                    return
-        finally:
-            shutil.rmtree(spool, ignore_errors=True)
+        plans = plan_associations([pair for _, pair in files])
+        for number, plan in enumerate(plans):
+            group = [files[i] for i in plan.files]
+            stopped = _GroupSender(self, pool, plan.contexts, group).run()
+            if stopped is not None:
+                for later in plans[number + 1 :]:
+                    for index in later.files:
+                        key = files[index][0]
+                        self._record(key, "failed", stopped.reason, stopped.transient)
+                return
 
     def _send_file(
-        self, association: StoreAssociation, key: str, path: Path, meta: FileMeta
+        self, association: StoreAssociation, key: str, file: Downloaded
     ) -> AssociationError | None:
         """Send one file, re-associating as needed; records its outcome."""
         resends = 0
@@ -248,7 +247,7 @@ class ExportAttempt:
                 if error is not None:
                     self._record(key, "failed", error.reason, error.transient)
                     return error
-            result = association.send(path, meta)
+            result = association.send(file.data, file.meta)
             if result.outcome is StoreOutcome.CONFIRMED:
                 with self._lock:
                     self.sent_now += 1
@@ -316,26 +315,29 @@ class ExportAttempt:
 class _GroupSender:
     """The files of one association plan, sent over up to ``options.associations``
     associations at once. Each association's thread takes the next file in order; files
-    are downloaded ahead in that order. When no association can be opened, or one that was
-    sending cannot be opened again, no file is taken any more and every file not yet taken
-    fails with that reason; an extra association the destination does not serve is only
-    logged."""
+    are downloaded ahead, into memory, in that order: up to ``options.prefetch`` files
+    ahead of the next one taken, and none ahead while ``options.prefetch_bytes`` of
+    downloaded files wait to be sent (the next file is always fetched). When no
+    association can be opened, or one that was sending cannot be opened again, no file is
+    taken any more and every file not yet taken fails with that reason; an extra
+    association the destination does not serve is only logged."""
 
     def __init__(
         self,
         attempt: ExportAttempt,
         pool: ThreadPoolExecutor,
-        spool: Path,
         contexts: tuple[Pair, ...],
         group: list[tuple[str, Pair]],
     ) -> None:
         self.attempt = attempt
         self.pool = pool
-        self.spool = spool
         self.contexts = contexts
         self.group = group
-        self._lock = threading.Lock()
-        self._downloads: dict[int, Future[FileMeta]] = {}
+        # reentrant: a download already done runs its callback (which takes the lock) at
+        # once, in the thread that adds it, with the lock held
+        self._lock = threading.RLock()
+        self._downloads: dict[int, Future[Downloaded]] = {}
+        self._held = 0  # bytes downloaded and not yet sent
         self._next = 0
         self._stopped: AssociationError | None = None
         self._raised: BaseException | None = None
@@ -362,9 +364,6 @@ class _GroupSender:
                 self._downloads.clear()
             for future in futures:
                 future.cancel()
-            for future in futures:
-                if not future.cancelled():
-                    future.exception()  # wait, so nothing writes into a removed spool
         if self._raised is not None:
             raise self._raised  # e.g. the state could not be stored: the attempt stops
         stopped = self._stopped
@@ -373,20 +372,38 @@ class _GroupSender:
                 self.attempt._record(key, "failed", stopped.reason, stopped.transient)
         return stopped
 
-    def _take(self) -> tuple[int, Future[FileMeta]] | None:
+    def _fetch(self, position: int) -> None:
+        """Start downloading the file at ``position`` (with the lock held)."""
+        key = self.group[position][0]
+        future = self.pool.submit(download, self.attempt.jobs, key)
+        future.add_done_callback(self._downloaded)
+        self._downloads[position] = future
+
+    def _downloaded(self, future: Future[Downloaded]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            with self._lock:
+                self._held += len(future.result().data)
+
+    def _sent(self, file: Downloaded) -> None:
+        with self._lock:
+            self._held -= len(file.data)
+
+    def _take(self) -> tuple[int, Future[Downloaded]] | None:
         """The next file's position and download, fetching ahead; None when done."""
+        options = self.attempt.options
         with self._lock:
             if self._stopped or self._raised or self._next >= len(self.group):
                 return None
             position = self._next
             self._next += 1
-            last = min(position + self.attempt.options.prefetch, len(self.group))
-            for ahead in range(position, last):
+            if position not in self._downloads:
+                self._fetch(position)
+            last = min(position + 1 + options.prefetch, len(self.group))
+            for ahead in range(position + 1, last):
+                if self._held >= options.prefetch_bytes:
+                    break
                 if ahead not in self._downloads:
-                    key = self.group[ahead][0]
-                    self._downloads[ahead] = self.pool.submit(
-                        download, self.attempt.jobs, key, self.spool / f"{ahead}.dcm"
-                    )
+                    self._fetch(ahead)
             return position, self._downloads.pop(position)
 
     def _opened(self, association: StoreAssociation) -> bool:
@@ -432,9 +449,8 @@ class _GroupSender:
             while (taken := self._take()) is not None:
                 position, future = taken
                 key = self.group[position][0]
-                path = self.spool / f"{position}.dcm"
                 try:
-                    meta = future.result()
+                    file = future.result()
                 except ObjectNotFoundError:
                     attempt._record(key, "skipped", "not in the object store", transient=False)
                     continue
@@ -442,9 +458,10 @@ class _GroupSender:
                     attempt._record(key, "skipped", str(exc), transient=False)
                     continue
                 try:
-                    error = attempt._send_file(association, key, path, meta)
+                    error = attempt._send_file(association, key, file)
                 finally:
-                    path.unlink(missing_ok=True)
+                    self._sent(file)
+                del file  # its bytes go before the next download completes
                 if error is not None:
                     with self._lock:
                         if self._stopped is None:

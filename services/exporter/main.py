@@ -35,7 +35,6 @@ from shared.logs import get_logger
 from shared.metrics import Metrics
 from shared.settings import ServiceSettings
 from shared.store import ObjectStore
-from shared.workdir import sweep_work_folders
 
 log = get_logger("exporter")
 
@@ -61,7 +60,6 @@ def _consume(
 def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     """Run the exporter until ``stop`` is set (a bad configuration file fails at once)."""
     config = exporter_settings(settings)
-    sweep_work_folders(config.exporter_spool_dir or config.work_dir)  # a killed one's spools
     stop = stop or threading.Event()
     dicom_config = load_config(config.config)
     scu = dicom_config.dicom.scu

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
 from shared.settings import ServiceSettings
@@ -22,9 +20,14 @@ class ExporterSettings(ServiceSettings):
     exporter_prefetch: int = Field(
         default=8, ge=1, le=256, description="Files downloaded ahead of the one being sent"
     )
-    exporter_spool_dir: Path | None = Field(
-        default=None,
-        description="Where files wait to be sent (a temporary folder per export)",
+    exporter_prefetch_mib: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description=(
+            "No file is downloaded ahead while this many MiB of downloaded files wait to be "
+            "sent (they wait in memory)"
+        ),
     )
     exporter_file_retries: int = Field(
         default=3,
