@@ -14,28 +14,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import uuid
+from functools import cache
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import pydicom.config
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
-from seriesflow.config_commands import config_app
-from seriesflow.quarantine_commands import quarantine_app
-from seriesflow.retention_commands import retention_app
-from seriesflow.service_commands import register as register_service_commands
+import seriesflow.lazy_imports  # noqa: F401  (first: imports pydicom without requests)
 from shared.dicom.metadata import (
     METADATA_FILE,
     SERIES_IMAGES_FILE,
@@ -59,10 +47,14 @@ from shared.volumes.convert import ConversionOptions
 from shared.volumes.kinds import SCALING_MODES
 from shared.volumes.writer import parse_image_format
 
+if TYPE_CHECKING:  # rich is imported when something is printed, not by every command
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
 EXIT_BAD_INPUT = 1
 EXIT_DAMAGED = 3
 
-app = typer.Typer(
+_app = typer.Typer(
     name="seriesflow",
     help="Receive DICOM, convert series into volumes, select series with rules.",
     no_args_is_help=True,
@@ -73,15 +65,29 @@ rules_app = typer.Typer(help="Check and explain selection rules.", no_args_is_he
 sample_app = typer.Typer(
     help="Write synthetic DICOM studies for demos and tests.", no_args_is_help=True
 )
-app.add_typer(rules_app, name="rules")
-app.add_typer(sample_app, name="sample")
+_app.add_typer(rules_app, name="rules")
+_app.add_typer(sample_app, name="sample")
+OPERATOR_COMMANDS = frozenset({"process", "select", "rules", "schema", "sample"})
+"""The commands registered here; the service, retention, quarantine and config commands
+(and their imports: settings, object store, HTTP clients) are added by :func:`full_app`."""
 
-err = Console(stderr=True)
-out = Console()
+
+@cache
+def err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@cache
+def out() -> Console:
+    from rich.console import Console
+
+    return Console()
 
 
 def _fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(status)
 
 
@@ -132,7 +138,7 @@ RulesOption = Annotated[
 ]
 
 
-@app.command()
+@_app.command()
 def process(
     input_dir: InputOption = Path("/input"),
     output_dir: OutputOption = Path("/output"),
@@ -219,7 +225,7 @@ class _NoProgress:
 
 
 def _progress(quiet: bool) -> _ProgressContext:
-    return _ProgressContext(enabled=not quiet and err.is_terminal)
+    return _ProgressContext(enabled=not quiet and err().is_terminal)
 
 
 class _ProgressContext:
@@ -232,12 +238,20 @@ class _ProgressContext:
 
     def __enter__(self) -> _ProgressContext:
         if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("{task.description:<10}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=err,
+                console=err(),
                 transient=True,
             )
             self.bar.start()
@@ -256,6 +270,8 @@ class _ProgressContext:
 
 
 def _print_summary(summary: ParseSummary, output_dir: Path) -> None:
+    from rich.table import Table
+
     table = Table(title="seriesflow process", show_header=False, box=None)
     table.add_row("instances", str(summary.instances))
     table.add_row("series", str(summary.series))
@@ -267,14 +283,14 @@ def _print_summary(summary: ParseSummary, output_dir: Path) -> None:
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     table.add_row("selections", shown or "none")
     table.add_row("output", str(output_dir))
-    err.print(table)
+    err().print(table)
     for item in summary.skipped[:20]:
-        err.print(f"  skipped {item.path}: {item.reason}", highlight=False)
+        err().print(f"  skipped {item.path}: {item.reason}", highlight=False)
     if len(summary.skipped) > 20:
-        err.print(f"  ... and {len(summary.skipped) - 20} more (see {METADATA_FILE})")
+        err().print(f"  ... and {len(summary.skipped) - 20} more (see {METADATA_FILE})")
 
 
-@app.command("select")
+@_app.command("select")
 def select_command(
     input_dir: InputOption = Path("/input"),
     output_dir: OutputOption = Path("/output"),
@@ -289,7 +305,7 @@ def select_command(
             selections = run_selector_operator(input_dir, output_dir, _rules(rules, settings))
     except SeriesflowError as exc:
         _fail(exc.reason)
-    out.print_json(json.dumps(selections))
+    out().print_json(json.dumps(selections))
 
 
 @rules_app.command("check")
@@ -303,9 +319,9 @@ def rules_check(
         _fail(exc.reason)
     names = [s.name for s in parsed.selections]
     if names:
-        out.print(f"{rules_file}: valid, {len(names)} selection(s): {', '.join(names)}")
+        out().print(f"{rules_file}: valid, {len(names)} selection(s): {', '.join(names)}")
     else:
-        out.print(f"{rules_file}: valid, empty (selects every converted series)")
+        out().print(f"{rules_file}: valid, empty (selects every converted series)")
 
 
 @rules_app.command("explain")
@@ -331,12 +347,12 @@ def rules_explain(
     except SeriesflowError as exc:
         _fail(exc.reason)
     if as_json:
-        out.print_json(explanation.model_dump_json(by_alias=True))
+        out().print_json(explanation.model_dump_json(by_alias=True))
     else:
         print(render_explanation(explanation, failures_only=failures_only))
 
 
-@app.command()
+@_app.command()
 def schema() -> None:
     """Print the JSON Schema of dicom-metadata.json."""
     print(json.dumps(json_schema(), indent=2))
@@ -351,8 +367,8 @@ def sample_brain(
     from shared.samples import describe, write_brain_mr_study
 
     paths = write_brain_mr_study(output, seed=seed)
-    err.print(f"wrote {len(paths)} files to {output}")
-    err.print(describe(paths), highlight=False)
+    err().print(f"wrote {len(paths)} files to {output}")
+    err().print(describe(paths), highlight=False)
 
 
 @sample_app.command("ct")
@@ -366,13 +382,30 @@ def sample_ct(
     from shared.samples import write_ct_series
 
     paths = write_ct_series(output, slices=slices, size=size, seed=seed)
-    err.print(f"wrote {len(paths)} files to {output}")
+    err().print(f"wrote {len(paths)} files to {output}")
 
 
-register_service_commands(app)
-app.add_typer(retention_app, name="retention")
-app.add_typer(quarantine_app, name="quarantine")
-app.add_typer(config_app, name="config")
+@cache
+def full_app() -> typer.Typer:
+    """The command line with every command: the operator commands above, plus the service,
+    retention, quarantine and config commands, imported here (once)."""
+    from seriesflow.config_commands import config_app
+    from seriesflow.quarantine_commands import quarantine_app
+    from seriesflow.retention_commands import retention_app
+    from seriesflow.service_commands import register as register_service_commands
+
+    register_service_commands(_app)
+    _app.add_typer(retention_app, name="retention")
+    _app.add_typer(quarantine_app, name="quarantine")
+    _app.add_typer(config_app, name="config")
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    """``seriesflow.cli.app`` is the whole command line (:func:`full_app`)."""
+    if name == "app":
+        return full_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
@@ -382,8 +415,12 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    import pydicom.config
+
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # Tolerant reading: invalid values are kept as read and reported in the metadata,
     # not printed as warnings for every element of every file.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    app()
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    # An operator command needs none of the service commands' imports.
+    (_app if command in OPERATOR_COMMANDS else full_app())()

@@ -41,7 +41,7 @@ from shared.volumes.stacks import (
     plan_stack,
     split_stacks,
 )
-from shared.volumes.writer import ImageFormat, VolumeBuffer, set_geometry, write_image
+from shared.volumes.writer import ImageFormat, VolumeBuffer, write_image
 
 Polarity = Literal["NORMAL", "REVERSED"] | None
 
@@ -168,9 +168,6 @@ def convert_series(
             continue
         pixel_type = voxels.dtype.name
         components = voxels.shape[4] if voxels.ndim == 5 else 1
-        del voxels  # a view of the image's buffer
-        image = buffer.image
-        assert image is not None
         first = plan.frames[0][0]
         timing = (
             time_spacing(files[first.instance].dataset, first.repetition_time, "RepetitionTime")
@@ -179,17 +176,21 @@ def convert_series(
         )
         if plan.timepoint_count > 1 and timing is None:
             notes.append("no RepetitionTime: 4th-axis spacing of 1 s written")
-        set_geometry(
-            image, plan.origin, plan.spacing, plan.direction, timing.seconds if timing else 1.0
+        write_image(
+            output_dir / image_name,
+            voxels,
+            plan.origin,
+            plan.spacing,
+            plan.direction,
+            timing.seconds if timing else 1.0,
         )
-        write_image(image, output_dir / image_name)
         scaling = _scaling_record(used, options.scaling)
         preview = f"{key}.png" if options.previews else None
         if preview is not None:
             dataset = files[first.instance].dataset
             window = dicom_window(dataset) if scaling.values != "precise" else None
-            write_preview(image, plan.spacing, plan.timepoint_count, output_dir / preview, window)
-        del image, buffer
+            write_preview(voxels, plan.spacing, output_dir / preview, window)
+        del voxels, buffer
         if polarity == "REVERSED":
             notes.append("reversed phase-encoding polarity: rows flipped back (GE epi_pepolar)")
         shape = list(plan.shape)

@@ -16,8 +16,10 @@ Otherwise the stored values are read first and the type is chosen from their act
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from shared.dicom.files import InstanceFile
 from shared.errors import InvalidInputError
 from shared.volumes.frames import Frame
+from shared.volumes.writer import zeroed
 
 Array = np.ndarray[Any, np.dtype[Any]]
 Allocator = Callable[[tuple[int, ...], np.dtype[Any]], Array]
@@ -39,7 +42,7 @@ _INT_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
 
 
 def numpy_allocator(shape: tuple[int, ...], dtype: np.dtype[Any]) -> Array:
-    return np.zeros(shape, dtype=dtype)
+    return zeroed(shape, dtype)
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,11 @@ def load_stack(
     target = _output_type(enc, lo, hi)
     if target.itemsize <= enc.stored.itemsize or (target.kind == "f" and not enc.integral):
         out = allocate(shape, target)
-        _read_frames(files, frames, lambda index, image: _store(out, index, image, enc))
+        _load_into(out, files, frames, enc)
     else:
         # The type depends on the values: read them first, then choose.
         raw = np.empty(shape, dtype=enc.stored)
-        _read_frames(files, frames, lambda index, image: raw.__setitem__(index, image))
+        _load_into(raw, files, frames, enc, stored_only=True)
         target = _output_type(enc, int(raw.min()), int(raw.max()))
         out = allocate(shape, target)
         for n, index in enumerate(np.ndindex(*shape[:2])):
@@ -153,6 +156,79 @@ def load_stack(
     if enc.rescaled:
         notes.append(f"rescale slope and intercept applied ({target.name})")
     return out, notes
+
+
+def _load_into(
+    out: Array,
+    files: Sequence[InstanceFile],
+    frames: Sequence[Sequence[Frame]],
+    enc: _Encoding,
+    stored_only: bool = False,
+) -> None:
+    """Every frame into ``out[t, z]``: inverted and rescaled, or (``stored_only``, ``out``
+    of the stored type) as stored.
+
+    Uncompressed single-sample frames are read from their file straight into ``out`` when
+    the output type has the stored type's size (the usual case: no rescaling, or CT's
+    12-bit values and intercept into int16), and inverted and rescaled there in place:
+    integer arithmetic modulo 2^bits gives the exact result whenever the result fits the
+    output type, which the type was chosen for. Otherwise a frame goes through one scratch
+    array of the stored type, or through pydicom's decoders (compressed data)."""
+    in_place = stored_only or (
+        out.dtype.itemsize == enc.stored.itemsize and out.dtype.kind in "iu" and enc.samples == 1
+    )
+    scratch: Array | None = None
+    for instance, targets in _by_instance(frames).items():
+        item = files[instance]
+        layout = _native_layout(item)
+        if layout is None or any(frame.tile is not None for _, frame in targets):
+            for index, image in _decode_instance(item, targets):  # decoded once per file
+                if stored_only:
+                    out[index] = image
+                else:
+                    _store(out, index, image, enc, index[0] * out.shape[1] + index[1])
+            continue
+        for index, frame in targets:
+            n = index[0] * out.shape[1] + index[1]
+            dst_shape = (frame.rows, frame.columns)
+            _check_frame(item, frame, layout)
+            if in_place:
+                dst = out[index].view(layout.dtype)
+            else:
+                if scratch is None or scratch.shape != dst_shape or scratch.dtype != layout.dtype:
+                    scratch = np.empty(dst_shape, dtype=layout.dtype)
+                dst = scratch
+            try:
+                layout.read(item, frame.frame, dst)
+            except InvalidInputError:
+                raise
+            except Exception as exc:
+                raise _undecodable(item, exc) from exc
+            if frame.flip_rows:
+                dst[...] = dst[::-1].copy()
+            if stored_only:
+                continue
+            if in_place:
+                _transform_in_place(dst, enc, n)
+            else:
+                _store(out, index, dst, enc, n)
+
+
+def _transform_in_place(values: Array, enc: _Encoding, n: int) -> None:
+    """Invert and rescale stored values where they lie, into the output type of the same
+    size (the result reinterpreted as that type): exact, since the result fits it."""
+    if enc.invert:
+        top = (1 << enc.bits_stored) - 1 if enc.stored.kind == "u" else -1
+        np.subtract(np.array(top, dtype=values.dtype), values, out=values)
+    if not enc.rescaled:
+        return
+    modulus = 1 << (8 * values.dtype.itemsize)
+    unsigned = values.view(f"u{values.dtype.itemsize}")
+    slope, intercept = int(enc.slopes[n]), int(enc.intercepts[n])
+    if slope != 1:
+        np.multiply(unsigned, np.array(slope % modulus, dtype=unsigned.dtype), out=unsigned)
+    if intercept != 0:
+        np.add(unsigned, np.array(intercept % modulus, dtype=unsigned.dtype), out=unsigned)
 
 
 def _store(
@@ -181,40 +257,31 @@ def _store(
     out[index] = scaled
 
 
-def _read_frames(
-    files: Sequence[InstanceFile],
+def _by_instance(
     frames: Sequence[Sequence[Frame]],
-    sink: Callable[[tuple[int, int], Array], None],
-) -> None:
-    """Decode every frame and hand it to ``sink`` with its ``(t, z)`` index."""
+) -> dict[int, list[tuple[tuple[int, int], Frame]]]:
+    """The frames grouped by the file they are in, with their ``(t, z)`` index."""
     by_instance: dict[int, list[tuple[tuple[int, int], Frame]]] = {}
     for t, row in enumerate(frames):
         for z, frame in enumerate(row):
             by_instance.setdefault(frame.instance, []).append(((t, z), frame))
-    for instance, targets in by_instance.items():
-        item = files[instance]
-        for index, image in _decode_instance(item, targets):
-            sink(index, image)
+    return by_instance
 
 
 def _decode_instance(
     item: InstanceFile, targets: list[tuple[tuple[int, int], Frame]]
 ) -> list[tuple[tuple[int, int], Array]]:
+    """Frames of ``item`` decoded by pydicom (compressed or colour data, tiles)."""
     ds = item.dataset
-    syntax = ds.file_meta.TransferSyntaxUID
-    direct = syntax in _NATIVE and int(ds.get("SamplesPerPixel", 1)) == 1
     try:
         whole: Array | None = None
         result = []
         for index, frame in targets:
-            if direct and frame.tile is None:
-                image = _read_native_frame(item, frame.frame)
-            else:
-                if whole is None:
-                    whole = pixel_array(str(item.path), raw=False)
-                image = whole[frame.frame] if _has_frame_axis(ds, whole) else whole
-                if frame.tile is not None:
-                    image = _tile(image, frame)
+            if whole is None:
+                whole = pixel_array(str(item.path), raw=False)
+            image = whole[frame.frame] if _has_frame_axis(ds, whole) else whole
+            if frame.tile is not None:
+                image = _tile(image, frame)
             if image.shape[:2] != (frame.rows, frame.columns):
                 raise InvalidInputError(
                     f"{item.relative_path}: frame of {image.shape[0]}x{image.shape[1]} where "
@@ -225,11 +292,14 @@ def _decode_instance(
     except InvalidInputError:
         raise
     except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise InvalidInputError(
-            f"pixel data of {item.relative_path} cannot be decoded: "
-            f"{type(exc).__name__}: {first_line}"
-        ) from exc
+        raise _undecodable(item, exc) from exc
+
+
+def _undecodable(item: InstanceFile, exc: Exception) -> InvalidInputError:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return InvalidInputError(
+        f"pixel data of {item.relative_path} cannot be decoded: {type(exc).__name__}: {first_line}"
+    )
 
 
 def _tile(image: Array, frame: Frame) -> Array:
@@ -244,42 +314,95 @@ def _has_frame_axis(ds: Dataset, pixels: Array) -> bool:
     return frames > 1 and pixels.ndim == (4 if samples > 1 else 3)
 
 
-def _read_native_frame(item: InstanceFile, frame: int) -> Array:
-    """One frame of uncompressed, single-sample pixel data, read at its file offset."""
+@dataclass(frozen=True)
+class _NativeLayout:
+    """Where and how a file's uncompressed, single-sample frames are stored."""
+
+    offset: int  # of the pixel data's value in the file
+    length: int
+    value: bytes | None  # the value, when it was read with the header
+    dtype: np.dtype[Any]
+    rows: int
+    columns: int
+    big_endian: bool
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+
+    def read(self, item: InstanceFile, frame: int, dst: Array) -> None:
+        """Frame ``frame``'s stored values into ``dst`` (rows x columns of ``dtype``), in
+        native byte order with the bits above BitsStored cleared (or sign-extended)."""
+        size = dst.nbytes
+        if self.length < (frame + 1) * size:
+            raise InvalidInputError(f"{item.relative_path}: pixel data is shorter than its frames")
+        target = dst.reshape(-1).view(np.uint8)
+        if self.value is not None:
+            target[...] = np.frombuffer(self.value, dtype=np.uint8, count=size, offset=frame * size)
+        else:
+            done = _read_at(item.path, self.offset + frame * size, target)
+            if done != size:
+                raise InvalidInputError(f"{item.relative_path}: pixel data is truncated")
+        if self.big_endian:
+            dst.byteswap(inplace=True)
+        _fix_bits(dst, self.bits_allocated, self.bits_stored, self.signed)
+
+
+def _read_at(path: Path, offset: int, target: Array) -> int:
+    """Read ``target.nbytes`` bytes of ``path`` at ``offset`` into ``target``."""
+    view = memoryview(target.data).cast("B")
+    done = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got == 0:
+                break
+            done += got
+    finally:
+        os.close(fd)
+    return done
+
+
+def _native_layout(item: InstanceFile) -> _NativeLayout | None:
+    """How to read ``item``'s frames straight from the file; None when pydicom must
+    decode them (compressed, colour, or pixel data of undefined length)."""
     ds = item.dataset
-    dtype = stored_dtype(ds)
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    if ds.file_meta.TransferSyntaxUID not in _NATIVE or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
     elem = ds.get_item(0x7FE00010, keep_deferred=True)
-    count = rows * cols
-    size = count * dtype.itemsize
     if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
-        index = frame if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None
-        decoded: Array = pixel_array(str(item.path), index=index)
-        return decoded
-    if elem.length < (frame + 1) * size:
-        raise InvalidInputError(f"{item.relative_path}: pixel data is shorter than its frames")
-    if elem.value is not None:
-        data = np.frombuffer(elem.value, dtype=dtype, count=count, offset=frame * size)
-    else:
-        with item.path.open("rb") as fp:
-            fp.seek(elem.value_tell + frame * size)
-            data = np.fromfile(fp, dtype=dtype, count=count)
-        if data.size != count:
-            raise InvalidInputError(f"{item.relative_path}: pixel data is truncated")
-    if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian:
-        data = data.byteswap()
-    return _fix_bits(data.reshape(rows, cols), ds)
-
-
-def _fix_bits(image: Array, ds: Dataset) -> Array:
-    """Clear bits above BitsStored, and sign-extend signed values, as the standard says."""
+        return None
+    dtype = stored_dtype(ds)
     allocated = int(ds.get("BitsAllocated", 16))
-    stored = int(ds.get("BitsStored", allocated))
+    return _NativeLayout(
+        offset=elem.value_tell,
+        length=elem.length,
+        value=elem.value,
+        dtype=dtype,
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        big_endian=ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian,
+        bits_allocated=allocated,
+        bits_stored=int(ds.get("BitsStored", allocated)),
+        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+    )
+
+
+def _check_frame(item: InstanceFile, frame: Frame, layout: _NativeLayout) -> None:
+    if (layout.rows, layout.columns) != (frame.rows, frame.columns):
+        raise InvalidInputError(
+            f"{item.relative_path}: frame of {layout.rows}x{layout.columns} where "
+            f"{frame.rows}x{frame.columns} was expected"
+        )
+
+
+def _fix_bits(image: Array, allocated: int, stored: int, signed: bool) -> None:
+    """Clear bits above BitsStored, and sign-extend signed values, as the standard says."""
     if stored >= allocated:
-        return image
-    if int(ds.get("PixelRepresentation", 0)) == 1:
-        shift = allocated - stored
-        extended: Array = (image << shift) >> shift
-        return extended
-    masked: Array = image & np.array((1 << stored) - 1, dtype=image.dtype)
-    return masked
+        return
+    if signed:
+        shift = np.array(allocated - stored, dtype=image.dtype)
+        np.left_shift(image, shift, out=image)
+        np.right_shift(image, shift, out=image)
+        return
+    np.bitwise_and(image, np.array((1 << stored) - 1, dtype=image.dtype), out=image)

@@ -8,7 +8,9 @@ a colour volume the mean of its components.
 
 The grey-level window is the DICOM one (WindowCenter/WindowWidth of the first frame) when
 the written values are the displayed ones, else the 1st to 99th percentile of the three
-panels. The PNG is written with zlib, no imaging library.
+panels. Only the voxels a panel shows are read (nearest neighbour), except for that
+percentile window, which reads the three whole planes. The PNG is written with zlib, no
+imaging library.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from shared.errors import OutputError
@@ -66,16 +67,31 @@ def _grey(plane: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
     return grey
 
 
-def _resized(plane: np.ndarray[Any, Any], row_mm: float, col_mm: float) -> np.ndarray[Any, Any]:
-    """Nearest-neighbour resize to the plane's physical aspect, at most PANEL_PIXELS."""
-    rows, cols = plane.shape
+def _samples(rows: int, cols: int, row_mm: float, col_mm: float) -> tuple[Any, Any]:
+    """Nearest-neighbour row and column indices that draw a ``rows`` x ``cols`` plane at its
+    physical aspect, at most PANEL_PIXELS on its longer side."""
     height, width = rows * row_mm, cols * col_mm
     scale = PANEL_PIXELS / max(height, width, 1e-6)
     out_rows = max(1, round(height * scale))
     out_cols = max(1, round(width * scale))
     r = np.minimum((np.arange(out_rows) + 0.5) * rows / out_rows, rows - 1).astype(np.intp)
     c = np.minimum((np.arange(out_cols) + 0.5) * cols / out_cols, cols - 1).astype(np.intp)
-    return plane[np.ix_(r, c)]
+    return r, c
+
+
+def _percentile_window(voxels: np.ndarray[Any, Any]) -> Window:
+    """The 1st to 99th percentile of the three middle planes."""
+    planes = middle_slices(voxels)
+    sample = np.concatenate([p.ravel() for p in planes]).astype(np.float32)
+    sample = sample[np.isfinite(sample)]
+    low, high = (
+        (float(np.percentile(sample, 1)), float(np.percentile(sample, 99)))
+        if sample.size
+        else (0.0, 1.0)
+    )
+    if high <= low:
+        high = low + 1.0
+    return ((low + high) / 2, high - low)
 
 
 def render_preview(
@@ -83,30 +99,32 @@ def render_preview(
 ) -> np.ndarray[Any, Any]:
     """The preview as an 8-bit grey image of a (z, y, x[, c]) array, spacing (x, y, z)."""
     sx, sy, sz = (float(s) if s > 0 else 1.0 for s in spacing)
-    planes = middle_slices(voxels)
     if window is None:
-        sample = np.concatenate([p.ravel() for p in planes]).astype(np.float32)
-        sample = sample[np.isfinite(sample)]
-        low, high = (
-            (float(np.percentile(sample, 1)), float(np.percentile(sample, 99)))
-            if sample.size
-            else (0.0, 1.0)
-        )
-        if high <= low:
-            high = low + 1.0
-        window = ((low + high) / 2, high - low)
-    panels = [
-        _resized(_grey(planes[0], window), sy, sx),
-        _resized(_grey(planes[1], window)[::-1], sz, sx),  # last slice at the top
-        _resized(_grey(planes[2], window)[::-1], sz, sy),
-    ]
+        window = _percentile_window(voxels)
+    z, y, x = voxels.shape[:3]
+    r, c = _samples(y, x, sy, sx)
+    axial = voxels[z // 2][np.ix_(r, c)]
+    top, c = _samples(z, x, sz, sx)
+    coronal = voxels[(z - 1 - top)[:, np.newaxis], y // 2, c[np.newaxis, :]]  # last slice on top
+    top, r = _samples(z, y, sz, sy)
+    sagittal = voxels[(z - 1 - top)[:, np.newaxis], r[np.newaxis, :], x // 2]
+    return side_by_side(
+        [
+            _grey(np.asarray(p.mean(axis=-1)) if p.ndim == 3 else p, window)
+            for p in (axial, coronal, sagittal)
+        ]
+    )
+
+
+def side_by_side(panels: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """The panels left to right, centred vertically, GAP_PIXELS apart."""
     height = max(p.shape[0] for p in panels)
     width = sum(p.shape[1] for p in panels) + GAP_PIXELS * (len(panels) - 1)
     canvas = np.zeros((height, width), dtype=np.uint8)
     left = 0
     for panel in panels:
-        top = (height - panel.shape[0]) // 2
-        canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+        top_row = (height - panel.shape[0]) // 2
+        canvas[top_row : top_row + panel.shape[0], left : left + panel.shape[1]] = panel
         left += panel.shape[1] + GAP_PIXELS
     return canvas
 
@@ -131,17 +149,14 @@ def png_bytes(grey: np.ndarray[Any, Any]) -> bytes:
 
 
 def write_preview(
-    image: sitk.Image,
+    voxels: np.ndarray[Any, Any],
     spacing: tuple[float, float, float],
-    timepoints: int,
     path: Path,
     window: Window | None,
 ) -> None:
-    """Write the preview PNG of a written volume; it appears only once complete."""
-    view = sitk.GetArrayViewFromImage(image)  # (t,) z, y, x (, components): no copy
-    if timepoints > 1:
-        view = view[0]
-    grey = render_preview(view, spacing, window)
+    """Write the preview PNG of a volume ``(t, z, y, x[, c])`` (its first timepoint); it
+    appears only once complete."""
+    grey = render_preview(voxels[0], spacing, window)
     tmp = path.with_name(path.name + ".partial")
     try:
         tmp.write_bytes(png_bytes(grey))

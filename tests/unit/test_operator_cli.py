@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +283,31 @@ def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     code, output = process(tmp_path / "in", blocker / "out")
     assert code == 1 and "Traceback" not in output and "out" in output
+
+
+def test_process_imports_only_what_it_uses() -> None:
+    """Operator mode's start: no service commands, no SimpleITK, no rich when quiet, no
+    HTTP client; and `import requests` still works for code that does use it."""
+    probe = (
+        "import sys\n"
+        "import seriesflow.cli as cli\n"
+        "heavy = ['SimpleITK', 'rich', 'requests', 'shared.settings', 'pika', 'minio',\n"
+        "         'fastapi', 'httpx', 'seriesflow.service_commands']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import requests\n"
+        "print(callable(requests.get))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout + done.stderr
+
+
+def test_every_command_is_registered_once_the_app_is_asked_for() -> None:
+    import typer
+
+    import seriesflow.cli as cli
+
+    names = set(typer.main.get_command(cli.app).commands)  # type: ignore[attr-defined]
+    assert {"process", "select", "rules", "receiver", "up", "config", "quarantine"} <= names
+    assert names >= cli.OPERATOR_COMMANDS

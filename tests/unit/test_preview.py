@@ -16,9 +16,12 @@ from shared.samples.ct import write_ct_series
 from shared.volumes.preview import (
     GAP_PIXELS,
     PANEL_PIXELS,
+    _grey,
     dicom_window,
+    middle_slices,
     png_bytes,
     render_preview,
+    side_by_side,
     write_preview,
 )
 
@@ -99,10 +102,51 @@ def test_colour_and_4d_volumes(tmp_path: Path) -> None:
     series = np.zeros((3, 4, 8, 8), dtype=np.int16)  # t, z, y, x
     series[0] = 7
     series[1:] = 1000
-    image = sitk.GetImageFromArray(series)  # a 4-D ITK image
     path = tmp_path / "v.png"
-    write_preview(image, (1.0, 1.0, 1.0), 3, path, window=(7.0, 2.0))
+    write_preview(series, (1.0, 1.0, 1.0), path, window=(7.0, 2.0))
     grey = read_png(path.read_bytes(), tmp_path)
     assert grey.shape == (PANEL_PIXELS, 3 * PANEL_PIXELS + 2 * GAP_PIXELS)
     assert set(np.unique(grey).tolist()) <= {0, 128}  # the first timepoint only: 7, not 1000
     assert 128 in np.unique(grey)
+
+
+def whole_plane_preview(
+    voxels: np.ndarray[Any, Any], spacing: tuple[float, float, float], window: tuple[float, float]
+) -> np.ndarray[Any, Any]:
+    """The preview drawn the long way: each whole middle plane in grey, then resized."""
+    sx, sy, sz = spacing
+
+    def resized(plane: np.ndarray[Any, Any], row_mm: float, col_mm: float) -> Any:
+        rows, cols = plane.shape
+        scale = PANEL_PIXELS / max(rows * row_mm, cols * col_mm)
+        out_rows, out_cols = (
+            max(1, round(rows * row_mm * scale)),
+            max(1, round(cols * col_mm * scale)),
+        )
+        r = np.minimum((np.arange(out_rows) + 0.5) * rows / out_rows, rows - 1).astype(np.intp)
+        c = np.minimum((np.arange(out_cols) + 0.5) * cols / out_cols, cols - 1).astype(np.intp)
+        return plane[np.ix_(r, c)]
+
+    planes = middle_slices(voxels)
+    panels = [
+        resized(_grey(planes[0], window), sy, sx),
+        resized(_grey(planes[1], window)[::-1], sz, sx),
+        resized(_grey(planes[2], window)[::-1], sz, sy),
+    ]
+    return side_by_side(panels)
+
+
+def test_sampling_only_the_shown_voxels_draws_the_same_preview() -> None:
+    rng = np.random.default_rng(4)
+    for shape, spacing in [
+        ((37, 64, 48), (0.7, 0.7, 3.0)),
+        ((300, 80, 80), (1.0, 1.0, 0.5)),
+        ((5, 33, 200), (2.0, 0.5, 1.0)),
+        ((9, 20, 30, 3), (1.0, 1.0, 1.0)),
+    ]:
+        voxels = rng.integers(-1024, 3000, size=shape).astype(np.int16)
+        if len(shape) == 4:
+            voxels = voxels.astype(np.uint8)
+        window = (40.0, 400.0)
+        drawn = render_preview(voxels, spacing, window)
+        assert np.array_equal(drawn, whole_plane_preview(voxels, spacing, window)), shape

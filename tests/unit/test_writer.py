@@ -1,8 +1,13 @@
 # mypy: disallow-untyped-calls=False
-"""VolumeBuffer lends ITK's own pixel buffer to numpy; writes must land in the image."""
+"""The image writers write what SimpleITK (ITK 5.4) writes for the same image, byte for byte.
+
+SimpleITK is the reference here only: seriesflow writes NIfTI and MetaImage with numpy.
+"""
 
 from __future__ import annotations
 
+import gzip
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,52 +16,156 @@ import pytest
 import SimpleITK as sitk
 
 from shared.errors import OutputError
-from shared.volumes.writer import VolumeBuffer, set_geometry, write_image
+from shared.volumes.geometry import Geometry
+from shared.volumes.metaimage import anatomical_orientation
+from shared.volumes.writer import VolumeBuffer, write_image
+
+Voxels = np.ndarray[Any, Any]
 
 
-@pytest.mark.parametrize(
-    ("shape", "dtype", "size", "components"),
-    [
-        ((1, 3, 4, 5), np.int16, (5, 4, 3), 1),
-        ((2, 3, 4, 5), np.float32, (5, 4, 3, 2), 1),
-        ((1, 3, 4, 5, 3), np.uint8, (5, 4, 3), 3),
-    ],
-)
-def test_writes_through_the_view_reach_the_image(
-    shape: tuple[int, ...], dtype: type, size: tuple[int, ...], components: int
+def itk_image(voxels: Voxels, geometry: tuple[Any, ...]) -> sitk.Image:
+    """What the writer used to write: an ITK image set up as seriesflow set it up."""
+    origin, spacing, direction, time_spacing = geometry
+    vector = voxels.ndim == 5
+    if voxels.shape[0] == 1:
+        image = sitk.GetImageFromArray(voxels[0], isVector=vector)
+        image.SetOrigin(origin)
+        image.SetSpacing(spacing)
+        image.SetDirection(direction)
+        return image
+    image = sitk.GetImageFromArray(voxels, isVector=vector)
+    d = direction
+    image.SetOrigin((*origin, 0.0))
+    image.SetSpacing((*spacing, time_spacing))
+    image.SetDirection(
+        (d[0], d[1], d[2], 0.0, d[3], d[4], d[5], 0.0, d[6], d[7], d[8], 0.0, 0, 0, 0, 1.0)
+    )
+    return image
+
+
+def random_geometries(count: int, seed: int) -> list[tuple[Any, ...]]:
+    """Rotations, axis permutations (with negative zeros) and obliques near them."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Any, ...]] = [
+        ((1.5, -2.25, 3.0), (0.5, 0.6, 2.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0), 2.5),
+        ((-0.0, 0.0, -0.0), (1.0, 1.0, 1.0), (-1.0, -0.0, 0.0, -0.0, -1.0, 0.0, 0.0, 0.0, 1.0), 1),
+    ]
+    for _ in range(count):
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+            d = q * np.sign(np.diag(r))
+        else:
+            d = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)
+            if kind == 2:
+                a = float(rng.normal(scale=0.2))
+                c, s = math.cos(a), math.sin(a)
+                d = d @ np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+        d = d * 1.0
+        zeros = d == 0
+        d[zeros] = rng.choice([0.0, -0.0], size=int(zeros.sum()))
+        origin = rng.uniform(-300, 300, 3)
+        if rng.random() < 0.3:
+            origin[[0, 2]] = rng.choice([0.0, -0.0], size=2)
+        spacing = rng.uniform(0.1, 5.0, 3).round(int(rng.integers(1, 8)))
+        out.append(
+            (
+                tuple(float(v) for v in origin),
+                tuple(float(v) for v in spacing),
+                tuple(float(v) for v in d.ravel()),
+                float(rng.uniform(0.5, 3.0)),
+            )
+        )
+    return out
+
+
+VOLUMES = [
+    pytest.param((1, 3, 4, 5), np.int16, id="3d-int16"),
+    pytest.param((1, 2, 3, 4), np.uint16, id="3d-uint16"),
+    pytest.param((1, 2, 3, 4), np.int8, id="3d-int8"),
+    pytest.param((1, 2, 3, 4), np.uint32, id="3d-uint32"),
+    pytest.param((1, 2, 3, 4), np.float64, id="3d-float64"),
+    pytest.param((2, 3, 4, 5), np.float32, id="4d-float32"),
+    pytest.param((1, 3, 4, 5, 3), np.uint8, id="3d-rgb"),
+    pytest.param((2, 3, 4, 5, 3), np.uint8, id="4d-rgb"),
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype"), VOLUMES)
+@pytest.mark.parametrize("fmt", ["nii", "mhd"])
+def test_files_are_the_ones_simpleitk_writes(
+    tmp_path: Path, shape: tuple[int, ...], dtype: type, fmt: str
 ) -> None:
-    buffer = VolumeBuffer()
-    view = buffer(shape, np.dtype(dtype))
-    values: np.ndarray[Any, Any] = np.arange(view.size).reshape(shape).astype(dtype)
-    view[...] = values
-    assert buffer.image is not None
-    assert buffer.image.GetSize() == size
-    assert buffer.image.GetNumberOfComponentsPerPixel() == components
-    expected = values[0] if shape[0] == 1 else values
-    assert np.array_equal(sitk.GetArrayFromImage(buffer.image), expected)
+    voxels: Voxels = (np.arange(int(np.prod(shape))) % 251).reshape(shape).astype(dtype)
+    for n, geometry in enumerate(random_geometries(25, seed=len(shape) * 7 + len(fmt))):
+        mine, theirs = tmp_path / f"mine{n}.{fmt}", tmp_path / f"itk{n}.{fmt}"
+        write_image(mine, voxels, *geometry)
+        sitk.WriteImage(itk_image(voxels, geometry), str(theirs))
+        if fmt == "nii":
+            assert mine.read_bytes() == theirs.read_bytes(), geometry
+        else:
+            text = theirs.read_text().replace(theirs.with_suffix(".raw").name, "RAW")
+            assert mine.read_text().replace(mine.with_suffix(".raw").name, "RAW") == text
+            assert mine.with_suffix(".raw").read_bytes() == theirs.with_suffix(".raw").read_bytes()
 
 
-@pytest.mark.parametrize("fmt", ["mhd", "nii", "nii.gz"])
-def test_written_file_has_the_geometry(tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize(("shape", "dtype"), VOLUMES)
+def test_nii_gz_holds_the_nii_bytes(tmp_path: Path, shape: tuple[int, ...], dtype: type) -> None:
+    voxels: Voxels = (np.arange(int(np.prod(shape))) % 251).reshape(shape).astype(dtype)
+    geometry = random_geometries(1, seed=3)[-1]
+    write_image(tmp_path / "v.nii.gz", voxels, *geometry)
+    write_image(tmp_path / "v.nii", voxels, *geometry)
+    assert (
+        gzip.decompress((tmp_path / "v.nii.gz").read_bytes()) == (tmp_path / "v.nii").read_bytes()
+    )
+    back = sitk.ReadImage(str(tmp_path / "v.nii.gz"))
+    expected = voxels[0] if shape[0] == 1 else voxels
+    assert np.array_equal(sitk.GetArrayFromImage(back), expected)
+    assert back.GetOrigin()[:3] == pytest.approx(geometry[0], abs=1e-4)
+
+
+def test_nibabel_reads_the_geometry(tmp_path: Path) -> None:
+    nib = pytest.importorskip("nibabel")
+    origin, spacing, direction, _ = random_geometries(1, seed=11)[-1]
+    voxels = np.arange(60, dtype=np.int16).reshape(1, 3, 4, 5)
+    write_image(tmp_path / "v.nii", voxels, origin, spacing, direction)
+    image = nib.load(str(tmp_path / "v.nii"))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    expected = np.eye(4)
+    expected[:3, :3] = lps_to_ras @ np.array(direction).reshape(3, 3) @ np.diag(spacing)
+    expected[:3, 3] = lps_to_ras @ np.array(origin)
+    assert np.allclose(image.affine, expected, atol=1e-4)
+    assert image.header["qform_code"] == 1 and image.header["sform_code"] == 1
+    assert np.array_equal(np.asarray(image.dataobj), voxels[0].transpose(2, 1, 0))
+
+
+def test_buffer_is_zeroed_and_typed() -> None:
     buffer = VolumeBuffer()
-    view = buffer((1, 2, 3, 4), np.dtype(np.int16))
-    view[...] = 7
-    assert buffer.image is not None
-    direction = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    set_geometry(buffer.image, (1.0, 2.0, 3.0), (0.5, 0.6, 2.0), direction)
-    path = tmp_path / f"v.{fmt}"
-    write_image(buffer.image, path)
-    back = sitk.ReadImage(str(path))
-    assert back.GetOrigin() == pytest.approx((1.0, 2.0, 3.0))
-    assert back.GetSpacing() == pytest.approx((0.5, 0.6, 2.0))
-    assert back.GetDirection() == pytest.approx(direction)
-    assert not list(tmp_path.glob("*partial*"))
+    view = buffer((1, 3, 4, 5, 3), np.dtype(np.uint8))
+    assert buffer.voxels is view and view.shape == (1, 3, 4, 5, 3) and not view.any()
+    with pytest.raises(ValueError, match="no image pixel type"):
+        buffer((1, 2, 2, 2), np.dtype(np.int64))
+
+
+def test_anatomical_orientation_codes() -> None:
+    assert anatomical_orientation((1, 0, 0, 0, 1, 0, 0, 0, 1)) == "RAI"
+    assert anatomical_orientation((-1, 0, 0, 0, -1, 0, 0, 0, -1)) == "LPS"
+    assert anatomical_orientation((0, 0, -1, 1, 0, 0, 0, -1, 0)) == "ASL"
+
+
+def test_geometry_holds_zeros_as_itk_does() -> None:
+    held = Geometry.of((-0.0, 1.0, -0.0), (1, 1, 1), (-1, -0.0, 0, -0.0, -1, 0, -0.0, 0, -0.0))
+    assert [math.copysign(1, v) for v in held.direction] == [-1, 1, 1, 1, -1, 1, 1, 1, -1]
+    assert math.copysign(1, held.origin[0]) == 1  # row 0 has a positive zero term
+    assert math.copysign(1, held.origin[2]) == 1
 
 
 def test_a_failed_write_is_an_output_error_and_leaves_nothing(tmp_path: Path) -> None:
-    buffer = VolumeBuffer()
-    buffer((1, 2, 3, 4), np.dtype(np.int16))
-    assert buffer.image is not None
-    with pytest.raises(OutputError, match="cannot write"):
-        write_image(buffer.image, tmp_path / "missing-folder" / "v.nii")
+    voxels = np.zeros((1, 2, 3, 4), dtype=np.int16)
+    geometry = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    for name in ("v.nii", "v.nii.gz", "v.mhd"):
+        with pytest.raises(OutputError, match="cannot write"):
+            write_image(tmp_path / "missing-folder" / name, voxels, *geometry)
     assert list(tmp_path.iterdir()) == []
+    write_image(tmp_path / "v.mhd", voxels, *geometry)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mhd", "v.raw"]
