@@ -41,7 +41,7 @@ from shared.volumes.stacks import (
     plan_stack,
     split_stacks,
 )
-from shared.volumes.writer import ImageFormat, VolumeBuffer, write_image
+from shared.volumes.writer import ImageFormat, VolumeBuffer
 
 Polarity = Literal["NORMAL", "REVERSED"] | None
 
@@ -149,14 +149,17 @@ def convert_series(
         used = [f for row in plan.frames for f in row]
         instance_uids = list(dict.fromkeys(files[f.instance].sop_instance_uid for f in used))
         image_name = f"{key}.{options.image_format}"
-        buffer = VolumeBuffer()
+        buffer = VolumeBuffer(output_dir / image_name)
         resampling: Resampling | None = None
         try:
             if plan.resampling is None:
                 voxels, notes = load_stack(files, plan.frames, buffer)
             else:
                 voxels, notes, resampling = _load_resampled(files, plan, buffer)
-        except InvalidInputError as exc:
+        except BaseException as exc:
+            buffer.discard()  # the partial file of a buffer mapped to the image file
+            if not isinstance(exc, InvalidInputError):
+                raise
             not_converted.append(
                 NotConverted(
                     code="unreadable_pixel_data",
@@ -176,9 +179,7 @@ def convert_series(
         )
         if plan.timepoint_count > 1 and timing is None:
             notes.append("no RepetitionTime: 4th-axis spacing of 1 s written")
-        write_image(
-            output_dir / image_name,
-            voxels,
+        buffer.write(
             plan.origin,
             plan.spacing,
             plan.direction,

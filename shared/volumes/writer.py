@@ -12,6 +12,7 @@ against SimpleITK; SimpleITK is not imported to write.
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ import numpy as np
 from shared.errors import InvalidInputError, OutputError
 from shared.volumes.geometry import Geometry
 from shared.volumes.metaimage import metaimage_header
-from shared.volumes.nifti import nifti_header, nifti_voxels, write_nifti
+from shared.volumes.nifti import VOX_OFFSET, nifti_header, nifti_voxels, write_nifti
 
 ImageFormat = Literal["mhd", "nii", "nii.gz"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("mhd", "nii", "nii.gz")
@@ -63,10 +64,20 @@ def zeroed(shape: tuple[int, ...], dtype: np.dtype[Any]) -> Array:
 
 class VolumeBuffer:
     """Allocates a volume's one buffer; use it as the allocator of
-    :func:`shared.volumes.pixels.load_stack`. Afterwards :attr:`voxels` holds the volume."""
+    :func:`shared.volumes.pixels.load_stack`. Afterwards :attr:`voxels` holds the volume,
+    and :meth:`write` writes it to ``path``.
 
-    def __init__(self) -> None:
+    For an uncompressed scalar NIfTI file or a MetaImage (whose voxels are stored as they
+    lie in memory) the buffer is the image file itself, under its temporary name, mapped
+    into memory: the voxels are loaded straight into the file, and writing only adds the
+    header and renames it. That saves filling a buffer and copying it into the file (about
+    0.12 s of CPU time for a 150 MiB volume here). Otherwise the buffer is anonymous memory
+    (:func:`zeroed`) written by :func:`write_image`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.voxels: Array | None = None
+        self._mapping: mmap.mmap | None = None
 
     def __call__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Array:
         """``shape`` is ``(t, z, y, x[, c])``; the buffer is zero-initialised."""
@@ -74,8 +85,59 @@ class VolumeBuffer:
             raise ValueError(f"no image pixel type for {dtype.name}")
         if len(shape) not in (4, 5):
             raise ValueError(f"a volume buffer is (t, z, y, x[, c]), not {shape}")
-        self.voxels = zeroed(shape, dtype)
+        self.discard()
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        name = self.path.name
+        mapped = nbytes > 0 and (
+            name.endswith(".mhd") or (name.endswith(".nii") and len(shape) == 4)
+        )
+        if not mapped:
+            self.voxels = zeroed(shape, dtype)
+            return self.voxels
+        offset = 0 if name.endswith(".mhd") else VOX_OFFSET
+        data_file = _temporary_names(self.path)[1 if name.endswith(".mhd") else 0]
+        try:
+            fd = os.open(data_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, offset + nbytes)
+                self._mapping = mmap.mmap(fd, offset + nbytes, mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            data_file.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        count = nbytes // dtype.itemsize
+        voxels = np.frombuffer(self._mapping, dtype=dtype, count=count, offset=offset)
+        self.voxels = voxels.reshape(shape)
         return self.voxels
+
+    def write(
+        self,
+        origin: Sequence[float],
+        spacing: Sequence[float],
+        direction: Sequence[float],
+        time_spacing: float = 1.0,
+    ) -> None:
+        """Write the volume to :attr:`path` (see :func:`write_image`)."""
+        if self.voxels is None:
+            raise ValueError("nothing was allocated")
+        if self._mapping is None:
+            write_image(self.path, self.voxels, origin, spacing, direction, time_spacing)
+            return
+        _write(self.path, self.voxels, origin, spacing, direction, time_spacing, self._mapping)
+
+    def discard(self) -> None:
+        """Remove what a mapped buffer left on disk (a volume that will not be written)."""
+        if self._mapping is not None:
+            for leftover in _temporary_names(self.path):
+                leftover.unlink(missing_ok=True)
+            self._mapping = None
+
+
+def _temporary_names(path: Path) -> tuple[Path, Path]:
+    """Where an image is written before it is complete: the file (a MetaImage's header),
+    and a MetaImage's voxels."""
+    return path.with_name(path.name + ".partial"), path.with_name(path.name + ".partial.raw")
 
 
 def write_image(
@@ -90,25 +152,42 @@ def write_image(
     3x3; ``time_spacing`` the 4th axis' of a volume of several timepoints). The format
     follows the name (``.mhd``, ``.nii``, ``.nii.gz``); the file appears under ``path`` only
     once it is complete."""
+    _write(path, voxels, origin, spacing, direction, time_spacing, None)
+
+
+def _write(
+    path: Path,
+    voxels: Array,
+    origin: Sequence[float],
+    spacing: Sequence[float],
+    direction: Sequence[float],
+    time_spacing: float,
+    mapping: mmap.mmap | None,
+) -> None:
+    """Write an image; with ``mapping``, its voxels are already in the temporary file
+    (a :class:`VolumeBuffer`'s), which only needs its header."""
     timepoints, slices, rows, columns = voxels.shape[:4]
     components = voxels.shape[4] if voxels.ndim == 5 else 1
     size = (columns, rows, slices) if timepoints == 1 else (columns, rows, slices, timepoints)
     geometry = Geometry.of(origin, spacing, direction, time_spacing, four_d=timepoints > 1)
     name = path.name
-    tmp = path.with_name(name + ".partial")
-    raw_tmp = path.with_name(name + ".partial.raw")
+    tmp, raw_tmp = _temporary_names(path)
     try:
         if name.endswith(".mhd"):
             raw = path.with_suffix(".raw")
             header = metaimage_header(size, voxels.dtype, components, geometry, raw.name)
-            with raw_tmp.open("wb") as fp:
-                fp.write(np.ascontiguousarray(voxels).data.cast("B"))
+            if mapping is None:
+                with raw_tmp.open("wb") as fp:
+                    fp.write(np.ascontiguousarray(voxels).data.cast("B"))
             tmp.write_text(header, encoding="ascii")
             raw_tmp.replace(raw)
         elif name.endswith((".nii", ".nii.gz")):
             header_bytes = nifti_header(size, voxels.dtype, components, geometry)
-            with tmp.open("wb") as fp:
-                write_nifti(fp, header_bytes, nifti_voxels(voxels), name.endswith(".gz"))
+            if mapping is None:
+                with tmp.open("wb") as fp:
+                    write_nifti(fp, header_bytes, nifti_voxels(voxels), name.endswith(".gz"))
+            else:
+                mapping[: len(header_bytes)] = header_bytes
         else:
             raise OutputError(f"cannot write {path}: not a .mhd, .nii or .nii.gz name")
         tmp.replace(path)

@@ -139,12 +139,43 @@ def test_nibabel_reads_the_geometry(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(image.dataobj), voxels[0].transpose(2, 1, 0))
 
 
-def test_buffer_is_zeroed_and_typed() -> None:
-    buffer = VolumeBuffer()
+def test_buffer_is_zeroed_and_typed(tmp_path: Path) -> None:
+    buffer = VolumeBuffer(tmp_path / "v.nii")
     view = buffer((1, 3, 4, 5, 3), np.dtype(np.uint8))
     assert buffer.voxels is view and view.shape == (1, 3, 4, 5, 3) and not view.any()
     with pytest.raises(ValueError, match="no image pixel type"):
         buffer((1, 2, 2, 2), np.dtype(np.int64))
+
+
+@pytest.mark.parametrize(("shape", "dtype"), VOLUMES)
+@pytest.mark.parametrize("fmt", ["nii", "nii.gz", "mhd"])
+def test_a_buffer_writes_what_write_image_writes(
+    tmp_path: Path, shape: tuple[int, ...], dtype: type, fmt: str
+) -> None:
+    """Scalar .nii and .mhd buffers are the image file, mapped; the file is the same."""
+    geometry = random_geometries(1, seed=5)[-1]
+    buffer = VolumeBuffer(tmp_path / "a" / f"v.{fmt}")
+    (tmp_path / "a").mkdir()
+    voxels = buffer(shape, np.dtype(dtype))
+    mapped = fmt == "mhd" or (fmt == "nii" and len(shape) == 4)
+    assert (tmp_path / "a" / f"v.{fmt}.partial{'.raw' if fmt == 'mhd' else ''}").exists() == mapped
+    voxels[...] = (np.arange(voxels.size) % 251).reshape(shape)
+    buffer.write(*geometry)
+    (tmp_path / "b").mkdir()
+    write_image(tmp_path / "b" / f"v.{fmt}", np.array(voxels), *geometry)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in names:
+        mine, plain = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert mine == plain or name.endswith(".gz")
+
+
+def test_a_discarded_buffer_leaves_nothing(tmp_path: Path) -> None:
+    for name in ("v.nii", "v.mhd", "v.nii.gz"):
+        buffer = VolumeBuffer(tmp_path / name)
+        buffer((1, 2, 3, 4), np.dtype(np.int16))[...] = 5
+        buffer.discard()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_anatomical_orientation_codes() -> None:
