@@ -176,7 +176,6 @@ class OpenAssociation:
     started: float = field(default_factory=time.time)
     instances: dict[str, InstanceRef] = field(default_factory=dict)  # by SOPInstanceUID
     stored_at: dict[str, float] = field(default_factory=dict)  # by SOPInstanceUID
-    digests: dict[str, str] = field(default_factory=dict)  # by SOPInstanceUID
     duplicates: list[DuplicateConflict] = field(default_factory=list)
     store_answered: bool = False
     """The object store answered a check on this association (its first instance)."""

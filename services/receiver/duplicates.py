@@ -16,7 +16,9 @@ Every conflict is logged (a warning with both associations and digests) and reco
 the association record of the association that brought the new copy
 (:class:`services.receiver.job.DuplicateConflict`). An identical copy is no conflict: on
 the same association it is answered Success and not stored again; on another association
-it is stored like any instance (either copy serves).
+it is stored like any instance (either copy serves). Digests are computed only when a SOP
+Instance UID arrives a second time (the first copy's from its spooled or stored bytes), so
+the common case, every instance once, costs no hashing.
 
 :class:`InstanceIndex` remembers, per group being formed (see :mod:`services.receiver.job`),
 which association stored each SOP Instance UID first and with what digest. A group is
@@ -50,16 +52,19 @@ def policy_of(config: AETitleConfig) -> DuplicatePolicy:
     return DuplicatePolicy.KEEP_FIRST
 
 
-def digest(data_set: bytes) -> str:
+def digest(data_set: bytes | memoryview) -> str:
     return hashlib.sha256(data_set).hexdigest()
 
 
 @dataclass(frozen=True)
 class Seen:
-    """The copy of an instance the job has so far."""
+    """The copy of an instance the job has so far: its association, its data set's digest
+    (``""`` until a second copy needs it: it is then computed from the stored copy) and
+    its object key."""
 
     association_id: str
     digest: str
+    key: str = ""
 
 
 class InstanceIndex:

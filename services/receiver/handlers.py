@@ -38,6 +38,7 @@ C-STORE statuses (:mod:`services.receiver.statuses`):
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -57,7 +58,13 @@ from services.receiver.association import (
 )
 from services.receiver.duplicates import DuplicatePolicy, Seen, digest, policy_of
 from services.receiver.grouping import group_for
-from services.receiver.instance import InstanceError, check_sop_instance_uid, describe, part10
+from services.receiver.instance import (
+    InstanceError,
+    check_sop_instance_uid,
+    data_set_of,
+    describe,
+    part10,
+)
 from services.receiver.job import DuplicateConflict, Ending
 from services.receiver.release import JobService
 from services.receiver.spool import Spool
@@ -234,9 +241,12 @@ def store_instance(
     group = group_for(
         config, association.association_id, association.calling_ae_title, ref.study_instance_uid
     )
-    copy = digest(data_set)
+    copy = ""
     replace = False
     seen = context.jobs.index.seen(group, sop_instance_uid)
+    if seen is not None:
+        copy = digest(data_set)
+        seen = _with_digest(context, seen)
     if seen is not None and seen.digest == copy:
         if seen.association_id == association.association_id:
             log.info("instance received again, identical: already stored", extra=extra)
@@ -263,13 +273,22 @@ def store_instance(
     with association.lock:
         association.instances[sop_instance_uid] = ref
         association.stored_at[sop_instance_uid] = time.time()
-        association.digests[sop_instance_uid] = copy
     context.jobs.index.stored(
-        group, sop_instance_uid, Seen(association.association_id, copy), replace
+        group, sop_instance_uid, Seen(association.association_id, copy, key), replace
     )
     context.jobs.instance_stored(association, group)
     context.metrics.instance_received(len(data))
     return statuses.SUCCESS
+
+
+def _with_digest(context: ReceiverContext, seen: Seen) -> Seen:
+    """``seen`` with its digest, computed from its bytes (spool, else store) if not yet."""
+    if seen.digest or not seen.key:
+        return seen
+    data = context.spool.read(seen.key)
+    if data is None:  # uploaded meanwhile
+        data = context.jobs.job_store.instance_bytes(seen.key)
+    return dataclasses.replace(seen, digest=digest(data_set_of(data)))
 
 
 _OUTCOMES: dict[DuplicatePolicy, Literal["kept-first", "overwritten", "rejected"]] = {

@@ -161,6 +161,11 @@ def describe(
     )
 
 
+def data_set_of(data: bytes) -> memoryview:
+    """The data set bytes of a Part-10 file made by :func:`part10`."""
+    return memoryview(data)[_data_set_offset(data) :]
+
+
 def _data_set_offset(data: bytes) -> int:
     """Where the data set starts in a Part-10 file made by :func:`part10`."""
     meta_length = int.from_bytes(data[140:144], "little")

@@ -385,6 +385,12 @@ class Spool:
 
         self.after_uploads(association_id, remove)
 
+    def read(self, key: str) -> bytes | None:
+        """The spooled bytes of ``key``; None if it is not in the spool (uploaded)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return None if entry is None else entry.path.read_bytes()
+
     def after_uploads(self, association_id: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` once no file of ``association_id`` is pending (now if none)."""
         with self._lock:
