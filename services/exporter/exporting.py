@@ -346,6 +346,9 @@ class _GroupSender:
     def run(self) -> AssociationError | None:
         """Send the group; returns the error that stopped it, if one did."""
         count = self._count = max(1, min(self.attempt.options.associations, len(self.group)))
+        with self._lock:  # the first downloads run while the associations open
+            for position in range(min(self.attempt.options.prefetch, len(self.group))):
+                self._fetch(position)
         try:
             if count == 1:
                 self._work()

@@ -15,6 +15,7 @@ on SIGTERM or SIGINT after the exports in hand.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from services.exporter.exporting import ExportOptions
@@ -37,6 +38,8 @@ from shared.settings import ServiceSettings
 from shared.store import ObjectStore
 
 log = get_logger("exporter")
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the interpreter lock while another waits (Python's: 0.005)."""
 
 
 def _consume(
@@ -61,6 +64,10 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     """Run the exporter until ``stop`` is set (a bad configuration file fails at once)."""
     config = exporter_settings(settings)
     stop = stop or threading.Event()
+    # The sending threads mostly wait on their sockets; one that wakes with a response
+    # needs the interpreter lock, which a download thread otherwise holds for up to the
+    # default 5 ms switch interval: per file, on every association.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     dicom_config = load_config(config.config)
     scu = dicom_config.dicom.scu
     max_pdu = getattr(scu, "max_pdu_size", None)
