@@ -98,5 +98,8 @@ class ParserHandler(JobStageHandler[JobReceived, ParserSettings]):
                 "instances": result.instances,
                 "volumes": result.volumes,
                 "skipped_files": result.skipped,
+                "download_seconds": result.seconds.get("download"),
+                "parse_seconds": result.seconds.get("parse"),
+                "upload_seconds": result.seconds.get("upload"),
             },
         )

@@ -16,10 +16,11 @@ output is there. Output names are deterministic, so parsing again gives the same
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import keys
@@ -51,6 +52,8 @@ class ParseResult:
     instances: int
     volumes: int
     skipped: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    """How long each step took: download, parse (and convert), upload."""
 
     def body(self, pipeline: str) -> JobParsed:
         return JobParsed(
@@ -130,11 +133,17 @@ def download_instances(
 
         def task() -> None:
             try:
-                jobs.instance_file(key, folder / name)
+                data = jobs.instance_bytes(key)
             except ObjectNotFoundError as exc:
                 uid = ref.sop_instance_uid if is_valid_uid(ref.sop_instance_uid) else "?"
                 raise PermanentError(
                     f"instance {uid} of the job is missing from the store"
+                ) from exc
+            try:
+                (folder / name).write_bytes(data)
+            except OSError as exc:  # the local work folder (full disk), not the job
+                raise TransientError(
+                    f"cannot write an instance to the work folder: {exc.strerror or exc}"
                 ) from exc
 
         return task
@@ -183,21 +192,27 @@ def parse_job(
         resample=resample,
         scaling=scaling,
     )
-    with work_folder("parser", work_dir) as tmp:
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    with work_folder("parser", work_dir) as tmp, ThreadPoolExecutor(1) as side:
+        # What a previous parse stored, listed while the instances download
+        listed = side.submit(jobs.output_keys, job_id)
         input_dir, output_dir = Path(tmp) / "input", Path(tmp) / "output"
         input_dir.mkdir()
         output_dir.mkdir()
         download_instances(jobs, manifest, input_dir, workers)
+        seconds["download"] = _since(started)
         try:
             metadata = parse_folder(input_dir, output_dir, options)
             series_images = write_parser_outputs(metadata, output_dir)
         except OutputError as exc:
             # The local work folder, not the job, is at fault (full disk): try again later.
             raise TransientError(f"cannot write the parser's outputs: {exc.reason}") from exc
+        seconds["parse"] = _since(started) - seconds["download"]
         image_keys, document_keys = upload_outputs(jobs, job_id, output_dir, workers)
-    jobs.delete_outputs(
-        job_id, stale_output_keys(jobs.output_keys(job_id), image_keys + document_keys)
-    )
+        seconds["upload"] = _since(started) - seconds["download"] - seconds["parse"]
+        existing = listed.result()
+    jobs.delete_outputs(job_id, stale_output_keys(existing, image_keys + document_keys))
     return ParseResult(
         metadata_key=keys.output(job_id, METADATA_FILE),
         series_images_key=keys.output(job_id, SERIES_IMAGES_FILE),
@@ -205,4 +220,9 @@ def parse_job(
         instances=sum(len(se.instances) for st in metadata.studies for se in st.series),
         volumes=len(series_images),
         skipped=len(metadata.skippedFiles),
+        seconds=seconds,
     )
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)
