@@ -169,25 +169,39 @@ class Spool:
 
     def open(self) -> Path:
         """Take the first free slot (flock) under ``<root>/<bucket>/``; its path."""
-        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for number in range(_MAX_SLOTS):
-            slot = self._try_lock(self.base / str(number))
-            if slot is not None:
-                self._slot = slot
-                log.info("spool opened", extra={"slot": number})
-                return slot.path
-        raise TransientError(f"no free spool slot under {self.base} ({_MAX_SLOTS} in use)")
+        for _ in range(10):
+            try:
+                self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+                for number in range(_MAX_SLOTS):
+                    slot = self._try_lock(self.base / str(number))
+                    if slot is not None:
+                        self._slot = slot
+                        log.info("spool opened", extra={"slot": number})
+                        return slot.path
+            except FileNotFoundError:  # removed by a receiver closing an empty spool
+                continue
+            raise TransientError(f"no free spool slot under {self.base} ({_MAX_SLOTS} in use)")
+        raise TransientError(f"the spool folder {self.base} keeps disappearing")
 
     @staticmethod
     def _try_lock(path: Path) -> _Slot | None:
-        path.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return _Slot(path, fd)
+        """The slot at ``path``, locked; None if a live process holds it."""
+        while True:
+            path.mkdir(mode=0o700, exist_ok=True)
+            lock = path / "lock"
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                same = lock.stat().st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return _Slot(path, fd)
+            os.close(fd)  # its last holder removed it after we opened it: again
 
     def start(self) -> None:
         """Start the upload threads."""
@@ -234,10 +248,16 @@ class Spool:
         self._slot = None
 
     def _release_slot(self, slot: _Slot, remove: bool) -> None:
+        """Unlock a slot; ``remove`` (it holds nothing): its folders and lock file too,
+        and the bucket's folder if that was the last slot (best effort)."""
         if remove:
             for path in sorted(slot.path.rglob("*"), reverse=True):
                 with contextlib.suppress(OSError):
                     path.rmdir() if path.is_dir() else None
+            with contextlib.suppress(OSError):
+                (slot.path / "lock").unlink()  # while locked: see _try_lock
+                slot.path.rmdir()
+                slot.path.parent.rmdir()
         os.close(slot.lock_fd)
 
     # -- restart ------------------------------------------------------------------------------

@@ -265,3 +265,23 @@ def test_live_receivers_sharing_a_folder_take_their_own_slots_and_adopt_dead_one
 def test_keys_outside_incoming_are_refused(spool: Spool) -> None:
     with pytest.raises(Exception, match="incoming"):
         spool.store("jobs/x/manifest.json", A, b"{}")
+
+
+def test_an_empty_spool_leaves_no_folder_behind_and_a_full_one_stays(
+    tmp_path: Path, memory: MemoryStore
+) -> None:
+    spool = make(tmp_path, memory)
+    spool.open()
+    spool.start()
+    spool.store(key(A, 1), A, b"a")
+    assert spool.drain(5)
+    spool.close()
+    assert list(tmp_path.iterdir()) == [], "nothing left: no clutter per bucket"
+    kept = make(tmp_path, memory)
+    slot = kept.open()
+    kept.store(key(A, 2), A, b"kept")
+    kept.close()
+    assert (slot / key(A, 2)).read_bytes() == b"kept", "what is not uploaded stays"
+    again = make(tmp_path, memory)
+    assert again.open() == slot
+    again.close()
