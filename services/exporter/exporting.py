@@ -316,8 +316,9 @@ class _GroupSender:
     """The files of one association plan, sent over up to ``options.associations``
     associations at once. Each association's thread takes the next file in order; files
     are downloaded ahead, into memory, in that order: up to ``options.prefetch`` files
-    ahead of the next one taken, and none ahead while ``options.prefetch_bytes`` of
-    downloaded files wait to be sent (the next file is always fetched). When no
+    ahead of the next one taken, as long as the files waiting to be sent and the downloads
+    running (each counted as large as the largest file so far) fit
+    ``options.prefetch_bytes`` (the next file is always fetched). When no
     association can be opened, or one that was sending cannot be opened again, no file is
     taken any more and every file not yet taken fails with that reason; an extra
     association the destination does not serve is only logged."""
@@ -338,6 +339,7 @@ class _GroupSender:
         self._lock = threading.RLock()
         self._downloads: dict[int, Future[Downloaded]] = {}
         self._held = 0  # bytes downloaded and not yet sent
+        self._largest = 0  # the largest file downloaded so far: what the next may cost
         self._next = 0
         self._stopped: AssociationError | None = None
         self._raised: BaseException | None = None
@@ -348,6 +350,8 @@ class _GroupSender:
         count = self._count = max(1, min(self.attempt.options.associations, len(self.group)))
         with self._lock:  # the first downloads run while the associations open
             for position in range(min(self.attempt.options.prefetch, len(self.group))):
+                if position and not self._may_fetch_ahead():
+                    break
                 self._fetch(position)
         try:
             if count == 1:
@@ -385,7 +389,9 @@ class _GroupSender:
     def _downloaded(self, future: Future[Downloaded]) -> None:
         if not future.cancelled() and future.exception() is None:
             with self._lock:
-                self._held += len(future.result().data)
+                size = len(future.result().data)
+                self._held += size
+                self._largest = max(self._largest, size)
 
     def _sent(self, file: Downloaded) -> None:
         with self._lock:
@@ -403,11 +409,21 @@ class _GroupSender:
                 self._fetch(position)
             last = min(position + 1 + options.prefetch, len(self.group))
             for ahead in range(position + 1, last):
-                if self._held >= options.prefetch_bytes:
-                    break
                 if ahead not in self._downloads:
+                    if not self._may_fetch_ahead():
+                        break
                     self._fetch(ahead)
             return position, self._downloads.pop(position)
+
+    def _may_fetch_ahead(self) -> bool:
+        """Whether one more download ahead fits ``options.prefetch_bytes``, counting every
+        download not finished as large as the largest so far; before any has finished, up
+        to ``options.fetch_workers`` run (with the lock held)."""
+        options = self.attempt.options
+        running = sum(1 for future in self._downloads.values() if not future.done())
+        if self._largest == 0:
+            return running < options.fetch_workers
+        return self._held + (running + 1) * self._largest <= options.prefetch_bytes
 
     def _opened(self, association: StoreAssociation) -> bool:
         """Open one of several associations before taking a file. An SCP that serves fewer

@@ -25,8 +25,8 @@ class ExporterSettings(ServiceSettings):
         ge=1,
         le=4096,
         description=(
-            "No file is downloaded ahead while this many MiB of downloaded files wait to be "
-            "sent (they wait in memory)"
+            "MiB of files downloaded ahead: waiting in memory to be sent, or being "
+            "downloaded (each counted as large as the largest so far)"
         ),
     )
     exporter_file_retries: int = Field(
