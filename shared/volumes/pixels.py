@@ -177,41 +177,59 @@ def _load_into(
     in_place = stored_only or (
         out.dtype.itemsize == enc.stored.itemsize and out.dtype.kind in "iu" and enc.samples == 1
     )
-    scratch: Array | None = None
     for instance, targets in _by_instance(frames).items():
         item = files[instance]
-        layout = _native_layout(item)
-        if layout is None or any(frame.tile is not None for _, frame in targets):
-            for index, image in _decode_instance(item, targets):  # decoded once per file
-                if stored_only:
-                    out[index] = image
-                else:
-                    _store(out, index, image, enc, index[0] * out.shape[1] + index[1])
-            continue
-        for index, frame in targets:
-            n = index[0] * out.shape[1] + index[1]
-            dst_shape = (frame.rows, frame.columns)
-            _check_frame(item, frame, layout)
-            if in_place:
-                dst = out[index].view(layout.dtype)
-            else:
-                if scratch is None or scratch.shape != dst_shape or scratch.dtype != layout.dtype:
-                    scratch = np.empty(dst_shape, dtype=layout.dtype)
-                dst = scratch
-            try:
-                layout.read(item, frame.frame, dst)
-            except InvalidInputError:
-                raise
-            except Exception as exc:
-                raise _undecodable(item, exc) from exc
-            if frame.flip_rows:
-                dst[...] = dst[::-1].copy()
+        try:
+            layout = _native_layout(item)
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise _undecodable(item, exc) from exc
+        _load_instance(out, item, layout, targets, enc, stored_only, in_place)
+
+
+def _load_instance(
+    out: Array,
+    item: InstanceFile,
+    layout: _NativeLayout | None,
+    targets: list[tuple[tuple[int, int], Frame]],
+    enc: _Encoding,
+    stored_only: bool,
+    in_place: bool,
+) -> None:
+    """``item``'s frames into ``out`` (see :func:`_load_into`): read at their offset with
+    ``layout``, or decoded by pydicom (no layout, or tiles of a mosaic)."""
+    if layout is None or any(frame.tile is not None for _, frame in targets):
+        for index, image in _decode_instance(item, targets):  # decoded once per file
             if stored_only:
-                continue
-            if in_place:
-                _transform_in_place(dst, enc, n)
+                out[index] = image
             else:
-                _store(out, index, dst, enc, n)
+                _store(out, index, image, enc, index[0] * out.shape[1] + index[1])
+        return
+    scratch: Array | None = None
+    for index, frame in targets:
+        n = index[0] * out.shape[1] + index[1]
+        _check_frame(item, frame, layout)
+        if in_place:
+            dst = out[index].view(layout.dtype)
+        else:
+            if scratch is None:
+                scratch = np.empty((frame.rows, frame.columns), dtype=layout.dtype)
+            dst = scratch
+        try:
+            layout.read(item, frame.frame, dst)
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            raise _undecodable(item, exc) from exc
+        if frame.flip_rows:
+            dst[...] = dst[::-1].copy()
+        if stored_only:
+            continue
+        if in_place:
+            _transform_in_place(dst, enc, n)
+        else:
+            _store(out, index, dst, enc, n)
 
 
 def _transform_in_place(values: Array, enc: _Encoding, n: int) -> None:

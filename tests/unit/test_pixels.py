@@ -125,3 +125,27 @@ def test_geometry_is_the_same_in_every_format(tmp_path: Path, fmt: str) -> None:
     assert image.GetSpacing() == pytest.approx((spacing[1], spacing[0], 1.0), abs=1e-5)
     assert image.GetDirection() == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1), abs=1e-6)
     assert voxels.shape == (5, 16, 16)
+
+
+@pytest.mark.parametrize(("fmt", "size"), [("nii", 16), ("mhd", 16), ("nii", 300), ("mhd", 300)])
+def test_truncated_pixel_data_is_reported_and_leaves_no_file(
+    tmp_path: Path, fmt: str, size: int
+) -> None:
+    """Pixel data read with the header (small) or from the file at its offset (large)."""
+    paths = write_ct_series(tmp_path / "ct", slices=6, size=size, seed=3)
+    ordered = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    cut = ordered[3]
+    cut.write_bytes(cut.read_bytes()[:-100])  # its last 50 pixels are missing
+    src = tmp_path / "ct"
+    out = tmp_path / "out"
+    metadata = parse_folder(src, out, ConversionOptions(image_format=fmt))  # type: ignore[arg-type]
+    [series] = [se for st in metadata.studies for se in st.series]
+    assert series.volumes == []
+    [refusal] = series.notConverted
+    assert refusal.code == "unreadable_pixel_data"
+    assert refusal.reason in (
+        f"{cut.name}: pixel data is truncated",
+        f"pixel data of {cut.name} cannot be decoded: ValueError: buffer is smaller than "
+        "requested size",
+    )
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing partial left behind
