@@ -83,9 +83,9 @@ Elements = dict[BaseTag, DataElement | RawDataElement]
 class SeriesReference:
     """The first file read of a series: elements and signatures later files can share."""
 
-    elements: dict[BaseTag, RawDataElement]
+    elements: dict[BaseTag, RawDataElement | DataElement]  # raw, or a known sequence
     signatures: dict[int, Hashable]
-    shareable: dict[int, RawDataElement] = field(default_factory=dict)
+    shareable: dict[int, RawDataElement | DataElement] = field(default_factory=dict)
     """``elements`` by plain int tag, for lookups."""
     encoding: str | list[str] = "iso8859"
     """The character set the first file's text decodes with."""
@@ -102,7 +102,7 @@ class SeriesReference:
         if self.decoded is None:
             self.decoded = {}
             for tag, raw in self.elements.items():
-                if _decodes_alone(raw):
+                if type(raw) is RawDataElement and _decodes_alone(raw):
                     try:
                         self.decoded[tag] = convert_raw_data_element(raw, encoding=self.encoding)
                     except Exception:  # left raw: the file that reads it gets the error
@@ -269,21 +269,41 @@ class HeaderReader:
 
     def __init__(self) -> None:
         self._references: dict[Hashable, SeriesReference] = {}
+        self._sequences: KnownSequences = {}
 
     def read(self, path: Path, root: Path) -> InstanceFile | SkippedFile:
-        return read_instance(path, root, self._references)
+        return read_instance(path, root, self._references, self._sequences)
+
+
+@dataclass
+class _KnownSequence:
+    """A sequence of undefined length as last read for its tag, to share with later files."""
+
+    encoded: bytes  # its value, up to and with its Sequence Delimitation Item
+    encoding: str | list[str]  # the character set it was decoded with
+    element: DataElement
+    signature: Hashable = None  # computed when first needed
+
+
+KnownSequences = dict[int, _KnownSequence]
+"""By tag: the last sequence of undefined length read (see :func:`_parse_explicit_little`)."""
 
 
 def read_instance(
-    path: Path, root: Path, references: dict[Hashable, SeriesReference] | None = None
+    path: Path,
+    root: Path,
+    references: dict[Hashable, SeriesReference] | None = None,
+    sequences: KnownSequences | None = None,
 ) -> InstanceFile | SkippedFile:
     """Read one file's header; a file that is not a usable DICOM instance is skipped.
 
-    With ``references`` (see :class:`HeaderReader`) the file is returned at rest.
+    With ``references`` (see :class:`HeaderReader`) the file is returned at rest. With
+    ``sequences``, a sequence whose encoded value is the same as the one last read for its
+    tag is not parsed again: the file gets the one already parsed.
     """
     relative = path.relative_to(root).as_posix()
     try:
-        dataset = _read_header(path)
+        dataset = _read_header(path, sequences)
         if dataset is None:
             return SkippedFile(
                 path=relative,
@@ -302,7 +322,7 @@ def read_instance(
         signatures: Mapping[int, Hashable] = _signatures(dataset)
         rest: _Rest | None = None
     else:
-        signatures, rest = _at_rest(dataset, references)
+        signatures, rest = _at_rest(dataset, references, sequences or {})
     if dataset.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_DIRECTORY:
         return SkippedFile(
             path=relative, code="dicomdir", reason="DICOMDIR: a media directory, not an instance"
@@ -335,7 +355,7 @@ def read_instance(
     )
 
 
-def _read_header(path: Path) -> Dataset | None:
+def _read_header(path: Path, sequences: KnownSequences | None = None) -> Dataset | None:
     """The file's dataset, values over 64 KB deferred; None without the 'DICM' prefix.
 
     A small file is read whole and parsed from memory; the dataset is then made to refer
@@ -354,7 +374,7 @@ def _read_header(path: Path) -> Dataset | None:
         return None
     if not pydicom_config.debugging:
         try:
-            return _parse_explicit_little(data, path)
+            return _parse_explicit_little(data, path, sequences)
         except (_NotPlainError, EOFError, ValueError, KeyError, TypeError, struct.error):
             pass  # pydicom reads it, and says what is wrong with it
     buffer = io.BytesIO(data)
@@ -367,7 +387,7 @@ def _read_header(path: Path) -> Dataset | None:
 
 
 _DEFER_SIZE = "64 KB"
-_DEFER_BYTES = size_in_bytes(_DEFER_SIZE)
+_DEFER_BYTES = cast(float, size_in_bytes(_DEFER_SIZE))
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<L")
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
@@ -385,15 +405,20 @@ class _NotPlainError(Exception):
     """The file is not plain explicit VR little endian: pydicom reads it instead."""
 
 
-def _parse_explicit_little(data: bytes, path: Path) -> FileDataset:
+def _parse_explicit_little(
+    data: bytes, path: Path, sequences: KnownSequences | None = None
+) -> FileDataset:
     """The dataset pydicom's ``dcmread(path, defer_size="64 KB")`` gives, parsed faster.
 
     For the common case only: explicit VR little endian, no command set, every VR known,
     no value of undefined length but sequences. Top-level elements are cut from the
     buffer directly (pydicom reads each through a file object); sequences of undefined
-    length are read by pydicom itself, as ``dcmread`` does. Anything else (or anything
-    odd: a truncated element, an unknown VR) raises :class:`_NotPlainError`, and the caller
-    lets pydicom read the file, so the result is always pydicom's.
+    length are read by pydicom itself, as ``dcmread`` does, unless their encoded value
+    (found by walking its items and elements, nothing decoded) is the one last read for
+    their tag in ``sequences``, with the same character set: then that one is taken.
+    Anything else (or anything odd: a truncated element, an unknown VR) raises
+    :class:`_NotPlainError`, and the caller lets pydicom read the file, so the result is
+    always pydicom's.
     """
     fp = io.BytesIO(data)
     preamble = read_preamble(fp, False)
@@ -408,18 +433,11 @@ def _parse_explicit_little(data: bytes, path: Path) -> FileDataset:
         raise _NotPlainError  # empty, or implicit VR despite the transfer syntax
     encoding: str | list[str] = default_encoding
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
-    unpack, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
     while end - pos >= 8:
-        group, number, vr_bytes, length = unpack(data, pos)
-        known = _VR_HEADERS.get(vr_bytes)
-        if known is None:
+        header = _explicit_header(data, pos, end)
+        if header is None:
             raise _NotPlainError
-        vr, header = known
-        if header == 12:
-            if end - pos < 12:
-                raise _NotPlainError
-            length = unpack_long(data, pos + 8)[0]
-        value_tell = pos + header
+        group, number, vr, length, value_tell = header
         number |= group << 16  # the tag, compared as a plain int (BaseTag's == is slow)
         if number == 0xFFFEE00D:
             break
@@ -427,10 +445,7 @@ def _parse_explicit_little(data: bytes, path: Path) -> FileDataset:
         if length == 0xFFFFFFFF:
             if vr != "SQ":
                 raise _NotPlainError
-            fp.seek(value_tell)
-            sequence = read_sequence(fp, False, True, length, encoding)
-            elements[tag] = DataElement(tag, vr, sequence, value_tell, is_undefined_length=True)
-            pos = fp.tell()
+            elements[tag], pos = _sequence(data, fp, value_tell, number, encoding, sequences)
             continue
         pos = value_tell + length
         if length > _DEFER_BYTES and number != _CHARSET_TAG:
@@ -458,6 +473,112 @@ def _parse_explicit_little(data: bytes, path: Path) -> FileDataset:
     return result
 
 
+def _sequence(
+    data: bytes,
+    fp: io.BytesIO,
+    start: int,
+    number: int,
+    encoding: str | list[str],
+    sequences: KnownSequences | None,
+) -> tuple[DataElement, int]:
+    """The sequence of undefined length whose value starts at ``start``, and its end."""
+    end = _sequence_end(data, start) if sequences is not None else None
+    if end is not None and sequences is not None:
+        known = sequences.get(number)
+        if (
+            known is not None
+            and len(known.encoded) == end - start
+            and known.encoding == encoding
+            and known.encoded == data[start:end]
+        ):
+            return known.element, end
+    fp.seek(start)
+    tag = BaseTag(number)
+    sequence = read_sequence(fp, False, True, 0xFFFFFFFF, encoding)
+    element = DataElement(tag, "SQ", sequence, start, is_undefined_length=True)
+    if end is not None and end == fp.tell() and sequences is not None:
+        # pydicom read exactly the bytes walked: the same bytes read the same
+        encoded_encoding = encoding if isinstance(encoding, str) else list(encoding)
+        sequences[number] = _KnownSequence(data[start:end], encoded_encoding, element)
+    return element, fp.tell()
+
+
+_ITEM = struct.Struct("<HHL")
+_ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+
+
+def _sequence_end(data: bytes, pos: int, depth: int = 0) -> int | None:
+    """Where a sequence of undefined length whose value starts at ``pos`` ends (after its
+    delimiter), walking items and explicit VR little endian elements; None when it is
+    anything else or does not end within ``data``."""
+    if depth > 16:
+        return None
+    end = len(data)
+    while end - pos >= 8:
+        group, number, length = _ITEM.unpack_from(data, pos)
+        pos += 8
+        if group != 0xFFFE:
+            return None
+        if number == 0xE0DD:  # Sequence Delimitation Item
+            return pos if length == 0 else None
+        if number != 0xE000:
+            return None
+        if length != 0xFFFFFFFF:
+            pos += length
+            continue
+        item_end = _item_end(data, pos, depth)
+        if item_end is None:
+            return None
+        pos = item_end
+    return None
+
+
+def _item_end(data: bytes, pos: int, depth: int) -> int | None:
+    """Where an item of undefined length whose elements start at ``pos`` ends."""
+    end = len(data)
+    while end - pos >= 8:
+        if data[pos : pos + 2] == b"\xfe\xff":  # group FFFE: only its Item Delimitation Item
+            return pos + 8 if data[pos : pos + 8] == _ITEM_DELIMITER else None
+        header = _explicit_header(data, pos, end)
+        if header is None:
+            return None
+        _, _, vr, length, pos = header
+        if length != 0xFFFFFFFF:
+            pos += length
+            continue
+        nested_end = _sequence_end(data, pos, depth + 1) if vr == "SQ" else None
+        if nested_end is None:
+            return None
+        pos = nested_end
+    return None
+
+
+def _explicit_header(data: bytes, pos: int, end: int) -> tuple[int, int, str, int, int] | None:
+    """The explicit VR little endian element header at ``pos``: group, element, VR, value
+    length and where the value starts; None when it is not one (unknown VR, cut short)."""
+    group, number, vr_bytes, length = _EXPLICIT_SHORT.unpack_from(data, pos)
+    known = _VR_HEADERS.get(vr_bytes)
+    if known is None:
+        return None
+    vr, size = known
+    if size == 12:
+        if end - pos < 12:
+            return None
+        length = _LONG_LENGTH.unpack_from(data, pos + 8)[0]
+    return group, number, vr, length, pos + size
+
+
+def _signature_of(elem: Any, number: int, sequences: KnownSequences) -> Hashable:
+    """:func:`_signature`, computed once for a sequence shared by several files."""
+    if type(elem) is DataElement:
+        known = sequences.get(number)
+        if known is not None and known.element is elem:
+            if known.signature is None:
+                known.signature = _signature(elem)
+            return known.signature
+    return _signature(elem)
+
+
 def _signature(elem: Any) -> Hashable:
     if isinstance(elem, RawDataElement):
         return (elem.VR, elem.value)
@@ -479,10 +600,11 @@ def _decodes_alone(raw: RawDataElement | None) -> bool:
     )
 
 
-def _shareable(elem: Any, ref: RawDataElement) -> bool:
+def _shareable(elem: Any, ref: RawDataElement | DataElement) -> bool:
     """Whether ``elem`` decodes exactly as ``ref`` does (only its position differs)."""
     return (
         type(elem) is RawDataElement
+        and type(ref) is RawDataElement
         and elem.value is not None  # a deferred value is read from its own file
         and elem.VR == ref.VR
         and elem.length == ref.length
@@ -494,7 +616,7 @@ def _shareable(elem: Any, ref: RawDataElement) -> bool:
 
 
 def _at_rest(
-    dataset: Dataset, references: dict[Hashable, SeriesReference]
+    dataset: Dataset, references: dict[Hashable, SeriesReference], sequences: KnownSequences
 ) -> tuple[SparseSignatures, _Rest]:
     """Signatures and the at-rest form of a freshly read dataset (nothing decoded yet).
 
@@ -516,14 +638,16 @@ def _at_rest(
             number = int(tag)
             if number in _PIXEL_TAG_SET:
                 continue
-            reference.signatures[number] = _signature(elem)
-            if (
-                number not in _ALWAYS_OWN
-                and type(elem) is RawDataElement
-                and elem.value is not None
-            ):
-                reference.elements[tag] = elem
-                reference.shareable[number] = elem
+            reference.signatures[number] = _signature_of(elem, number, sequences)
+            if number in _ALWAYS_OWN:
+                continue
+            if type(elem) is RawDataElement:
+                if elem.value is None:
+                    continue  # a deferred value is read from its own file
+            elif (known := sequences.get(number)) is None or known.element is not elem:
+                continue  # a sequence later files can share only when it is a known one
+            reference.elements[tag] = elem
+            reference.shareable[number] = elem
         references[key] = reference
     shared, ref_signatures = reference.shareable, reference.signatures
     own: Elements = {}
@@ -538,7 +662,7 @@ def _at_rest(
         own[tag] = elem
         if number in _PIXEL_TAG_SET:
             continue
-        signature = _signature(elem)
+        signature = _signature_of(elem, number, sequences)
         if ref_signatures.get(number, _MISSING) != signature:
             own_signatures[number] = signature
     missing = frozenset(t for t in ref_signatures if t not in present)

@@ -1,0 +1,131 @@
+"""Header reading: the fast path gives what pydicom's dcmread gives, and sharing is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from shared.dicom.files import (
+    HeaderReader,
+    InstanceFile,
+    KnownSequences,
+    _NotPlainError,
+    _parse_explicit_little,
+    _read_header,
+    awake,
+    iter_files,
+)
+from shared.dicom.json_model import dataset_to_json
+from tests.unit.test_pixels import shipped
+
+_NAMES = [
+    "CT_small.dcm",  # explicit VR little endian: the fast path
+    "MR_small.dcm",
+    "rtplan.dcm",  # nested sequences
+    "JPEG2000.dcm",  # encapsulated pixel data: pydicom reads it
+    "image_dfl.dcm",  # deflated: pydicom reads it
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+]
+
+
+def _same_elements(got: Dataset, expected: Dataset) -> None:
+    assert list(got._dict) == list(expected._dict)
+    for tag, elem in expected._dict.items():
+        mine = got._dict[tag]
+        assert type(mine) is type(elem), tag
+        if isinstance(elem, RawDataElement):
+            assert isinstance(mine, RawDataElement)
+            assert tuple(mine) == tuple(elem), tag
+        else:
+            assert isinstance(mine, DataElement)
+            assert (mine.VR, mine.is_undefined_length, repr(mine.value)) == (
+                elem.VR,
+                elem.is_undefined_length,
+                repr(elem.value),
+            ), tag
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_read_header_equals_dcmread(name: str) -> None:
+    path = shipped(name)
+    expected = pydicom.dcmread(path, defer_size="64 KB")
+    got = _read_header(path)
+    assert got is not None
+    _same_elements(got, expected)
+    for attribute in ("preamble", "is_implicit_VR", "is_little_endian", "filename", "timestamp"):
+        assert getattr(got, attribute) == getattr(expected, attribute), attribute
+    assert got.original_character_set == expected.original_character_set
+    assert got.file_meta == expected.file_meta
+    assert dataset_to_json(got) == dataset_to_json(expected)
+
+
+def test_the_fast_path_reads_plain_explicit_little_endian_files_only() -> None:
+    plain = shipped("CT_small.dcm")
+    _parse_explicit_little(plain.read_bytes(), plain)  # does not raise
+    for name in ("JPEG2000.dcm", "image_dfl.dcm", "MR_small_implicit.dcm"):
+        other = shipped(name)
+        with pytest.raises(_NotPlainError):
+            _parse_explicit_little(other.read_bytes(), other)
+
+
+def _series_with_sequences(folder: Path, count: int, differ_at: int) -> None:
+    """``count`` files of one series, each with an undefined-length sequence; the file
+    ``differ_at`` has a different value in it."""
+    series, study = generate_uid(), generate_uid()
+    for n in range(count):
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.InstanceNumber = n + 1
+        item = Dataset()
+        item.CodeValue = "X" if n != differ_at else "Y"
+        item.CodeMeaning = "a code"
+        ds.ProcedureCodeSequence = Sequence([item])
+        ds["ProcedureCodeSequence"].is_undefined_length = True
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(folder / f"{n:02d}.dcm", enforce_file_format=True)
+
+
+def test_a_sequence_read_again_is_shared_and_decodes_the_same(tmp_path: Path) -> None:
+    _series_with_sequences(tmp_path, 4, differ_at=2)
+    reader = HeaderReader()
+    files = [reader.read(p, tmp_path) for p in iter_files(tmp_path)]
+    assert all(isinstance(f, InstanceFile) for f in files)
+    items = [f for f in files if isinstance(f, InstanceFile)]
+    tag = BaseTag(0x00081032)
+    elements = [f.dataset._dict.get(tag) for f in items]
+    assert elements[0] is None and elements[1] is None  # shared with the reference
+    assert isinstance(elements[2], DataElement)  # different: the file's own
+    assert elements[3] is not None  # after a different one: parsed again, not shared
+    for item in items:
+        with awake([item]):
+            woken = dataset_to_json(item.dataset)
+            assert item.dataset[tag].is_undefined_length
+        assert woken == dataset_to_json(pydicom.dcmread(item.path)), item.relative_path
+
+
+def test_known_sequences_need_the_same_bytes_and_character_set(tmp_path: Path) -> None:
+    _series_with_sequences(tmp_path, 2, differ_at=-1)
+    first, second = sorted(tmp_path.iterdir())
+    known: KnownSequences = {}
+    tag = BaseTag(0x00081032)
+    a = _read_header(first, known)
+    b = _read_header(second, known)
+    assert a is not None and b is not None
+    assert a._dict[tag] is b._dict[tag]  # same bytes: one parsed sequence
+    known[0x00081032].encoding = "iso_ir_192"  # as if read with another character set
+    c = _read_header(second, known)
+    assert c is not None and c._dict[tag] is not b._dict[tag]
