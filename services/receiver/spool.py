@@ -55,6 +55,7 @@ log = get_logger("receiver.spool")
 _TMP = ".tmp"
 _RECORD = "association.json"
 _MAX_SLOTS = 1024
+_FRESH_SECONDS = 1.0  # an upload or check this recent stands for a check of the store
 
 
 class SpoolRefusedError(TransientError):
@@ -154,6 +155,7 @@ class Spool:
         self._dirs: set[Path] = set()
         self._bytes = 0
         self._failing: str | None = None
+        self._last_ok = -_FRESH_SECONDS  # monotonic time of the last upload or check
         self._delay = self.backoff
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -347,8 +349,12 @@ class Spool:
                 )
 
     def check_store(self) -> None:
-        """Ask the object store (bucket exists) within the store timeout; SpoolRefusedError
-        (and the store marked failing until it answers again) if it does not."""
+        """Ask the object store (bucket exists) within the store timeout, unless an upload
+        or a check succeeded in the last second; SpoolRefusedError (and the store marked
+        failing until it answers again) if it does not answer."""
+        with self._lock:
+            if time.monotonic() - self._last_ok < _FRESH_SECONDS and self._failing is None:
+                return
         future = self._probes.submit(self.jobs.ensure_bucket)
         try:
             future.result(timeout=self.timeout)
@@ -358,6 +364,7 @@ class Spool:
             reason = getattr(exc, "reason", None) or type(exc).__name__
         else:
             with self._lock:
+                self._last_ok = time.monotonic()
                 if self._failing is not None and not self._entries:
                     self._failing = None
             return
@@ -530,6 +537,7 @@ class Spool:
         with self._lock:
             self._failing = None
             self._delay = self.backoff
+            self._last_ok = time.monotonic()
         log.info("object store reachable again")
 
     def _upload(self, entry: _Entry) -> None:
@@ -562,6 +570,7 @@ class Spool:
             self._inflight.discard(entry.key)
             self._failing = None
             self._delay = self.backoff
+            self._last_ok = time.monotonic()
             if entry.generation != generation:  # rewritten meanwhile: upload the new copy
                 self._queue.append(entry.key)
                 self._lock.notify()

@@ -27,6 +27,7 @@ class MemoryStore:
         self.objects: dict[str, bytes] = {}
         self.order: list[str] = []
         self.down = False
+        self.checks = 0
         self.gate = threading.Event()
         self.gate.set()
         self.lock = threading.Lock()
@@ -36,6 +37,7 @@ class MemoryStore:
             raise TransientError("store down")
 
     def ensure_bucket(self) -> None:
+        self.checks += 1
         self._check()
 
     def put_instance(self, key: str, data: bytes) -> None:
@@ -285,3 +287,16 @@ def test_an_empty_spool_leaves_no_folder_behind_and_a_full_one_stays(
     again = make(tmp_path, memory)
     assert again.open() == slot
     again.close()
+
+
+def test_a_store_that_answered_within_a_second_is_not_asked_again(
+    spool: Spool, memory: MemoryStore
+) -> None:
+    spool.store(key(A, 1), A, b"first", ask=True)
+    assert memory.checks == 1, "no upload yet: the store is asked"
+    assert spool.drain(5)
+    spool.store(key(B, 1), B, b"next association", ask=True)
+    assert memory.checks == 1, "an upload just succeeded: not asked again"
+    time.sleep(1.1)
+    spool.store(key(B, 2), B, b"later", ask=True)
+    assert memory.checks == 2
