@@ -193,7 +193,7 @@ def parse_job(
         scaling=scaling,
     )
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
+    step = time.perf_counter()
     with work_folder("parser", work_dir) as tmp, ThreadPoolExecutor(1) as side:
         # What a previous parse stored, listed while the instances download
         listed = side.submit(jobs.output_keys, job_id)
@@ -201,16 +201,16 @@ def parse_job(
         input_dir.mkdir()
         output_dir.mkdir()
         download_instances(jobs, manifest, input_dir, workers)
-        seconds["download"] = _since(started)
+        seconds["download"], step = _since(step)
         try:
             metadata = parse_folder(input_dir, output_dir, options)
             series_images = write_parser_outputs(metadata, output_dir)
         except OutputError as exc:
             # The local work folder, not the job, is at fault (full disk): try again later.
             raise TransientError(f"cannot write the parser's outputs: {exc.reason}") from exc
-        seconds["parse"] = _since(started) - seconds["download"]
+        seconds["parse"], step = _since(step)
         image_keys, document_keys = upload_outputs(jobs, job_id, output_dir, workers)
-        seconds["upload"] = _since(started) - seconds["download"] - seconds["parse"]
+        seconds["upload"], step = _since(step)
         existing = listed.result()
     jobs.delete_outputs(job_id, stale_output_keys(existing, image_keys + document_keys))
     return ParseResult(
@@ -224,5 +224,7 @@ def parse_job(
     )
 
 
-def _since(started: float) -> float:
-    return round(time.perf_counter() - started, 3)
+def _since(started: float) -> tuple[float, float]:
+    """Seconds since ``started`` (rounded), and now."""
+    now = time.perf_counter()
+    return round(now - started, 3), now
