@@ -16,7 +16,7 @@ patient coordinates (LPS), field for field and bit for bit:
   intermediates), so the floats written are the ones ITK writes.
 
 The voxels follow the 352-byte header (and its empty extension flag) in one write;
-``.nii.gz`` is the same byte stream, gzip-compressed.
+``.nii.gz`` is the same byte stream, gzip-compressed on two threads (:func:`gzip_stream`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -39,9 +40,11 @@ VOX_OFFSET = 352
 NIFTI_INTENT_VECTOR = 1007
 NIFTI_XFORM_SCANNER_ANAT = 1
 NIFTI_UNITS_MM_SEC = 2 | 8
-GZIP_LEVEL = 6
-"""zlib's default level, as ITK's nifti library asks for."""
-GZIP_CHUNK = 16 * 1024 * 1024
+GZIP_LEVEL = 3
+"""About ITK's compression (its zlib-ng files are 0.4 % smaller on a CT) in about its CPU
+time; zlib's default, 6, took three times as long."""
+GZIP_CHUNK = 8 * 1024 * 1024
+GZIP_THREADS = 2
 
 _DATATYPES = {
     "uint8": 2,
@@ -350,19 +353,32 @@ def write_nifti(fp: BinaryIO, header: bytes, voxels: Array, compress: bool) -> N
 
 
 def gzip_stream(*parts: bytes | memoryview, level: int = GZIP_LEVEL) -> Iterator[bytes]:
-    """A gzip member (RFC 1952, no name, no time) of the concatenated ``parts``."""
+    """A gzip member (RFC 1952, no name, no time) of the concatenated ``parts``.
+
+    The data is compressed in GZIP_CHUNK pieces on GZIP_THREADS threads (zlib releases the
+    GIL), each piece a run of deflate blocks of its own ending on a byte boundary (a sync
+    flush), the last one final: together one deflate stream, as pigz writes it."""
+    views = [memoryview(part).cast("B") for part in parts]
+    pieces = [
+        view[start : start + GZIP_CHUNK]
+        for view in views
+        for start in range(0, len(view), GZIP_CHUNK)
+    ]
+    if not pieces:
+        pieces = [memoryview(b"")]
+    last = len(pieces) - 1
+
+    def deflate(number: int) -> bytes:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        mode = zlib.Z_FINISH if number == last else zlib.Z_SYNC_FLUSH
+        return compressor.compress(pieces[number]) + compressor.flush(mode)
+
     yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     crc = 0
     length = 0
-    for part in parts:
-        view = memoryview(part)
-        for start in range(0, len(view), GZIP_CHUNK):
-            chunk = view[start : start + GZIP_CHUNK]
-            crc = zlib.crc32(chunk, crc)
-            length += len(chunk)
-            out = compressor.compress(chunk)
-            if out:
-                yield out
-    yield compressor.flush()
+    with ThreadPoolExecutor(max_workers=GZIP_THREADS) as pool:
+        for piece, compressed in zip(pieces, pool.map(deflate, range(len(pieces))), strict=True):
+            crc = zlib.crc32(piece, crc)
+            length += len(piece)
+            yield compressed
     yield struct.pack("<II", crc & 0xFFFFFFFF, length & 0xFFFFFFFF)

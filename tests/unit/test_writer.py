@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from shared.errors import OutputError
+from shared.volumes import nifti
 from shared.volumes.geometry import Geometry
 from shared.volumes.metaimage import anatomical_orientation
 from shared.volumes.writer import VolumeBuffer, write_image
@@ -200,3 +202,12 @@ def test_a_failed_write_is_an_output_error_and_leaves_nothing(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
     write_image(tmp_path / "v.mhd", voxels, *geometry)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mhd", "v.raw"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 3 * 4096 + 17])
+def test_gzip_in_pieces_is_one_gzip_stream(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    monkeypatch.setattr(nifti, "GZIP_CHUNK", 4096)
+    data = np.random.default_rng(size).integers(0, 40, size, dtype=np.uint8).tobytes()
+    stream = b"".join(nifti.gzip_stream(b"head", memoryview(data)))
+    assert gzip.decompress(stream) == b"head" + data
+    assert zlib.decompressobj(31).decompress(stream) == b"head" + data  # one member
