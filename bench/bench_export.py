@@ -173,7 +173,7 @@ class Exporter:
         config: Path,
         log: Path,
         lag: int | None,
-        associations: int,
+        associations: int | None,
         extra_env: dict[str, str],
         repo: Path = REPO,
     ) -> None:
@@ -186,11 +186,12 @@ class Exporter:
                 "SERIESFLOW_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
                 "SERIESFLOW_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
                 "SERIESFLOW_S3_BUCKET": settings.s3_bucket,
-                "SERIESFLOW_EXPORTER_ASSOCIATIONS": str(associations),
-                "SERIESFLOW_EXPORTER_WORKERS": "1",
                 "SERIESFLOW_LOG_LEVEL": "INFO",
             }
         )
+        if associations is not None:  # else the exporter's defaults (scu max-associations)
+            env["SERIESFLOW_EXPORTER_ASSOCIATIONS"] = str(associations)
+            env["SERIESFLOW_EXPORTER_WORKERS"] = "1"
         if lag is not None:
             env["SERIESFLOW_EXPORTER_STATE_LAG"] = str(lag)
         env.update(extra_env)
@@ -289,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--associations",
         type=int,
-        default=2,
-        help="SERIESFLOW_EXPORTER_ASSOCIATIONS (default 2: the scu max-associations default)",
+        default=None,
+        help=(
+            "SERIESFLOW_EXPORTER_ASSOCIATIONS, with SERIESFLOW_EXPORTER_WORKERS=1 (default: "
+            "neither set, the exporter's defaults: max-associations 2 shared by the exports "
+            "at once, so an export alone sends over 2)"
+        ),
     )
     parser.add_argument(
         "--env",
@@ -432,7 +437,7 @@ def run(
             "runs": args.runs,
             "max_pdu": args.max_pdu or 16384,
             "state_lag": args.state_lag if args.state_lag is not None else "default (16)",
-            "associations": args.associations,
+            "associations": args.associations or "default (max-associations 2)",
             "exporter_env": args.env,
         },
         "seconds": times,

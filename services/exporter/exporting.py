@@ -47,6 +47,44 @@ log = get_logger("exporter")
 _MAX_META_BYTES = 1 << 20
 
 
+class AssociationSlots:
+    """At most ``limit`` associations at once in the process (``max-associations``),
+    shared by the exports running at once. An export's first association waits for a
+    slot; each further one takes a free slot or does without, and gives it back after its
+    current file as soon as another export waits for one. So an export alone uses every
+    slot, and two exports at once share them."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiting = 0
+        self._cond = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._waiting += 1
+            while self._free == 0:
+                self._cond.wait()
+            self._waiting -= 1
+            self._free -= 1
+
+    def try_acquire(self) -> bool:
+        with self._cond:
+            if self._free == 0 or self._waiting:
+                return False
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether an export waits for a slot."""
+        return self._waiting > 0
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     fetch_workers: int = 4
@@ -58,10 +96,15 @@ class ExportOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_pdu: int = 16382
     associations: int = 1
+    slots: AssociationSlots | None = None  # None: every export opens ``associations``
 
     @classmethod
     def from_settings(
-        cls, settings: ExporterSettings, max_pdu: int | None = None, associations: int = 1
+        cls,
+        settings: ExporterSettings,
+        max_pdu: int | None = None,
+        associations: int = 1,
+        slots: AssociationSlots | None = None,
     ) -> ExportOptions:
         return cls(
             fetch_workers=settings.exporter_fetch_workers,
@@ -78,6 +121,7 @@ class ExportOptions:
             ),
             max_pdu=settings.exporter_max_pdu if max_pdu is None else max_pdu,
             associations=settings.exporter_associations or associations,
+            slots=None if settings.exporter_associations else slots,
         )
 
     def wait(self, retry: int) -> float:
@@ -358,7 +402,9 @@ class _GroupSender:
                 self._work()
             else:
                 threads = [
-                    threading.Thread(target=self._guarded, name=f"export-send-{n}", daemon=True)
+                    threading.Thread(
+                        target=self._guarded, args=(n > 0,), name=f"export-send-{n}", daemon=True
+                    )
                     for n in range(count)
                 ]
                 for thread in threads:
@@ -443,17 +489,35 @@ class _GroupSender:
                 )
             return False
 
-    def _guarded(self) -> None:
+    def _guarded(self, extra: bool) -> None:
         """:meth:`_work` in a thread of its own: what it raises stops the others and is
         raised again by :meth:`run`."""
         try:
-            self._work()
+            self._work(extra)
         except BaseException as exc:  # handed to run()
             with self._lock:
                 if self._raised is None:
                     self._raised = exc
 
-    def _work(self) -> None:
+    def _work(self, extra: bool = False) -> None:
+        """Send files over one association until none is left (or it must stop). An
+        ``extra`` association (not the export's first) runs only with a free slot, and
+        stops after a file when another export waits for one."""
+        slots = self.attempt.options.slots
+        if slots is not None:
+            if not extra:
+                slots.acquire()
+            elif not slots.try_acquire():
+                with self._lock:
+                    self._count -= 1
+                return
+        try:
+            self._send_over_one(slots if extra else None)
+        finally:
+            if slots is not None:
+                slots.release()
+
+    def _send_over_one(self, yield_to: AssociationSlots | None) -> None:
         attempt = self.attempt
         association = StoreAssociation(
             attempt.destination,
@@ -465,7 +529,7 @@ class _GroupSender:
         try:
             if self._count > 1 and not self._opened(association):
                 return
-            while (taken := self._take()) is not None:
+            while (yield_to is None or not yield_to.wanted) and (taken := self._take()):
                 position, future = taken
                 key = self.group[position][0]
                 try:

@@ -6,9 +6,10 @@ on, see :class:`shared.configstore.LiveConfig`), connects the object store and
 RabbitMQ (retrying until they answer or ``stop`` is set) and consumes
 ``export.requested.#`` on the quorum queue ``seriesflow.exporter`` until ``stop`` is set.
 ``dicom > scu > max-associations`` (or ``SERIESFLOW_EXPORTER_WORKERS``) consumers run side
-by side, each with its own broker connection and one export (one association) at a time:
-that many exports at once per process, as the Clara SCU allows that many simultaneous
-associations. More processes are more competing consumers. :class:`ExporterService` runs
+by side, each with its own broker connection and one export at a time; the exports at
+once share ``max-associations`` associations (:class:`AssociationSlots`: an export alone
+uses them all), as the Clara SCU allows that many simultaneous associations. More
+processes are more competing consumers. :class:`ExporterService` runs
 it in a thread (tests, embedding); ``seriesflow exporter`` runs it as a process, stopping
 on SIGTERM or SIGINT after the exports in hand.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from services.exporter.exporting import ExportOptions
+from services.exporter.exporting import AssociationSlots, ExportOptions
 from services.exporter.handlers import (
     BINDINGS,
     SERVICE,
@@ -72,11 +73,13 @@ def run(settings: ServiceSettings, stop: threading.Event | None = None) -> None:
     scu = dicom_config.dicom.scu
     max_pdu = getattr(scu, "max_pdu_size", None)
     workers = config.exporter_workers or scu.max_associations
-    # max-associations is shared between the exports at once and each one's associations
+    # max-associations is shared between the exports at once and each one's associations:
+    # an export alone may use them all (unless SERIESFLOW_EXPORTER_ASSOCIATIONS is set)
     options = ExportOptions.from_settings(
         config,
         max_pdu if isinstance(max_pdu, int) else None,
-        max(1, scu.max_associations // workers),
+        scu.max_associations,
+        AssociationSlots(max(scu.max_associations, workers)),
     )
     store = connect_store(config, stop, Metrics(SERVICE))
     if store is None:

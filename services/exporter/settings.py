@@ -40,8 +40,8 @@ class ExporterSettings(ServiceSettings):
         ge=1,
         le=16,
         description=(
-            "Associations one export sends over at once; default: scu max-associations "
-            "divided by the exports at once (at least 1)"
+            "Associations one export sends over at once; default: up to scu "
+            "max-associations, shared by the exports at once"
         ),
     )
     exporter_state_lag: int = Field(

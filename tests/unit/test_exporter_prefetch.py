@@ -1,12 +1,19 @@
-"""The exporter downloads ahead into memory only as far as its byte budget allows."""
+"""The exporter downloads ahead into memory only as far as its byte budget allows, and
+shares max-associations between the exports at once."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from services.exporter.exporting import ExportAttempt, ExportOptions, _GroupSender
+from services.exporter.exporting import (
+    AssociationSlots,
+    ExportAttempt,
+    ExportOptions,
+    _GroupSender,
+)
 from shared.config import DestinationConfig
 from shared.samples import write_ct_series
 
@@ -78,3 +85,26 @@ def test_small_files_are_downloaded_the_whole_prefetch_ahead(tmp_path: Path) -> 
         assert group._take() is not None
         settle(group)
         assert len(jobs.fetched) == 10  # files 0 and 1, and 8 ahead of file 1
+
+
+def test_an_export_alone_uses_every_slot_and_gives_extras_back_to_a_waiting_one() -> None:
+    slots = AssociationSlots(2)
+    slots.acquire()  # export A's first association
+    assert slots.try_acquire()  # A's second: free
+    assert not slots.try_acquire()  # no third
+    got = threading.Event()
+
+    def export_b() -> None:
+        slots.acquire()
+        got.set()
+
+    waiting = threading.Thread(target=export_b)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not slots.wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert slots.wanted and not got.is_set()  # B waits; A's extra sees it
+    slots.release()  # A's extra gives its slot back after its file
+    waiting.join(10)
+    assert got.is_set() and not slots.wanted
+    assert not slots.try_acquire()  # A's first and B's first hold both
