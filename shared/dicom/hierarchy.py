@@ -214,16 +214,14 @@ def place_series_attributes(series: SeriesInstances, study_tags: frozenset[int])
     series.attributes = dataset_to_json(series.files[0].dataset, series_tags)
     series.instances = []
     cache: JsonCache = {}  # values shared by some of the series' instances, converted once
+    common = series.common_tags
     for item in series.files:
-        own = [
-            t
-            for t in item.dataset.keys()  # noqa: SIM118
-            if t not in series.common_tags and t not in _PIXEL_TAGS
-        ]
+        # plain ints: a BaseTag looked up in a set of ints calls pydicom's __eq__ in Python
+        own = [t for t in map(int, item.dataset.keys()) if t not in common and t not in _PIXEL_TAGS]
         series.instances.append(
             Instance(
                 SOPInstanceUID=item.sop_instance_uid,
                 path=item.relative_path,
-                attributes=dataset_to_json(item.dataset, (int(t) for t in own), cache),
+                attributes=dataset_to_json(item.dataset, own, cache),
             )
         )
