@@ -147,7 +147,12 @@ class Receiver:
     def start(self) -> None:
         """Connect to the store, start the job threads and listen; returns at once."""
         self._stop.clear()
-        self.spool.open()
+        try:
+            self.spool.open()
+        except OSError as exc:
+            raise InvalidInputError(
+                f"SERIESFLOW_SPOOL_DIR: cannot use {self.spool.base}: {exc.strerror or exc}"
+            ) from exc
         if not self._ensure_bucket(self.settings.store_attempts_at_start):
             self.spool.mark_failing("the object store was unreachable at start")
         self.spool.recover()  # what a killed receiver left: uploaded before the first sweep
