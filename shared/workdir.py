@@ -1,16 +1,15 @@
-"""Local work folders: where the parser and the exporter keep patient data while they work.
+"""Local work folders: where the parser keeps patient data while it works.
 
 Every temporary folder of a service is made here, under the work directory
-(``SERIESFLOW_WORK_DIR``; by default ``seriesflow`` in the system temporary folder; the
-exporter's ``SERIESFLOW_EXPORTER_SPOOL_DIR`` when set), readable by its owner only, and
-named after the process that owns it::
+(``SERIESFLOW_WORK_DIR``; by default ``seriesflow`` in the system temporary folder),
+readable by its owner only, and named after the process that owns it::
 
     seriesflow-<kind>-<host>.<pid>.<start>.<random>
 
 ``<start>`` is the process's start time (clock ticks since boot, from ``/proc``), so a
 PID reused by a later process is not mistaken for the owner. A process that is killed
 (SIGKILL, out of memory) cannot remove its folder; :func:`sweep_work_folders`, called when
-the parser and the exporter start, removes every folder of this host whose owner no longer
+the parser starts, removes every folder of this host whose owner no longer
 runs, and keeps those of processes still running (replicas sharing the directory).
 
 The work directory belongs to one host (or container): folders of other hosts are never
