@@ -1,5 +1,9 @@
 """Every test runs seriesflow's loggers for real, so a logging call that raises cannot hide.
 
+(Also: the whole session gets an ``XDG_STATE_HOME`` of its own, so the receivers that tests
+start, in process or as processes, keep their default spool there and never in the user's
+``~/.local/state``; it is removed when the session ends.)
+
 Without this, the ``seriesflow`` loggers inherit the root logger's WARNING level and an
 ``info()`` or ``debug()`` call never builds its record: a call that passes a reserved
 LogRecord attribute in ``extra`` (``name``, ``msg``, ``module``...) raises ``KeyError`` only
@@ -12,6 +16,9 @@ that cannot be built or formatted fails the test.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -38,10 +45,22 @@ class RaisingJsonHandler(logging.Handler):
         self.records.append(record)
 
 
+_STATE_HOME = "_seriesflow_tests_state_home"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "log_level(level): run seriesflow's loggers at this level (default DEBUG)"
     )
+    state = tempfile.mkdtemp(prefix="seriesflow-tests-state-")
+    setattr(config, _STATE_HOME, state)
+    os.environ["XDG_STATE_HOME"] = state
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = getattr(config, _STATE_HOME, None)
+    if state is not None:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
