@@ -89,6 +89,9 @@ def test_sigkill_after_a_release_and_mid_association_loses_no_answered_instance(
     assert received(observer) == [], "no job was released before the kill"
     assert _stored_instances(store_) == {}, "every answered instance was only in the spool"
 
+    # B's association must be older than incoming-ttl (2 s) when the restarted receiver
+    # makes its first sweep, as an orphan of a dead receiver is: the next sweep is 300 s later.
+    time.sleep(2.5)
     process = receiver_process(
         settings, tmp_path, port, "restarted", config, quarantine_check_seconds="0.3"
     )
