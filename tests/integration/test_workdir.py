@@ -1,6 +1,7 @@
-"""Work folders (issue 9, 8): the parser's and the exporter's temporary folders hold patient
-data; a SIGKILLed process left them behind for good. They now live under the work
-directory and the next start removes what a killed process left.
+"""Work folders (issue 9, 8): the parser's temporary folders hold patient data; a SIGKILLed
+process left them behind for good. They now live under the work directory and the next
+start removes what a killed process left. The exporter keeps no folder at all (issue 10):
+the files it sends are held in memory.
 
 Real ``seriesflow parser`` / ``seriesflow exporter`` processes, a real S3 server, RabbitMQ
 and dcmtk's storescp; each process is killed with SIGKILL while its folder exists.
@@ -94,9 +95,12 @@ def test_a_killed_parsers_folder_is_removed_at_the_next_start(
 
 
 @pytest.mark.skipif(not dcmtk_available("storescp"), reason="dcmtk is not installed")
-def test_a_killed_exporters_spool_is_removed_at_the_next_start(
+def test_a_killed_exporter_leaves_no_patient_data_on_disk_and_the_restart_exports(
     settings: ServiceSettings, store: ObjectStore, broker: Broker, tmp_path: Path
 ) -> None:
+    """The exporter holds the files it is about to send in memory only (issue 10): killed
+    in the middle of an export it leaves no file in its work or temporary folder, and the
+    next start completes the export."""
     work = tmp_path / "work"
     work.mkdir()
     scp = StoreSCP(tmp_path / "received").start()
@@ -106,7 +110,10 @@ def test_a_killed_exporters_spool_is_removed_at_the_next_start(
         f"      - name: pacs\n        host-ip: 127.0.0.1\n        port: {scp.port}\n"
         f"        ae-title: {scp.ae_title}\n"
     )
-    env = service_environment(settings, config, tmp_path) | {"SERIESFLOW_WORK_DIR": str(work)}
+    env = service_environment(settings, config, tmp_path) | {
+        "SERIESFLOW_WORK_DIR": str(work),
+        "TMPDIR": str(work),
+    }
     broker.declare_service_queue("exporter", EXPORTER_BINDINGS)
     job = submit(store, broker, brain_study(tmp_path / "study", seed=4), "brain")
     request = ExportRequested(
@@ -117,9 +124,14 @@ def test_a_killed_exporters_spool_is_removed_at_the_next_start(
         instance_keys=[i.key for i in job.manifest.instances],
     )
     broker.publish(Envelope.wrap(request, job_id=job.job_id, producer="test", event_id=new_id()))
-    left, second = kill_and_start_again("exporter", env, work, "export")
+    first = ServiceProcess("exporter", env, tmp_path).start()
     try:
-        wait_until(lambda: not (left & folders(work, "export")), 30, "the spool to be swept")
+        wait_until(lambda: "export attempt started" in first.log(), 60, "the export to start")
+    finally:
+        first.kill()
+    assert [p for p in work.rglob("*") if p.is_file()] == [], "no file left by the exporter"
+    second = ServiceProcess("exporter", env, tmp_path).start()
+    try:
         wait_until(
             lambda: any(k.endswith(".json") and "exported-" in k for k in store.list("jobs/")),
             60,
@@ -128,6 +140,7 @@ def test_a_killed_exporters_spool_is_removed_at_the_next_start(
     finally:
         second.stop()
         scp.stop()
+    assert len(scp.files()) >= len(job.manifest.instances)
 
 
 def test_folders_of_running_processes_and_other_hosts_are_kept(tmp_path: Path) -> None:
