@@ -174,6 +174,17 @@ def _check_outputs(output: Path) -> tuple[DicomMetadata | None, dict[str, str] |
     return metadata, series_images, problems
 
 
+def child_environment() -> dict[str, str]:
+    """The environment for a process started from a :class:`RunStore` thread, as a copy.
+
+    Without ``env``, a child started by ``subprocess`` execs with the C library's
+    ``environ`` array, read while the main thread may change it: pytest sets and removes
+    ``PYTEST_CURRENT_TEST`` around every test, and a freed or rewritten array made exec fail
+    with ``OSError: [Errno 14] Bad address`` (seen in CI). A copy taken here is handed to
+    exec as an array of its own."""
+    return dict(os.environ)
+
+
 def run_seriesflow(spec: RunSpec, workdir: Path) -> RunResult:
     """Run ``seriesflow process`` on one input; never raises for a failed run."""
     slug = spec.name.replace("/", "__")
@@ -190,6 +201,7 @@ def run_seriesflow(spec: RunSpec, workdir: Path) -> RunResult:
         done = subprocess.run(
             seriesflow_command(input_dir, output, spec.args),
             cwd=REPO_ROOT,
+            env=child_environment(),
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,
