@@ -323,6 +323,22 @@ def receive_rows(reports: dict[str, dict[str, Any]]) -> list[Row]:
             verdict(at_least(receive[key], target)),
         )
         for suffix, stage, key in cases
+    ] + _store_paused_row(receive, rate)
+
+
+def _store_paused_row(receive: dict[str, Any], rate: dict[str, float]) -> list[Row]:
+    """The receiver's own path, for information: the object store paused during the send."""
+    if receive.get("ratio_store_paused") is None:
+        return []
+    return [
+        Row(
+            "the same, object store paused (SIGSTOP) during the send: the receiver's own path",
+            f"{rate['seriesflow_store_paused']:.0f} instances/s",
+            f"dcmtk storescp: {rate['storescp']:.0f}/s",
+            fmt(receive["ratio_store_paused"]),
+            "(information)",
+            "-",
+        )
     ]
 
 

@@ -11,7 +11,11 @@ Run from the repository root (needs RabbitMQ on 127.0.0.1:5672; starts SeaweedFS
    ``TCP_NODELAY=1``) sends the same generated CT series to each, alternating. Target: at
    least 0.5x. Then **4 ``storescu`` at once** to each side (4 different studies of a
    quarter of the slices each, so the same number of instances; ``storescp --fork`` serves
-   them in parallel, as the receiver does).
+   them in parallel, as the receiver does). Then, for information (no target), the
+   **receiver's own path**: the same single storescu to seriesflow with the object store
+   (SeaweedFS, on the same two cores) paused with SIGSTOP 0.25 s into the send and resumed
+   after it, so that the spool's uploads wait and their CPU, and the store's, is not spent
+   during the receive.
 2. **End-to-end latency** (part ``latency``): from the end of the association
    (``storescu`` returning after its release) to ``selected-images.json`` being in the
    store (the ``job.selected`` event is published right after it is written), with
@@ -32,6 +36,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +82,7 @@ THROUGHPUT_TARGET = 0.5
 LATENCY_TARGET_SECONDS = 1.5
 CONCURRENT = 4
 PARTS = ("receive", "latency")
+PAUSE_AFTER_SECONDS = 0.25
 PIPELINE_SERVICES = ("receiver", "parser", "selector")
 
 
@@ -90,6 +96,31 @@ def storescu_command(port: int, called: str, folder: Path) -> list[str]:
 def storescu(port: int, called: str, folder: Path) -> float:
     """Send every file below ``folder``; seconds from start to the association's release."""
     return storescu_at_once(port, called, [folder])
+
+
+def storescu_with_store_paused(
+    port: int, called: str, folder: Path, store: subprocess.Popen[bytes]
+) -> float:
+    """:func:`storescu` with the object store's process stopped (SIGSTOP) from 0.25 s after
+    the start until storescu has returned: the receiver's uploads wait meanwhile."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        storescu_command(port, called, folder),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        time.sleep(PAUSE_AFTER_SECONDS)
+        store.send_signal(signal.SIGSTOP)
+        _, err = process.communicate(timeout=600)
+        elapsed = time.perf_counter() - start
+    finally:
+        store.send_signal(signal.SIGCONT)
+    if process.returncode != 0:
+        raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-1000:]}")
+    return elapsed
 
 
 def storescu_at_once(port: int, called: str, folders: list[Path]) -> float:
@@ -309,13 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with rabbitmq_vhost() as amqp:
             settings = bench_settings(amqp, s3.endpoint, s3.access_key, s3.secret_key, "bench")
-            return run(args, work, settings)
+            return run(args, work, settings, s3.process)
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
+def run(
+    args: argparse.Namespace,
+    work: Path,
+    settings: ServiceSettings,
+    store: subprocess.Popen[bytes] | None = None,
+) -> int:
     load = warn_if_busy()
     ct = work / "ct"
     write_ct_series(ct, slices=args.slices, size=args.size, seed=5)
@@ -324,7 +360,7 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
         "input": {"files": args.slices, "size": args.size, "runs": args.runs},
     }
     if "receive" in args.parts:
-        report["receive"] = receive_part(args, work, settings, ct)
+        report["receive"] = receive_part(args, work, settings, ct, store)
     if "latency" in args.parts:
         report["latency"] = latency_part(args, work, settings, ct)
     report["machine"] = machine(load)
@@ -335,7 +371,11 @@ def run(args: argparse.Namespace, work: Path, settings: ServiceSettings) -> int:
 
 
 def receive_part(
-    args: argparse.Namespace, work: Path, settings: ServiceSettings, ct: Path
+    args: argparse.Namespace,
+    work: Path,
+    settings: ServiceSettings,
+    ct: Path,
+    store: subprocess.Popen[bytes] | None = None,
 ) -> dict[str, Any]:
     """Receive throughput: the receiver alone (log level WARNING: no per-instance lines),
     against storescp writing to disk; one storescu, then 4 at once to each side."""
@@ -356,6 +396,8 @@ def receive_part(
         "seriesflow_x4": [],
         "storescp_x4": [],
     }
+    if store is not None:
+        times["seriesflow_store_paused"] = []
     try:
         for run_index in range(args.runs + 1):
             storescp.clear()
@@ -365,6 +407,13 @@ def receive_part(
                 ("seriesflow_x4", lambda: storescu_at_once(port, "SERIESFLOW", quarters)),
                 ("storescp_x4", lambda: storescu_at_once(storescp.port, "STORESCP", quarters)),
             ]
+            if store is not None:
+                pair.append(
+                    (
+                        "seriesflow_store_paused",
+                        lambda: storescu_with_store_paused(port, "SERIESFLOW", ct, store),
+                    )
+                )
             if run_index % 2:
                 pair.reverse()
             for name, send in pair:
@@ -389,6 +438,11 @@ def receive_part(
         "instances_per_second": rate,
         "ratio": rate["seriesflow"] / rate["storescp"],
         "ratio_x4": rate["seriesflow_x4"] / rate["storescp_x4"],
+        "ratio_store_paused": (
+            rate["seriesflow_store_paused"] / rate["storescp"]
+            if "seriesflow_store_paused" in rate
+            else None
+        ),
         "target": THROUGHPUT_TARGET,
     }
 
@@ -440,6 +494,11 @@ def print_report(report: dict[str, Any]) -> None:
             print(
                 f"{verdict(at_least(value, THROUGHPUT_TARGET))}  receive throughput ratio"
                 f"{label} {value:.2f} (target >= {THROUGHPUT_TARGET})"
+            )
+        if receive.get("ratio_store_paused") is not None:
+            print(
+                "info  the receiver's own path (object store paused during the send): "
+                f"{receive['ratio_store_paused']:.2f} of storescp"
             )
     if "latency" in report:
         latency = report["latency"]

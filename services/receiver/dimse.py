@@ -15,13 +15,19 @@ end the association without A-RELEASE.
   answered *Invalid SOP Instance* (0x0117) at once, and its data set is dropped. The
   association goes on.
 
-Requests with a valid UID go to pynetdicom's normal handling (``EVT_C_STORE``).
+Requests with a valid UID go to pynetdicom's normal handling (``EVT_C_STORE``), with one
+change of thread: a C-STORE request is served (its handler called and its response queued)
+on the reactor thread that decoded its last fragment, instead of waiting for pynetdicom's
+association thread, which looks for decoded messages only every millisecond or so (see
+:func:`_take_store_request`). Other requests (C-ECHO, and any a peer sends while a request
+is being served) stay with the association thread; one request is served at a time.
 """
 
 # mypy: disallow-untyped-calls=False
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -74,6 +80,7 @@ def guard(assoc: Any, refused: Refused) -> None:
     dimse = assoc.dimse
     receive = dimse.receive_primitive
     serve = assoc._serve_request
+    serving = threading.Lock()
 
     def receive_leniently(primitive: Any) -> None:
         _DECODING.lenient = True
@@ -81,9 +88,28 @@ def guard(assoc: Any, refused: Refused) -> None:
             receive(primitive)
         finally:
             _DECODING.lenient = False
+        store = _take_store_request(dimse.msg_queue, serving)
+        if store is None:
+            return
+        context_id, msg = store
+        # pynetdicom's association thread aborts an association whose idle timer expires;
+        # a store being served is not idleness (there, it never checked while serving)
+        idle = getattr(assoc.dul, "_idle_timer", None)
+        if idle is not None:
+            idle.stop()
+        try:
+            _serve(msg, context_id)
+        finally:
+            serving.release()
+            if idle is not None:
+                idle.start()
 
     def serve_checked(msg: Any, context_id: int) -> None:
-        if isinstance(msg, C_STORE) and msg.MessageIDBeingRespondedTo is None:
+        with serving:
+            _serve(msg, context_id)
+
+    def _serve(msg: Any, context_id: int) -> None:
+        if _is_store_request(msg):
             reason = invalid_uid_reason(msg._affected_sop_instance_uid)
             if reason is not None:
                 refused(reason)
@@ -93,6 +119,28 @@ def guard(assoc: Any, refused: Refused) -> None:
 
     dimse.receive_primitive = receive_leniently
     assoc._serve_request = serve_checked
+
+
+def _is_store_request(msg: Any) -> bool:
+    return isinstance(msg, C_STORE) and msg.MessageIDBeingRespondedTo is None
+
+
+def _take_store_request(messages: queue.Queue[Any], serving: threading.Lock) -> Any | None:
+    """The C-STORE request just decoded, taken off the DIMSE queue to be served on the
+    thread that read it, with ``serving`` held; None to leave the queue to pynetdicom's
+    association thread (no C-STORE request first in line, or that thread is serving).
+
+    pynetdicom's association thread polls that queue with a sleep of 1 ms between looks,
+    and under load it slept 3.7 ms per instance received (py-spy, 300 instances); the
+    thread that decoded the request serves it at once. The peer waits for the response
+    before it sends more, so that thread has nothing else to read meanwhile; responses go
+    out in order because one request at a time is served (``serving``)."""
+    with messages.mutex:
+        if not messages.queue or not _is_store_request(messages.queue[0][1]):
+            return None
+        if not serving.acquire(blocking=False):
+            return None
+        return messages.queue.popleft()
 
 
 def _answer_invalid(dimse: Any, request: Any, context_id: int) -> None:

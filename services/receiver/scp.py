@@ -16,6 +16,9 @@
   connections, is set to ``max-connections`` so it never decides).
 * DICOM TLS (``dicom > scp > tls``): a second listening port with the BCP 195 profile
   (:mod:`shared.tls`); an AE title with ``require-tls`` is refused on the plain port.
+* Per-instance latency: pynetdicom's reactor threads wake when the peer sends
+  (:mod:`services.receiver.wakeup`), and a C-STORE request is served on the thread that
+  decoded it (:func:`services.receiver.dimse.guard`). Process-wide, installed here.
 * :class:`DicomListeners` holds the ports; :meth:`DicomListeners.stop_accepting` closes
   them and leaves open associations running (for a drain on SIGTERM).
 """
@@ -30,7 +33,7 @@ from typing import Any, cast
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from services.receiver import handlers, transport
+from services.receiver import handlers, transport, wakeup
 from services.receiver.handlers import ReceiverContext
 from services.receiver.limits import ConnectionLimits
 from services.receiver.settings import ReceiverSettings
@@ -43,6 +46,7 @@ from shared.tls import server_context
 
 def build_ae(scp: ScpConfig, settings: ReceiverSettings) -> Any:
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    wakeup.install()
     _config.LOG_HANDLER_LEVEL = "none"  # no per-PDU logging handlers
     ae = AE(ae_title=scp.ae_titles[0].ae_title if scp.ae_titles else "SERIESFLOW")
     # Associations are counted by ConnectionLimits; pynetdicom counts acceptor threads,
