@@ -475,6 +475,7 @@ def latency_part(
         "median_seconds": median(latencies),
         "target_seconds": LATENCY_TARGET_SECONDS,
         "stage_median_seconds": stage_medians(deployment.logs, released_at),
+        "parser_step_median_seconds": parser_steps(deployment.logs, released_at),
     }
 
 
@@ -511,6 +512,33 @@ def print_report(report: dict[str, Any]) -> None:
             "  where it goes (medians, from the services' logs): "
             + ", ".join(f"{k} {v:.2f} s" for k, v in latency["stage_median_seconds"].items())
         )
+        if latency.get("parser_step_median_seconds"):
+            print(
+                "  the parser's steps (medians): "
+                + ", ".join(
+                    f"{k} {v:.2f} s" for k, v in latency["parser_step_median_seconds"].items()
+                )
+            )
+
+
+def parser_steps(logs: Path, released_at: dict[str, float]) -> dict[str, float]:
+    """Medians of the parser's own steps (download, parse, upload: its ``job parsed`` line)
+    for the counted jobs."""
+    steps: dict[str, list[float]] = {"download": [], "parse": [], "upload": []}
+    for line in (logs / "parser.log").read_text(errors="replace").splitlines():
+        if '"job parsed"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("job_id") not in released_at:
+            continue
+        for step, values in steps.items():
+            value = record.get(f"{step}_seconds")
+            if isinstance(value, int | float):
+                values.append(float(value))
+    return {name: median(values) for name, values in steps.items() if values}
 
 
 def stage_medians(logs: Path, released_at: dict[str, float]) -> dict[str, float]:
