@@ -11,7 +11,9 @@ Files are named by validated SOP Instance UIDs only (an invalid one gives
 ``instance-<n>.dcm``; a repeated one ``<uid>-<n>.dcm``, which the parser then reports as a
 duplicate). Outputs go to ``jobs/<job_id>/output/<name>``: images first, then
 ``series-images.json``, and ``dicom-metadata.json`` last, so its presence means every
-output is there. Output names are deterministic, so parsing again gives the same objects.
+output is there. A series' images start uploading as soon as it is converted, while the
+next series converts (:class:`EarlyUploads`). Output names are deterministic, so parsing
+again gives the same objects.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,12 @@ from shared.workdir import work_folder
 
 log = get_logger("parser")
 
+UPLOADS_DURING_PARSE = 2
+"""Threads uploading a job's images while its later series convert (EarlyUploads)."""
+
+PARTIAL_SUFFIXES = (".partial", ".partial.raw")
+"""Names an image has while it is written (shared.volumes.writer), never uploaded."""
+
 DOCUMENTS = (SERIES_IMAGES_FILE, METADATA_FILE)
 """Uploaded after the images, in this order: dicom-metadata.json marks a complete output."""
 
@@ -53,7 +62,8 @@ class ParseResult:
     volumes: int
     skipped: int
     seconds: dict[str, float] = field(default_factory=dict)
-    """How long each step took: download, parse (and convert), upload."""
+    """How long each step took: download, parse (and convert, while the images of the
+    series already converted upload), upload (what was left)."""
 
     def body(self, pipeline: str) -> JobParsed:
         return JobParsed(
@@ -94,11 +104,16 @@ def check_instance_key(key: str, job_id: str) -> str:
 def upload_plan(file_names: Iterable[str]) -> tuple[list[str], list[str]]:
     """(images, documents): the order outputs are uploaded in.
 
-    Images are every file but the two documents (hidden temporary files excluded), sorted;
-    documents are series-images.json then dicom-metadata.json, those that exist.
+    Images are every file but the two documents (hidden files and the image writer's
+    temporary ``*.partial`` files excluded), sorted; documents are series-images.json then
+    dicom-metadata.json, those that exist.
     """
     names = set(file_names)
-    images = sorted(n for n in names if n not in DOCUMENTS and not n.startswith("."))
+    images = sorted(
+        n
+        for n in names
+        if n not in DOCUMENTS and not n.startswith(".") and not n.endswith(PARTIAL_SUFFIXES)
+    )
     documents = [n for n in DOCUMENTS if n in names]
     return images, documents
 
@@ -151,25 +166,73 @@ def download_instances(
     _run_all(workers, [fetch(r, n) for r, n in zip(manifest.instances, names, strict=True)])
 
 
+def _output_names(output_dir: Path) -> list[str]:
+    return [p.name for p in output_dir.iterdir() if p.is_file()]
+
+
+def _put_output(jobs: JobStore, job_id: str, output_dir: Path, name: str) -> Callable[[], None]:
+    content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+    if name.endswith(".png"):  # a volume's preview (shared.volumes.preview)
+        content_type = "image/png"
+
+    def task() -> None:
+        jobs.put_output_file(job_id, name, output_dir / name, content_type)
+
+    return task
+
+
+class EarlyUploads:
+    """Uploads each series' images while the next series converts.
+
+    Passed to :func:`parse_folder` as its progress callback: each time a series has been
+    converted (``"converting"``), the images now in the output folder that are not yet
+    being uploaded are submitted to ``pool``. Every image file is complete by then (images
+    are written under a temporary name and renamed). :func:`upload_outputs` then waits
+    for these and uploads the rest; the documents still go last."""
+
+    def __init__(self, jobs: JobStore, job_id: str, output_dir: Path, pool: Executor) -> None:
+        self._jobs = jobs
+        self._job_id = job_id
+        self._output_dir = output_dir
+        self._pool = pool
+        self.started: dict[str, Future[None]] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != "converting":
+            return
+        images, _ = upload_plan(_output_names(self._output_dir))
+        for name in images:
+            if name not in self.started:
+                task = _put_output(self._jobs, self._job_id, self._output_dir, name)
+                self.started[name] = self._pool.submit(task)
+
+    def wait(self) -> None:
+        """Wait for every upload started; the first failure is raised after all ended."""
+        futures_wait(self.started.values())
+        errors = [e for f in self.started.values() if (e := f.exception()) is not None]
+        if errors:
+            raise errors[0]
+
+
 def upload_outputs(
-    jobs: JobStore, job_id: str, output_dir: Path, workers: int = 8
+    jobs: JobStore,
+    job_id: str,
+    output_dir: Path,
+    workers: int = 8,
+    early: EarlyUploads | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Upload every output file; returns (image keys, document keys), in upload order."""
-    images, documents = upload_plan(p.name for p in output_dir.iterdir() if p.is_file())
-
-    def put(name: str) -> Callable[[], None]:
-        content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-        if name.endswith(".png"):  # a volume's preview (shared.volumes.preview)
-            content_type = "image/png"
-
-        def task() -> None:
-            jobs.put_output_file(job_id, name, output_dir / name, content_type)
-
-        return task
-
-    _run_all(workers, [put(n) for n in images])
+    """Upload every output file (those ``early`` started are waited for, not uploaded
+    again); returns (image keys, document keys), in upload order."""
+    images, documents = upload_plan(_output_names(output_dir))
+    started = early.started if early is not None else {}
+    put = [_put_output(jobs, job_id, output_dir, n) for n in images if n not in started]
+    try:
+        _run_all(workers, put)
+    finally:
+        if early is not None:
+            early.wait()
     for name in documents:
-        put(name)()
+        _put_output(jobs, job_id, output_dir, name)()
     return [keys.output(job_id, n) for n in images], [keys.output(job_id, n) for n in documents]
 
 
@@ -194,7 +257,11 @@ def parse_job(
     )
     seconds: dict[str, float] = {}
     step = time.perf_counter()
-    with work_folder("parser", work_dir) as tmp, ThreadPoolExecutor(1) as side:
+    with (
+        work_folder("parser", work_dir) as tmp,
+        ThreadPoolExecutor(1) as side,
+        ThreadPoolExecutor(UPLOADS_DURING_PARSE) as uploads,
+    ):
         # What a previous parse stored, listed while the instances download
         listed = side.submit(jobs.output_keys, job_id)
         input_dir, output_dir = Path(tmp) / "input", Path(tmp) / "output"
@@ -202,14 +269,20 @@ def parse_job(
         output_dir.mkdir()
         download_instances(jobs, manifest, input_dir, workers)
         seconds["download"], step = _since(step)
+        early = EarlyUploads(jobs, job_id, output_dir, uploads)
         try:
-            metadata = parse_folder(input_dir, output_dir, options)
-            series_images = write_parser_outputs(metadata, output_dir)
-        except OutputError as exc:
-            # The local work folder, not the job, is at fault (full disk): try again later.
-            raise TransientError(f"cannot write the parser's outputs: {exc.reason}") from exc
+            try:
+                metadata = parse_folder(input_dir, output_dir, options, early)
+                series_images = write_parser_outputs(metadata, output_dir)
+            except OutputError as exc:
+                # The local work folder, not the job, is at fault (full disk): try again later.
+                raise TransientError(f"cannot write the parser's outputs: {exc.reason}") from exc
+        except BaseException:
+            for future in early.started.values():  # those running end before the folder goes
+                future.cancel()
+            raise
         seconds["parse"], step = _since(step)
-        image_keys, document_keys = upload_outputs(jobs, job_id, output_dir, workers)
+        image_keys, document_keys = upload_outputs(jobs, job_id, output_dir, workers, early)
         seconds["upload"], step = _since(step)
         existing = listed.result()
     jobs.delete_outputs(job_id, stale_output_keys(existing, image_keys + document_keys))
