@@ -11,6 +11,7 @@ count and time, and all traffic stays on 127.0.0.1/8.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import struct
@@ -110,7 +111,10 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
 
 
 def push(sock: socket.socket, header: bytes, limit: int, seconds: float) -> int:
-    """Send ``header`` then zeros until the peer stops taking them; the bytes sent."""
+    """Send ``header`` then zeros until the peer stops taking them; the bytes sent.
+
+    When ``sock`` is an association's of our own, pynetdicom's reactor closes it on the
+    peer's A-ABORT, maybe while we push (EBADF): the peer stopped taking them too."""
     sock.settimeout(2)
     sent = 0
     chunk = bytes(65536)
@@ -121,6 +125,9 @@ def push(sock: socket.socket, header: bytes, limit: int, seconds: float) -> int:
             sent += sock.send(chunk)
     except (ConnectionResetError, BrokenPipeError, TimeoutError):
         pass
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
     return sent
 
 
