@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,33 +98,16 @@ def storescu(port: int, called: str, folder: Path) -> float:
     return storescu_at_once(port, called, [folder])
 
 
-def storescu_with_store_paused(
-    port: int, called: str, folder: Path, store: subprocess.Popen[bytes]
+def storescu_at_once(
+    port: int,
+    called: str,
+    folders: list[Path],
+    paused: subprocess.Popen[bytes] | None = None,
 ) -> float:
-    """:func:`storescu` with the object store's process stopped (SIGSTOP) from 0.25 s after
-    the start until storescu has returned: the receiver's uploads wait meanwhile."""
-    env = dict(os.environ, TCP_NODELAY="1")
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        storescu_command(port, called, folder),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    try:
-        time.sleep(PAUSE_AFTER_SECONDS)
-        store.send_signal(signal.SIGSTOP)
-        _, err = process.communicate(timeout=600)
-        elapsed = time.perf_counter() - start
-    finally:
-        store.send_signal(signal.SIGCONT)
-    if process.returncode != 0:
-        raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-1000:]}")
-    return elapsed
-
-
-def storescu_at_once(port: int, called: str, folders: list[Path]) -> float:
-    """One ``storescu`` per folder, all started together; seconds until the last returns."""
+    """One ``storescu`` per folder, all started together; seconds until the last returns.
+    With ``paused`` (the object store's process), that process is stopped (SIGSTOP) from
+    PAUSE_AFTER_SECONDS after the start until every storescu has returned: the receiver's
+    uploads wait meanwhile."""
     env = dict(os.environ, TCP_NODELAY="1")
     start = time.perf_counter()
     processes = [
@@ -137,11 +120,18 @@ def storescu_at_once(port: int, called: str, folders: list[Path]) -> float:
         for folder in folders
     ]
     failed = []
-    for process in processes:
-        _, err = process.communicate(timeout=600)
-        if process.returncode != 0:
-            failed.append(err.decode(errors="replace")[-1000:])
-    elapsed = time.perf_counter() - start
+    try:
+        if paused is not None:
+            time.sleep(PAUSE_AFTER_SECONDS)
+            paused.send_signal(signal.SIGSTOP)
+        for process in processes:
+            _, err = process.communicate(timeout=600)
+            if process.returncode != 0:
+                failed.append(err.decode(errors="replace")[-1000:])
+        elapsed = time.perf_counter() - start
+    finally:
+        if paused is not None:
+            paused.send_signal(signal.SIGCONT)
     if failed:
         raise RuntimeError(f"storescu failed: {failed[0]}")
     return elapsed
@@ -174,17 +164,27 @@ class ForkingStoreSCP:
         self.process.wait(10)
 
 
-def log_times(path: Path, message: str) -> dict[str, float]:
-    """job_id -> epoch seconds of the first log line with this message."""
-    found: dict[str, float] = {}
+def log_records(path: Path, message: str) -> Iterator[dict[str, Any]]:
+    """The JSON log lines of ``path`` with this message, in order."""
     for line in path.read_text(errors="replace").splitlines():
         if f'"{message}"' not in line:
             continue
         try:
             record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def log_times(path: Path, message: str) -> dict[str, float]:
+    """job_id -> epoch seconds of the first log line with this message."""
+    found: dict[str, float] = {}
+    for record in log_records(path, message):
+        try:
             at = datetime.datetime.fromisoformat(record["time"]).timestamp()
             found.setdefault(record["job_id"], at)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             continue
     return found
 
@@ -411,7 +411,7 @@ def receive_part(
                 pair.append(
                     (
                         "seriesflow_store_paused",
-                        lambda: storescu_with_store_paused(port, "SERIESFLOW", ct, store),
+                        lambda: storescu_at_once(port, "SERIESFLOW", [ct], paused=store),
                     )
                 )
             if run_index % 2:
@@ -525,13 +525,7 @@ def parser_steps(logs: Path, released_at: dict[str, float]) -> dict[str, float]:
     """Medians of the parser's own steps (download, parse, upload: its ``job parsed`` line)
     for the counted jobs."""
     steps: dict[str, list[float]] = {"download": [], "parse": [], "upload": []}
-    for line in (logs / "parser.log").read_text(errors="replace").splitlines():
-        if '"job parsed"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in log_records(logs / "parser.log", "job parsed"):
         if record.get("job_id") not in released_at:
             continue
         for step, values in steps.items():

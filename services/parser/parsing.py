@@ -132,6 +132,13 @@ def _run_all(workers: int, tasks: Sequence[Callable[[], None]]) -> None:
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
         futures = [pool.submit(task) for task in tasks]
+    _raise_first_failure(futures)
+
+
+def _raise_first_failure(futures: Iterable[Future[None]]) -> None:
+    """Wait for every one of ``futures``; then raise the first failure, if any."""
+    futures = list(futures)
+    futures_wait(futures)
     errors = [error for f in futures if (error := f.exception()) is not None]
     if errors:
         raise errors[0]
@@ -208,10 +215,7 @@ class EarlyUploads:
 
     def wait(self) -> None:
         """Wait for every upload started; the first failure is raised after all ended."""
-        futures_wait(self.started.values())
-        errors = [e for f in self.started.values() if (e := f.exception()) is not None]
-        if errors:
-            raise errors[0]
+        _raise_first_failure(self.started.values())
 
 
 def upload_outputs(

@@ -82,7 +82,7 @@ def guard(assoc: Any, refused: Refused) -> None:
     serve = assoc._serve_request
     serving = threading.Lock()
 
-    def receive_leniently(primitive: Any) -> None:
+    def receive_and_serve(primitive: Any) -> None:
         _DECODING.lenient = True
         try:
             receive(primitive)
@@ -117,7 +117,7 @@ def guard(assoc: Any, refused: Refused) -> None:
                 return
         serve(msg, context_id)
 
-    dimse.receive_primitive = receive_leniently
+    dimse.receive_primitive = receive_and_serve
     assoc._serve_request = serve_checked
 
 
