@@ -4,10 +4,12 @@ dead-letter with the reason, replay, and the store's key handling."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from shared.jobstore import JobStore, export_stage
 from shared.manifest import InstanceRef, JobManifest
 from shared.settings import ServiceSettings
 from shared.store import (
+    PART_SIZE,
     LocalDiskFullError,
     LocalFileError,
     ObjectNotFoundError,
@@ -177,6 +180,49 @@ def test_a_local_file_error_is_not_an_unreachable_store(
     assert "unreachable" not in caught.value.reason
     with pytest.raises(LocalFileError):
         store.put_file("b.dcm", tmp_path / "missing.dcm")
+
+
+def test_a_large_file_is_stored_in_parts_whole_and_with_its_content_type(
+    settings: ServiceSettings, tmp_path: Path
+) -> None:
+    """Parts go up several at a time; each carries the object's Content-Type (SeaweedFS
+    otherwise gzips the chunks of a part it cannot type). Parts sent at once once shared
+    one header dict, which the client fills with each request's length and signature: the
+    object came out short, with no error."""
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    data = os.urandom(5 * PART_SIZE + 1234)
+    (tmp_path / "volume.nii").write_bytes(data)
+    for attempt in range(3):
+        store.put_file(f"out/{attempt}.nii", tmp_path / "volume.nii", "application/x-nifti")
+        assert store.get_bytes(f"out/{attempt}.nii") == data
+    stat = store._client.stat_object(store.bucket, "out/0.nii")
+    assert stat.content_type == "application/x-nifti"
+    assert stat.etag is not None and stat.etag.endswith("-6")  # six parts
+    (tmp_path / "small.json").write_bytes(b"{}")
+    store.put_file("out/small.json", tmp_path / "small.json", "application/json")
+    assert store.get_bytes("out/small.json") == b"{}"
+    (tmp_path / "empty").write_bytes(b"")
+    store.put_file("out/empty", tmp_path / "empty")
+    assert store.stat("out/empty").size == 0
+
+
+def test_a_short_object_is_never_reported_as_stored(
+    settings: ServiceSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    (tmp_path / "volume.nii").write_bytes(os.urandom(PART_SIZE + 4096))
+    upload_part = store._client._upload_part
+
+    def short_last_part(bucket: str, key: str, data: bytes, *rest: Any) -> str:
+        if len(data) < PART_SIZE:  # the last part loses its tail on the way
+            data = data[:-100]
+        return upload_part(bucket, key, data, *rest)
+
+    monkeypatch.setattr(store._client, "_upload_part", short_last_part)
+    with pytest.raises(TransientError, match="holds 8392604 of 8392704 bytes"):
+        store.put_file("out/v.nii", tmp_path / "volume.nii")
 
 
 def test_a_full_local_disk_is_reported_as_such() -> None:
