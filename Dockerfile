@@ -90,10 +90,10 @@ RUN groupadd --gid 10001 seriesflow \
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
 # Installing compiles the bytecode once, here, which is why PYTHONDONTWRITEBYTECODE is safe
 # (and a read-only root filesystem works). The imports check that every native library
-# (GDCM, the pylibjpeg decoders) loads on this base image.
+# (the pylibjpeg decoders) loads on this base image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels seriesflow \
-    && python -c "import gdcm, libjpeg, openjpeg, rle, pydicom, pynetdicom, seriesflow.cli" \
+    && python -c "import libjpeg, openjpeg, rle, pydicom, pynetdicom, seriesflow.cli" \
     && seriesflow --help > /dev/null
 
 USER 10001:10001
