@@ -13,6 +13,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from shared.dicom.files import (
+    _PIXEL_TAG_SET,
     HeaderReader,
     InstanceFile,
     KnownSequences,
@@ -24,8 +25,6 @@ from shared.dicom.files import (
 )
 from shared.dicom.json_model import dataset_to_json
 from tests.unit.test_pixels import shipped
-
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 _NAMES = [
     "CT_small.dcm",  # explicit VR little endian: the fast path
@@ -45,7 +44,7 @@ def _same_elements(got: Dataset, expected: Dataset) -> None:
         assert type(mine) is type(elem), tag
         if isinstance(elem, RawDataElement):
             assert isinstance(mine, RawDataElement)
-            if mine.value is None and int(tag) in _PIXEL_TAGS:
+            if mine.value is None and int(tag) in _PIXEL_TAG_SET:
                 # the fast path defers pixel data of every size: the same element, its
                 # value read from the file by its offset
                 assert tuple(mine)[:3] + tuple(mine)[4:] == tuple(elem)[:3] + tuple(elem)[4:]
