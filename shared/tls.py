@@ -5,10 +5,10 @@
   AEAD), the BCP 195 list; TLS 1.3 suites are all AEAD and stay OpenSSL's.
 * A server (the receiver's TLS port) presents its certificate and, with
   ``verify-clients``, requires a client certificate issued by ``ca-certificates``.
-* A client (the exporter) checks the destination's certificate against
-  ``ca-certificates`` (else the system's store) and its name (``server-name``, else
-  ``host-ip``) unless ``verify-hostname`` is false, and presents its own certificate when
-  one is configured.
+* A client (the exporter, and the config API's C-ECHO of a destination) checks the
+  destination's certificate against ``ca-certificates`` (else the system's store) and its
+  name (``server-name``, else ``host-ip``) unless ``verify-hostname`` is false, and
+  presents its own certificate when one is configured.
 
 A file that cannot be read or does not hold what it should gives :class:`TlsConfigError`
 (an InvalidInputError) naming the setting, never a traceback.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from shared.config import DestinationTlsConfig, ScpTlsConfig
+from shared.config import DestinationConfig, DestinationTlsConfig, ScpTlsConfig
 from shared.errors import InvalidInputError
 
 BCP195_CIPHERS = ":".join(
@@ -93,3 +93,13 @@ def client_context(config: DestinationTlsConfig, where: str) -> ssl.SSLContext:
     if config.certificate is not None and config.private_key is not None:
         _load_chain(context, config.certificate, config.private_key, where)
     return context
+
+
+def destination_tls_args(destination: DestinationConfig) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` (context, server name) to associate with ``destination``;
+    None when it has no ``tls``. A setting that cannot be used gives TlsConfigError."""
+    tls = destination.tls
+    if tls is None:
+        return None
+    context = client_context(tls, f"destination {destination.name}: tls")
+    return context, tls.server_name or destination.host_ip

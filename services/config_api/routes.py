@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 
 from services.config_api import jobs
 from services.config_api.deps import caller, job_store, repository
@@ -43,6 +44,7 @@ from services.config_api.repository import (
     invalid,
     not_found,
 )
+from shared.config import DestinationConfig
 from shared.errors import PermanentError, RulesError
 from shared.jobstore import JobStore
 from shared.pipelines import parse_pipeline, with_pipeline_id
@@ -262,15 +264,17 @@ async def echo_destination(
 ) -> EchoOut:
     stored = await run_in_threadpool(repo.find, "destinations", name)
     if stored is not None:
-        spec = stored.spec
-        target = (spec["ae-title"], spec["host-ip"], int(spec["port"]))
+        try:  # validated when it was stored (normalize_spec), unless by an older version
+            destination = DestinationConfig.model_validate(stored.spec)
+        except ValidationError as exc:
+            raise invalid(f"destination {name!r} as stored: {exc.errors()[0]['msg']}") from exc
     elif (static := repo.static.destination(name)) is not None:
-        target = (static.ae_title, static.host_ip, static.port)
+        destination = static
     else:
         raise not_found(f"destination {name!r}: not found")
     calling = repo.static.dicom.scu.ae_title
     timeout = float(request.app.state.echo_timeout)
-    return await run_in_threadpool(echo, name, *target, calling, timeout)
+    return await run_in_threadpool(echo, destination, calling, timeout)
 
 
 # -- pipelines ------------------------------------------------------------------------

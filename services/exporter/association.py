@@ -26,7 +26,7 @@
 * **Socket.** ``TCP_NODELAY`` is set as the connection opens (``EVT_CONN_OPEN``), so
   small PDUs (the command set, the last fragment) never wait for Nagle's algorithm.
 * **DICOM TLS.** A destination with ``tls`` is reached over TLS (BCP 195 profile,
-  :func:`shared.tls.client_context`): its certificate is checked against the destination's
+  :func:`shared.tls.destination_tls_args`): its certificate is checked against the destination's
   ``ca-certificates`` (else the system's) and, unless ``verify-hostname`` is false, against
   ``server-name`` (else ``host-ip``); our client certificate is presented when configured.
   A TLS setting that cannot be used (missing file, wrong key) is a permanent error; a
@@ -58,7 +58,7 @@ from services.exporter.meta import FileMeta
 from services.exporter.status import StoreOutcome, classify_store_status, status_text
 from shared.config import DestinationConfig
 from shared.logs import get_logger
-from shared.tls import TlsConfigError, client_context
+from shared.tls import TlsConfigError, destination_tls_args
 
 MAX_CONTEXTS = 128
 _LITTLE_ENDIAN_ALTERNATIVE = {
@@ -334,14 +334,10 @@ class StoreAssociation:
 
     def _tls_args(self) -> tuple[Any, str] | None:
         """pynetdicom's ``tls_args`` for a destination with ``tls``, else None."""
-        tls = self.destination.tls
-        if tls is None:
-            return None
         try:
-            context = client_context(tls, f"destination {self.destination.name}: tls")
+            return destination_tls_args(self.destination)
         except TlsConfigError as exc:
             raise AssociationError(exc.reason, transient=False) from exc
-        return context, tls.server_name or self.destination.host_ip
 
     def send(self, file: bytes | Path, meta: FileMeta) -> SendResult:
         """C-STORE a stored file, its bytes or a local path (its header is ``meta``), and

@@ -291,3 +291,39 @@ def test_tls_settings_flow_through_the_config_api(
     assert stored.tls.server_name == "127.0.0.1"
     secure = view.ae_title("SECURE")
     assert secure is not None and secure.require_tls
+
+
+def test_the_config_api_echoes_a_tls_destination_over_tls(
+    settings: ServiceSettings, tmp_path: Path, pki: Pki
+) -> None:
+    """``POST /destinations/{name}/echo`` reaches a TLS-only destination as the exporter
+    does (its ``tls``), and says when the handshake is what failed."""
+    scp = TlsStoreSCP(tmp_path / "received", pki)
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    client = make_client(settings, store, None)
+    tls = {"caCertificates": str(pki.ca), "certificate": str(pki.client_cert),
+           "privateKey": str(pki.client_key)}  # fmt: skip
+    target = {"aeTitle": "DEST", "hostIp": "127.0.0.1", "port": scp.port}
+    try:
+        for name, body in (
+            ("pacs", {**target, "tls": tls}),
+            ("untrusted", {**target, "tls": {**tls, "caCertificates": str(pki.rogue_cert)}}),
+            ("plain", target),
+        ):
+            created = client.post("/api/v1/destinations", json={"name": name, **body})
+            assert created.status_code == 201, created.text
+        answer = client.post("/api/v1/destinations/pacs/echo")
+        assert answer.status_code == 200
+        assert answer.json()["success"] is True, answer.text
+        assert answer.json()["status"] == "0x0000"
+        # a certificate we cannot verify: no echo, and the answer names TLS
+        untrusted = client.post("/api/v1/destinations/untrusted/echo").json()
+        assert untrusted["success"] is False
+        assert "TLS handshake" in untrusted["message"]
+        # without tls the TLS-only port does not answer a plain association
+        plain = client.post("/api/v1/destinations/plain/echo").json()
+        assert plain["success"] is False
+        assert "TLS" not in plain["message"]
+    finally:
+        scp.stop()
