@@ -127,7 +127,8 @@ def storescu_at_once(
         for process in processes:
             _, err = process.communicate(timeout=600)
             if process.returncode != 0:
-                failed.append(err.decode(errors="replace")[-1000:])
+                output = err.decode(errors="replace").strip()[-1000:] or "no output"
+                failed.append(f"exit status {process.returncode}: {output}")
         elapsed = time.perf_counter() - start
     finally:
         if paused is not None:
