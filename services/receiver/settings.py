@@ -95,6 +95,12 @@ class ReceiverSettings(ServiceSettings):
         description="Largest STOW-RS request body (held in memory while its instances are "
         "checked and stored); a larger one is answered 413 before it is read",
     )
+    stow_max_requests: int = Field(
+        default=2,
+        ge=1,
+        description="STOW-RS requests handled at once (each holds its body in memory); one "
+        "more is answered 503 with Retry-After before its body is read",
+    )
     api_token: SecretStr | None = Field(
         default=None, description="STOW-RS bearer token, the config API's (named 'default')"
     )

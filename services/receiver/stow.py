@@ -20,6 +20,8 @@ STOW-RS listens on ``SERIESFLOW_STOW_HOST`` (127.0.0.1) : ``SERIESFLOW_STOW_PORT
 Tokens are the config API's (``SERIESFLOW_API_TOKEN(S)``, :mod:`shared.tokens`); with
 none, STOW-RS serves loopback only. A body larger than ``SERIESFLOW_STOW_MAX_BYTES`` is
 answered 413 without being read (by Content-Length) or as soon as it passes the limit.
+At most ``SERIESFLOW_STOW_MAX_REQUESTS`` requests are handled at once, so the memory their
+bodies take is bounded too: one more is answered 503 with ``Retry-After``, unread.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ CALLING_AE_TITLE = "STOW-RS"
 """The calling AE title of a STOW-RS request's "association" (in its job's manifest)."""
 _PATH = re.compile(r"^/dicomweb/([^/]{1,16})/studies(?:/([0-9.]{1,64}))?/?$")
 _MAX_WARNINGS = 20
+RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of a 503 answered because SERIESFLOW_STOW_MAX_REQUESTS are in progress."""
 
 log = get_logger("receiver.stow")
 
@@ -87,6 +91,8 @@ class StowApp:
         self.settings = settings
         self.context = context
         self.tokens = TokenChecker(parse_tokens(settings.api_token, settings.api_tokens))
+        self.in_progress = 0
+        """Requests whose body is being read or stored (one event loop: no lock needed)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,11 +128,22 @@ class StowApp:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._limit:
             raise RequestError(413, f"request body larger than {self._limit} bytes")
-        body = await self._body(receive)
-        client = scope.get("client") or ("", 0)
-        outcomes = await asyncio.to_thread(
-            self.store, ae_title, study, split_parts(body, boundary), str(client[0])
-        )
+        if self.in_progress >= self.settings.stow_max_requests:
+            raise RequestError(
+                503,
+                f"{self.in_progress} STOW-RS requests are in progress, the most handled at "
+                f"once (SERIESFLOW_STOW_MAX_REQUESTS); send again later",
+            )
+        self.in_progress += 1
+        try:
+            body = await self._body(receive)
+            client = scope.get("client") or ("", 0)
+            outcomes = await asyncio.to_thread(
+                self.store, ae_title, study, split_parts(body, boundary), str(client[0])
+            )
+            del body  # its memory goes with its slot
+        finally:
+            self.in_progress -= 1
         if not outcomes:
             raise RequestError(400, "the request holds no part")
         await _answer(send, http_status(outcomes), response(outcomes), _warnings(outcomes))
@@ -257,7 +274,9 @@ async def _answer_error(send: Send, status: int, reason: str) -> None:
     ]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="seriesflow"'))
-    if status in (401, 413):
+    if status == 503:
+        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    if status in (401, 413, 503):  # the body is not read
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": encoded})

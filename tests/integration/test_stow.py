@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -99,6 +100,16 @@ def curl(
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "answer").read_text()
     return Answer(int(result.stdout), (tmp_path / "headers").read_text(), json.loads(text or "{}"))
+
+
+def curl_until(status: int, url: str, body: bytes, tmp_path: Path, timeout: float = 15) -> Answer:
+    """:func:`curl` again until the answer has ``status`` (what another request is doing
+    decides it); the last answer."""
+    deadline = time.monotonic() + timeout
+    while (answer := curl(url, body, tmp_path)).status != status:
+        assert time.monotonic() < deadline, f"no {status} within {timeout} s: {answer}"
+        time.sleep(0.1)
+    return answer
 
 
 def sop_uid(path: Path) -> str:
@@ -331,3 +342,39 @@ def test_a_study_sent_by_stow_is_selected_exactly_like_the_same_study_sent_by_c_
     assert sorted(i.sop_instance_uid for i in stow.instances) == sorted(
         i.sop_instance_uid for i in cstore_job.instances
     )
+
+
+def test_stow_requests_beyond_the_limit_are_answered_503_unread_and_a_slot_frees(
+    settings: ServiceSettings, tmp_path: Path, ct: list[Path]
+) -> None:
+    """Each request holds its body in memory: with SERIESFLOW_STOW_MAX_REQUESTS=1, a second
+    request while one is in progress is answered 503 with Retry-After; once the first ends,
+    even by its client going away in the middle of its body, the next is served."""
+    dicom_port, stow_port = free_port(), free_port()
+    config = write_config(tmp_path / "c.yaml", dicom_port)
+    url = f"http://127.0.0.1:{stow_port}/dicomweb/SERIESFLOW/studies"
+    body = multipart([("application/dicom", ct[0].read_bytes())])
+    with running(
+        settings, config, stow_port=stow_port, api_token=SecretStr(TOKEN), stow_max_requests=1
+    ):
+        wait_for_port(stow_port)
+        for ending in ("completes", "goes away"):
+            slow = socket.create_connection(("127.0.0.1", stow_port), timeout=10)
+            try:
+                head = (
+                    "POST /dicomweb/SERIESFLOW/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n"
+                    'Content-Type: multipart/related; type="application/dicom"; '
+                    f"boundary={BOUNDARY}\r\n\r\n"
+                )
+                slow.sendall(head.encode() + body[:100])  # in progress: its body half sent
+                busy = curl_until(503, url, body, tmp_path)
+                assert "retry-after: 5" in busy.headers.lower(), busy
+                assert "STOW_MAX_REQUESTS" in busy.body["error"]
+                if ending == "completes":
+                    slow.sendall(body[100:])
+                    assert slow.recv(4096).startswith(b"HTTP/1.1 200"), ending
+            finally:
+                slow.close()
+            served = curl_until(200, url, body, tmp_path)
+            assert served.uids(REFERENCED) == [sop_uid(ct[0])], ending

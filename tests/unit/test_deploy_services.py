@@ -512,12 +512,16 @@ def test_receiver_listens_on_the_configured_scp_and_stow_ports(
 def test_receiver_stow_request_limit_fits_its_memory_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A STOW-RS request is held in memory, up to about twice its size (docs/receiver.md):
-    # the largest one accepted takes at most half the container's memory limit.
+    # A STOW-RS request is held in memory, up to about twice its size, and at most
+    # stow_max_requests are handled at once (docs/receiver.md): the largest ones accepted,
+    # all at once, take at most half the container's memory limit.
     limit = _memory_bytes(_container("receiver")["resources"]["limits"]["memory"])
-    max_bytes = _receiver_settings(monkeypatch).stow_max_bytes
+    settings = _receiver_settings(monkeypatch)
+    max_bytes, at_once = settings.stow_max_bytes, settings.stow_max_requests
     assert max_bytes == 64 * 2**20
-    assert 2 * max_bytes <= limit // 2, f"{max_bytes} bytes per request, {limit} limit"
+    assert at_once * 2 * max_bytes <= limit // 2, (
+        f"{at_once} requests of {max_bytes} bytes at once, {limit} limit"
+    )
 
 
 @pytest.mark.parametrize(
