@@ -17,8 +17,8 @@ the association record of the association that brought the new copy
 (:class:`services.receiver.job.DuplicateConflict`). An identical copy is no conflict: on
 the same association it is answered Success and not stored again; on another association
 it is stored like any instance (either copy serves). Digests are computed only when a SOP
-Instance UID arrives a second time (the first copy's from its spooled or stored bytes), so
-the common case, every instance once, costs no hashing.
+Instance UID arrives a second time (the first copy's from its spooled or stored bytes, once:
+the index keeps it), so the common case, every instance once, costs no hashing.
 
 :class:`InstanceIndex` remembers, per group being formed (see :mod:`services.receiver.job`),
 which association stored each SOP Instance UID first and with what digest. A group is
@@ -83,6 +83,19 @@ class InstanceIndex:
         with self._lock:
             entries = self._groups.setdefault(group, {})
             if replace or sop_instance_uid not in entries:
+                entries[sop_instance_uid] = seen
+
+    def remember_digest(self, group: Group, sop_instance_uid: str, seen: Seen) -> None:
+        """Keep the digest just computed for the copy ``seen``, if that copy is still the
+        job's: a third copy is then compared without reading the first again."""
+        with self._lock:
+            entries = self._groups.get(group, {})
+            held = entries.get(sop_instance_uid)
+            if (
+                held is not None
+                and not held.digest
+                and (held.association_id, held.key) == (seen.association_id, seen.key)
+            ):
                 entries[sop_instance_uid] = seen
 
     def forget_group(self, group: Group) -> None:

@@ -65,7 +65,7 @@ from services.receiver.instance import (
     describe,
     part10,
 )
-from services.receiver.job import DuplicateConflict, Ending
+from services.receiver.job import DuplicateConflict, Ending, Group
 from services.receiver.release import JobService
 from services.receiver.spool import Spool
 from shared import keys
@@ -246,7 +246,7 @@ def store_instance(
     seen = context.jobs.index.seen(group, sop_instance_uid)
     if seen is not None:
         copy = digest(data_set)
-        seen = _with_digest(context, seen)
+        seen = _with_digest(context, group, sop_instance_uid, seen)
     if seen is not None and seen.digest == copy:
         if seen.association_id == association.association_id:
             log.info("instance received again, identical: already stored", extra=extra)
@@ -281,14 +281,17 @@ def store_instance(
     return statuses.SUCCESS
 
 
-def _with_digest(context: ReceiverContext, seen: Seen) -> Seen:
-    """``seen`` with its digest, computed from its bytes (spool, else store) if not yet."""
+def _with_digest(context: ReceiverContext, group: Group, sop_instance_uid: str, seen: Seen) -> Seen:
+    """``seen`` with its digest, computed from its bytes (spool, else store) if not yet,
+    and then kept in the index."""
     if seen.digest or not seen.key:
         return seen
     data = context.spool.read(seen.key)
     if data is None:  # uploaded meanwhile
         data = context.jobs.job_store.instance_bytes(seen.key)
-    return dataclasses.replace(seen, digest=digest(data_set_of(data)))
+    seen = dataclasses.replace(seen, digest=digest(data_set_of(data)))
+    context.jobs.index.remember_digest(group, sop_instance_uid, seen)
+    return seen
 
 
 _OUTCOMES: dict[DuplicatePolicy, Literal["kept-first", "overwritten", "rejected"]] = {

@@ -459,3 +459,42 @@ def test_duplicates_follow_the_policy_within_and_across_associations_with_an_aud
     audited = [r for r in caplog.records if "different content" in r.getMessage()]
     assert len(audited) == 6
     assert {r.__dict__["outcome"] for r in audited} == {"kept-first", "overwritten", "rejected"}
+
+
+def test_a_first_copy_already_uploaded_is_read_back_once_however_often_it_is_sent_again(
+    settings: ServiceSettings,
+    observer: Broker,  # noqa: F811
+    tmp_path: Path,
+    ct: list[Path],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A study sent again while its job forms: the first copy's digest is computed from
+    the store once, not once per copy (each read is a GET on the association's thread)."""
+    first = pydicom.dcmread(ct[0])
+    port = free_port()
+    ae_titles = [{"ae-title": "KEEP", "pipeline": "keep", "grouping": "study", "timeout": 3}]
+    with running(settings, write_config(tmp_path / "c.yaml", port, ae_titles)) as receiver:
+        assoc = association(port, "KEEP")
+        assert store(assoc, first) == statuses.SUCCESS
+        assoc.release()
+        objects, deadline = receiver.job_store.objects, time.monotonic() + 10
+        while not (uploaded := [k for k in objects.list("incoming/") if k.endswith(".dcm")]):
+            assert time.monotonic() < deadline, "the first copy was never uploaded"
+            time.sleep(0.05)
+        (key,) = uploaded
+        while receiver.spool.read(key) is not None:  # out of the spool: read from the store
+            assert time.monotonic() < deadline, "the first copy stays in the spool"
+            time.sleep(0.05)
+        reads: list[str] = []
+        read = receiver.job_store.instance_bytes
+        monkeypatch.setattr(
+            receiver.job_store, "instance_bytes", lambda k: reads.append(k) or read(k)
+        )
+        for _ in range(3):
+            assoc = association(port, "KEEP")
+            assert store(assoc, first) == statuses.SUCCESS
+            assoc.release()
+        assert reads == [key]
+        (message,) = wait_for_messages(observer, 1, timeout=20)
+        manifest = job_manifest(receiver.job_store.objects, message)
+        assert len(manifest.associations) == 4 and len(manifest.instances) == 1

@@ -123,6 +123,23 @@ def test_the_index_remembers_the_first_copy_per_group_until_forgotten() -> None:
     assert len(index) == 0
 
 
+def test_a_digest_computed_later_is_kept_only_for_the_copy_it_was_computed_from() -> None:
+    index = InstanceIndex()
+    group = ("study", "X", "9.1")
+    first = Seen("a" * 32, "", "incoming/a/1.1.dcm")
+    index.stored(group, "1.1", first, replace=False)
+    index.remember_digest(group, "1.1", Seen("a" * 32, "d1", "incoming/a/1.1.dcm"))
+    assert index.seen(group, "1.1") == Seen("a" * 32, "d1", "incoming/a/1.1.dcm")
+    # replaced meanwhile (overwrite): a digest of the earlier copy is not kept for the new one
+    index.stored(group, "1.1", Seen("b" * 32, "", "incoming/b/1.1.dcm"), replace=True)
+    index.remember_digest(group, "1.1", Seen("a" * 32, "d1", "incoming/a/1.1.dcm"))
+    assert index.seen(group, "1.1") == Seen("b" * 32, "", "incoming/b/1.1.dcm")
+    # forgotten meanwhile (the job released): nothing comes back
+    index.forget_group(group)
+    index.remember_digest(group, "1.1", Seen("b" * 32, "d2", "incoming/b/1.1.dcm"))
+    assert index.seen(group, "1.1") is None and len(index) == 0
+
+
 def test_an_instance_s_group_follows_its_ae_title_s_grouping() -> None:
     def config(**values: object) -> AETitleConfig:
         return AETitleConfig.model_validate({"ae-title": "X", **values})
