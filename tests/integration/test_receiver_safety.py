@@ -487,9 +487,12 @@ def test_a_first_copy_already_uploaded_is_read_back_once_however_often_it_is_sen
             time.sleep(0.05)
         reads: list[str] = []
         read = receiver.job_store.instance_bytes
-        monkeypatch.setattr(
-            receiver.job_store, "instance_bytes", lambda k: reads.append(k) or read(k)
-        )
+
+        def counted(key: str) -> bytes:
+            reads.append(key)
+            return read(key)
+
+        monkeypatch.setattr(receiver.job_store, "instance_bytes", counted)
         for _ in range(3):
             assoc = association(port, "KEEP")
             assert store(assoc, first) == statuses.SUCCESS
