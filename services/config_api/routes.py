@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 
 from services.config_api import jobs
 from services.config_api.deps import caller, job_store, repository
@@ -44,7 +43,7 @@ from services.config_api.repository import (
     invalid,
     not_found,
 )
-from shared.config import DestinationConfig
+from shared.configstore import parse_stored
 from shared.errors import PermanentError, RulesError
 from shared.jobstore import JobStore
 from shared.pipelines import parse_pipeline, with_pipeline_id
@@ -265,9 +264,9 @@ async def echo_destination(
     stored = await run_in_threadpool(repo.find, "destinations", name)
     if stored is not None:
         try:  # validated when it was stored (normalize_spec), unless by an older version
-            destination = DestinationConfig.model_validate(stored.spec)
-        except ValidationError as exc:
-            raise invalid(f"destination {name!r} as stored: {exc.errors()[0]['msg']}") from exc
+            destination = parse_stored("destinations", name, stored.spec)
+        except PermanentError as exc:
+            raise invalid(exc.reason) from exc
     elif (static := repo.static.destination(name)) is not None:
         destination = static
     else:
