@@ -52,15 +52,34 @@ def test_a_reactor_sleep_lasts_its_time_without_data(clock: wakeup.WakingClock) 
     assert time.monotonic() - started >= 0.09
 
 
+class CountingTime:
+    """A time module whose clock moves only when it sleeps, and which counts its sleeps:
+    how long the real ``select`` took (on a busy machine, longer than IMMEDIATE_SECONDS)
+    then cannot change what the clock decides."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def test_a_socket_left_unread_does_not_spin(
-    clock: wakeup.WakingClock, pair: tuple[socket.socket, socket.socket]
+    monkeypatch: pytest.MonkeyPatch, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     """Readable and never read: SPIN_LIMIT quick returns, then a real sleep each time."""
+    monkeypatch.setattr(wakeup, "_reactor_socket", lambda thread: pair[0])
+    fake = CountingTime()
+    clock = wakeup.WakingClock(fake)  # type: ignore[arg-type]
     pair[1].send(b"\x04")
-    started = time.monotonic()
     for _ in range(3 * (wakeup.SPIN_LIMIT + 1)):
         clock.sleep(0.05)
-    assert time.monotonic() - started >= 3 * 0.05 * 0.9
+    assert fake.sleeps == [0.05] * 3
 
 
 def test_other_threads_sleep_as_before() -> None:
