@@ -136,6 +136,16 @@ def process_mib(pid: int, field: str = "VmHWM") -> float | None:
     return status_field_mib(status, field)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a running process has used so far; None once it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- results ---------------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ from _common import (
     listing,
     machine,
     median,
+    process_cpu_seconds,
     tail,
     verdict,
     warn_if_busy,
@@ -363,7 +364,7 @@ def run(
     if "receive" in args.parts:
         report["receive"] = receive_part(args, work, settings, ct, store)
     if "latency" in args.parts:
-        report["latency"] = latency_part(args, work, settings, ct)
+        report["latency"] = latency_part(args, work, settings, ct, store)
     report["machine"] = machine(load)
     print()
     print_report(report)
@@ -448,23 +449,43 @@ def receive_part(
     }
 
 
+def cpu_snapshot(processes: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process that is still running."""
+    used = {name: process_cpu_seconds(pid) for name, pid in processes.items()}
+    return {name: seconds for name, seconds in used.items() if seconds is not None}
+
+
 def latency_part(
-    args: argparse.Namespace, work: Path, settings: ServiceSettings, ct: Path
+    args: argparse.Namespace,
+    work: Path,
+    settings: ServiceSettings,
+    ct: Path,
+    store: subprocess.Popen[bytes] | None = None,
 ) -> dict[str, Any]:
-    """Receiver + parser + selector at INFO, release -> selected-images.json."""
+    """Receiver + parser + selector at INFO, release -> selected-images.json; with the CPU
+    time each service (and the object store) used per job, from the send to the event."""
     deployment = Deployment(settings, work / "latency")
     observer = Observer(settings, ["job.selected"])
     services = deployment.start_pipeline()
+    watched = {s.service: s.process.pid for s in services if s.process is not None}
+    if store is not None:
+        watched["object store"] = store.pid
     latencies: list[float] = []
     released_at: dict[str, float] = {}
+    cpu: dict[str, list[float]] = {name: [] for name in watched}
     try:
         for run_index in range(args.runs + 1):
+            before = cpu_snapshot(watched)
             storescu(deployment.port, "SERIESFLOW", ct)
             released, wall = time.perf_counter(), time.time()
             arrived, job = observer.wait("job.selected")
+            after = cpu_snapshot(watched)
             if run_index:
                 latencies.append(arrived - released)
                 released_at[job] = wall
+                for name in cpu:
+                    if name in before and name in after:
+                        cpu[name].append(after[name] - before[name])
             print(
                 f"latency run {run_index}/{args.runs}: {arrived - released:.2f} s", file=sys.stderr
             )
@@ -477,6 +498,7 @@ def latency_part(
         "target_seconds": LATENCY_TARGET_SECONDS,
         "stage_median_seconds": stage_medians(deployment.logs, released_at),
         "parser_step_median_seconds": parser_steps(deployment.logs, released_at),
+        "cpu_median_seconds": {name: median(v) for name, v in cpu.items() if v},
     }
 
 
@@ -519,6 +541,11 @@ def print_report(report: dict[str, Any]) -> None:
                 + ", ".join(
                     f"{k} {v:.2f} s" for k, v in latency["parser_step_median_seconds"].items()
                 )
+            )
+        if latency.get("cpu_median_seconds"):
+            print(
+                "  CPU time a job, send to selected (medians): "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in latency["cpu_median_seconds"].items())
             )
 
 

@@ -41,6 +41,7 @@ re-established with backoff; unacknowledged messages are redelivered by RabbitMQ
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -69,6 +70,14 @@ _CONNECTION_ERRORS = (
 )
 log = get_logger("broker")
 T = TypeVar("T")
+
+SERVICE_POLL_SECONDS = 1.0
+"""How long :meth:`Broker.run_alongside` waits for the connection's I/O at a time while a
+handler works (heartbeats need one turn every few seconds; the work's end wakes it)."""
+
+
+def _nothing() -> None:
+    """A callback that only wakes the connection's thread."""
 
 
 def queue_name(service: str) -> str:
@@ -190,16 +199,26 @@ class Broker:
         A handler doing long work (a conversion, an export) would otherwise starve the
         connection's heartbeats; RabbitMQ would close it and redeliver the message while
         the first delivery is still being worked on.
+
+        The worker wakes this thread when the work ends (a callback queued on the
+        connection), so the result is taken at once rather than at the next poll; between
+        events this thread sleeps up to :data:`SERVICE_POLL_SECONDS`.
         """
         connection = self._connection
         if connection is None or not connection.is_open:
             return work()
         context = contextvars.copy_context()  # keeps the job's log context
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(*_CONNECTION_ERRORS):  # closed: the loop below raises
+                connection.add_callback_threadsafe(_nothing)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.producer}-work") as pool:
             future = pool.submit(context.run, work)
+            future.add_done_callback(wake)
             try:
                 while not future.done():
-                    connection.process_data_events(time_limit=0.05)
+                    connection.process_data_events(time_limit=SERVICE_POLL_SECONDS)
             except BaseException:
                 wait([future])  # let the work end (and clean up) before giving up
                 raise

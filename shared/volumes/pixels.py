@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,13 @@ class _Encoding:
     slopes: Array
     intercepts: Array
 
-    @property
+    @cached_property
     def rescaled(self) -> bool:
+        """Whether any frame has a slope other than 1 or an intercept other than 0 (asked
+        once a frame: computed once, not once a frame over every frame)."""
         return bool(np.any(self.slopes != 1.0) or np.any(self.intercepts != 0.0))
 
-    @property
+    @cached_property
     def integral(self) -> bool:
         return bool(
             np.all(self.slopes == np.round(self.slopes))

@@ -31,7 +31,7 @@ from services.replay import replay_job
 from services.selector.handlers import BINDINGS as SELECTOR_BINDINGS
 from services.selector.main import SelectorService
 from shared import keys
-from shared.broker import Broker
+from shared.broker import SERVICE_POLL_SECONDS, Broker
 from shared.dicom.metadata import METADATA_FILE, SELECTED_IMAGES_FILE, SERIES_IMAGES_FILE
 from shared.events import (
     Envelope,
@@ -525,6 +525,27 @@ def test_a_long_parse_keeps_the_broker_connection_alive(settings: ServiceSetting
 
     assert alive_after(lambda: broker.run_alongside(lambda: time.sleep(4)))
     assert not alive_after(lambda: time.sleep(4))  # the premise: a silent connection dies
+
+
+def test_work_alongside_the_connection_returns_as_soon_as_it_ends(
+    settings: ServiceSettings,
+) -> None:
+    """The worker wakes the connection's thread: a job's result is not held until the
+    next poll of the connection (up to SERVICE_POLL_SECONDS later)."""
+
+    def work() -> int:
+        time.sleep(0.02)
+        return 7
+
+    with Broker(settings, "test") as broker:
+        broker.connect(attempts=3)
+        took = []
+        for _ in range(5):
+            started = time.perf_counter()
+            assert broker.run_alongside(work) == 7
+            took.append(time.perf_counter() - started)
+    assert SERVICE_POLL_SECONDS >= 0.5
+    assert sorted(took)[2] < 0.2, took
 
 
 @pytest.fixture(autouse=True)
