@@ -53,6 +53,7 @@ from shared.logs import get_logger
 log = get_logger("receiver.spool")
 
 _TMP = ".tmp"
+_UPLOADED = ".uploaded"  # a file the store has taken, renamed to be removed outside the lock
 _RECORD = "association.json"
 _MAX_SLOTS = 1024
 _FRESH_SECONDS = 1.0  # an upload or check this recent stands for a check of the store
@@ -144,7 +145,9 @@ class Spool:
         self.backoff_max = max(backoff_max or 30.0, self.backoff)
         self._slot: _Slot | None = None
         self._adopted: list[_Slot] = []
-        self._lock = threading.Condition()
+        mutex = threading.RLock()  # some holders call methods that take it again
+        self._lock = threading.Condition(mutex)  # upload threads wait on it for work
+        self._emptied = threading.Condition(mutex)  # drain waits on it for uploads to end
         self._entries: dict[str, _Entry] = {}
         self._queue: deque[str] = deque()
         self._inflight: set[str] = set()
@@ -154,6 +157,7 @@ class Spool:
         self._recovering: set[str] = set()
         self._dirs: set[Path] = set()
         self._bytes = 0
+        self._removing = 0  # uploaded files renamed, not unlinked yet (see _done)
         self._failing: str | None = None
         self._last_ok = -_FRESH_SECONDS  # monotonic time of the last upload or check
         self._delay = self.backoff
@@ -218,14 +222,15 @@ class Spool:
             thread.start()
 
     def drain(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for every spooled file to be uploaded; True if empty."""
+        """Wait up to ``timeout`` s for every spooled file to be uploaded and removed; True
+        if empty."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._entries:
+            while self._entries or self._removing:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._lock.wait(min(left, 0.2))
+                self._emptied.wait(min(left, 0.2))
         return True
 
     def close(self) -> None:
@@ -303,6 +308,9 @@ class Spool:
         for path in sorted(folder.iterdir()):
             if path.name.endswith(_TMP):
                 path.unlink()  # never acknowledged: the crash came before its rename
+                continue
+            if path.name.endswith(_UPLOADED):
+                path.unlink()  # uploaded: the crash came before its removal
                 continue
             if path.name == _RECORD:
                 record = path
@@ -565,7 +573,15 @@ class Spool:
             self._lock.notify()
 
     def _done(self, entry: _Entry, generation: int) -> None:
+        """The store has taken ``entry`` as it was at ``generation``: forget it.
+
+        The file is renamed under the lock (so a new copy under the same name is never the
+        one removed) and unlinked after it: an unlink frees the file's blocks, about 15
+        times as long as a rename here, and the receive path waits for this lock. Only the
+        upload threads are woken for work, and only when some was queued; :meth:`drain`
+        waits on a condition of its own."""
         callbacks: list[Callable[[], None]] = []
+        uploaded: Path | None = None
         with self._lock:
             self._inflight.discard(entry.key)
             self._failing = None
@@ -575,8 +591,16 @@ class Spool:
                 self._queue.append(entry.key)
                 self._lock.notify()
                 return
-            with contextlib.suppress(FileNotFoundError):
-                entry.path.unlink()
+            if entry.record:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.path.unlink()  # once an association, and its folder goes next
+            else:
+                uploaded = entry.path.with_name(entry.path.name + _UPLOADED)
+                try:
+                    entry.path.replace(uploaded)
+                    self._removing += 1
+                except FileNotFoundError:
+                    uploaded = None
             del self._entries[entry.key]
             self._bytes -= entry.size
             self._recovering.discard(entry.key)
@@ -594,11 +618,21 @@ class Spool:
                     record = self._records.get(association)
                     if record is not None and record not in self._inflight:
                         self._queue.append(record)
+                        self._lock.notify()
             if not self._pending.get(association) and association not in self._records:
                 callbacks += self._waiters.pop(association, [])
             if entry.record:  # the association is over: its folder is empty now
                 self._forget_dir(entry.path.parent)
-            self._lock.notify_all()
+            if not self._entries and not self._removing:
+                self._emptied.notify_all()
+        if uploaded is not None:
+            # Gone already if its folder was removed (_forget_dir); else left to a restart.
+            with contextlib.suppress(OSError):
+                uploaded.unlink()
+            with self._lock:
+                self._removing -= 1
+                if not self._entries and not self._removing:
+                    self._emptied.notify_all()
         for callback in callbacks:
             try:
                 callback()
@@ -609,7 +643,11 @@ class Spool:
                 )
 
     def _forget_dir(self, folder: Path) -> None:
-        """An ended association's folder is empty: remove it (best effort)."""
+        """An ended association's folder is empty: remove it (best effort). Its uploaded
+        files may still be there, about to be unlinked by the threads that uploaded them
+        (:meth:`_done`): they are removed here first."""
         self._dirs.discard(folder)
         with contextlib.suppress(OSError):
+            for leftover in folder.glob("*" + _UPLOADED):
+                leftover.unlink(missing_ok=True)
             folder.rmdir()

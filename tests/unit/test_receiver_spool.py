@@ -219,6 +219,8 @@ def test_a_restart_uploads_what_a_killed_process_left_instances_first(
     dead.store_record(A, {"association_id": A}, lambda: None)
     dead.store(key(B, 1), B, b"b1")  # open at the kill: no record
     (slot / key(B, 2)).with_name("1.2.3.2.dcm.tmp").write_bytes(b"cut")  # never answered
+    uploaded = (slot / key(B, 3)).with_name("1.2.3.3.dcm.uploaded")
+    uploaded.write_bytes(b"b3")  # uploaded, killed before its removal
     dead.close()  # like a kill: nothing was uploaded
     assert memory.objects == {}
 
@@ -227,6 +229,7 @@ def test_a_restart_uploads_what_a_killed_process_left_instances_first(
     assert spool.recover() == 5
     assert spool.recovering() == 5
     assert not (slot / key(B, 2)).with_name("1.2.3.2.dcm.tmp").exists()
+    assert not uploaded.exists(), "an uploaded file is removed, not uploaded again"
     spool.start()
     try:
         assert spool.drain(5)
@@ -241,6 +244,35 @@ def test_a_restart_uploads_what_a_killed_process_left_instances_first(
         assert json.loads(memory.objects[keys.association_record(A)]) == {"association_id": A}
     finally:
         spool.close()
+
+
+def test_an_upload_wakes_no_idle_upload_thread(tmp_path: Path, memory: MemoryStore) -> None:
+    """Each instance wakes one upload thread; an upload's end wakes none of the idle ones
+    (it used to wake all of them, for drain's sake: 7 needless wake-ups an instance with
+    8 threads, each taking the lock the receive path needs)."""
+    spool = make(tmp_path, memory, workers=8)
+    slot = spool.open()
+    spool.start()
+    waits = 0
+    wait = spool._lock.wait
+
+    def counted(timeout: float | None = None) -> bool:
+        nonlocal waits
+        waits += 1
+        return wait(timeout)
+
+    try:
+        wait_for(lambda: len(spool._lock._waiters) == 8)  # type: ignore[attr-defined]
+        spool._lock.wait = counted  # type: ignore[method-assign]
+        for n in range(20):
+            spool.store(key(A, n), A, b"x")
+            assert spool.drain(5)
+            wait_for(lambda: len(spool._lock._waiters) == 8)  # type: ignore[attr-defined]
+    finally:
+        spool.close()
+    assert len(memory.order) == 20
+    assert waits <= 2 * 20, f"{waits} waits of idle upload threads for 20 instances"
+    assert files(slot) == []
 
 
 def test_live_receivers_sharing_a_folder_take_their_own_slots_and_adopt_dead_ones(
