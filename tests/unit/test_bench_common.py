@@ -116,6 +116,25 @@ def test_bench_all_rows_from_results_and_a_missing_result() -> None:
     assert export.verdict.startswith("n/a")
 
 
+def test_bench_all_latency_rows_give_the_cpu_floor_when_measured() -> None:
+    latency = {
+        "median_seconds": 2.1,
+        "target_seconds": 1.5,
+        "stage_median_seconds": {"receiver": 0.03, "parser": 2.05, "selector": 0.02},
+    }
+    (row,) = bench_all.build_rows({"service": {"latency": latency}}, ["latency"])
+    assert (row.seriesflow, row.verdict) == (
+        "2.10 s (receiver 0.03, parser 2.05, selector 0.02)",
+        "MISS",
+    )
+    latency["cpu_floor_median_seconds"] = 1.6
+    latency["cpu_after_release_median_seconds"] = {"parser": 1.2, "object store": 2.0}
+    latency_row, floor = bench_all.build_rows({"service": {"latency": latency}}, ["latency"])
+    assert latency_row == row
+    assert floor.seriesflow == "1.60 s (parser 1.20, object store 2.00 CPU s)"
+    assert floor.target == "(information)"
+
+
 def test_bench_all_jobs_cover_every_row() -> None:
     covered = {row for job in bench_all.JOBS for row in job.rows}
     assert covered == set(bench_all.ROWS)
