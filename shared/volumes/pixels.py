@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from pydicom.dataelem import RawDataElement
@@ -37,6 +37,24 @@ from shared.volumes.writer import zeroed
 Array = np.ndarray[Any, np.dtype[Any]]
 Allocator = Callable[[tuple[int, ...], np.dtype[Any]], Array]
 """Returns a writable, zero-initialised array of the given shape and type."""
+
+
+@runtime_checkable
+class FrameSink(Protocol):
+    """An allocator whose array lies in a file, and which writes a frame there itself
+    (:class:`shared.volumes.writer.VolumeBuffer`). Frames read straight from their file
+    are then read into one small array, transformed there and written with one
+    ``pwrite``, instead of read into the file's memory mapping: filling a new file through
+    its mapping costs a page fault and a file-system call for every 4 KiB page, about 0.3
+    s for a 150 MiB volume here, against under 0.1 s."""
+
+    def __call__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Array: ...
+
+    def put_frame(self, index: tuple[int, int], values: Array) -> bool:
+        """Write ``values`` (the output type) as frame ``index`` (t, z) of the array last
+        allocated; False if it cannot (then the caller writes into the array)."""
+        ...
+
 
 _NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian}
 _INT_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
@@ -146,7 +164,8 @@ def load_stack(
     target = _output_type(enc, lo, hi)
     if target.itemsize <= enc.stored.itemsize or (target.kind == "f" and not enc.integral):
         out = allocate(shape, target)
-        _load_into(out, files, frames, enc)
+        sink = allocate if isinstance(allocate, FrameSink) else None
+        _load_into(out, files, frames, enc, sink=sink)
     else:
         # The type depends on the values: read them first, then choose.
         raw = np.empty(shape, dtype=enc.stored)
@@ -167,9 +186,11 @@ def _load_into(
     frames: Sequence[Sequence[Frame]],
     enc: _Encoding,
     stored_only: bool = False,
+    sink: FrameSink | None = None,
 ) -> None:
     """Every frame into ``out[t, z]``: inverted and rescaled, or (``stored_only``, ``out``
-    of the stored type) as stored.
+    of the stored type) as stored. With ``sink`` (``out``'s allocator), frames read
+    straight from their file go to ``out`` through it (see :class:`FrameSink`).
 
     Uncompressed single-sample frames are read from their file straight into ``out`` when
     the output type has the stored type's size (the usual case: no rescaling, or CT's
@@ -188,7 +209,7 @@ def _load_into(
             raise
         except Exception as exc:
             raise _undecodable(item, exc) from exc
-        _load_instance(out, item, layout, targets, enc, stored_only, in_place)
+        _load_instance(out, item, layout, targets, enc, stored_only, in_place, sink)
 
 
 def _load_instance(
@@ -199,6 +220,7 @@ def _load_instance(
     enc: _Encoding,
     stored_only: bool,
     in_place: bool,
+    sink: FrameSink | None = None,
 ) -> None:
     """``item``'s frames into ``out`` (see :func:`_load_into`): read at their offset with
     ``layout``, or decoded by pydicom (no layout, or tiles of a mosaic)."""
@@ -210,10 +232,11 @@ def _load_instance(
                 _store(out, index, image, enc, index[0] * out.shape[1] + index[1])
         return
     scratch: Array | None = None
+    through_sink = sink is not None and in_place and not stored_only
     for index, frame in targets:
         n = index[0] * out.shape[1] + index[1]
         _check_frame(item, frame, layout)
-        if in_place:
+        if in_place and not through_sink:
             dst = out[index].view(layout.dtype)
         else:
             if scratch is None:
@@ -231,6 +254,8 @@ def _load_instance(
             continue
         if in_place:
             _transform_in_place(dst, enc, n)
+            if through_sink and sink is not None and not sink.put_frame(index, dst.view(out.dtype)):
+                out[index] = dst.view(out.dtype)
         else:
             _store(out, index, dst, enc, n)
 

@@ -17,7 +17,10 @@ import pytest
 import SimpleITK as sitk
 
 from shared.errors import OutputError
+from shared.operator.parser import parse_folder
+from shared.samples import write_ct_series
 from shared.volumes import nifti
+from shared.volumes.convert import ConversionOptions
 from shared.volumes.geometry import Geometry
 from shared.volumes.metaimage import anatomical_orientation
 from shared.volumes.writer import VolumeBuffer, write_image
@@ -172,6 +175,31 @@ def test_a_buffer_writes_what_write_image_writes(
         assert mine == plain or name.endswith(".gz")
 
 
+@pytest.mark.parametrize("fmt", ["nii", "mhd", "nii.gz"])
+def test_frames_put_with_pwrite_are_the_voxels_and_the_file(tmp_path: Path, fmt: str) -> None:
+    """put_frame writes a frame into a mapped buffer's file; the mapping sees it, and the
+    image is the one write_image writes. A buffer that is not a file says so (False)."""
+    geometry = random_geometries(1, seed=7)[-1]
+    shape = (2, 3, 4, 5)
+    expected = (np.arange(np.prod(shape)) * 37 % 30011 - 15000).astype(np.int16).reshape(shape)
+    (tmp_path / "a").mkdir()
+    buffer = VolumeBuffer(tmp_path / "a" / f"v.{fmt}")
+    voxels = buffer(shape, np.dtype(np.int16))
+    mapped = fmt != "nii.gz"
+    for index in np.ndindex(*shape[:2]):
+        assert buffer.put_frame(index, expected[index].copy()) == mapped
+    if not mapped:
+        voxels[...] = expected
+    assert np.array_equal(voxels, expected)
+    assert not buffer.put_frame((0, 0), expected[0, 0].astype(np.int32))  # not its type
+    buffer.write(*geometry)
+    (tmp_path / "b").mkdir()
+    write_image(tmp_path / "b" / f"v.{fmt}", expected, *geometry)
+    for path in (tmp_path / "b").iterdir():
+        if not path.name.endswith(".gz"):
+            assert (tmp_path / "a" / path.name).read_bytes() == path.read_bytes()
+
+
 def test_a_discarded_buffer_leaves_nothing(tmp_path: Path) -> None:
     for name in ("v.nii", "v.mhd", "v.nii.gz"):
         buffer = VolumeBuffer(tmp_path / name)
@@ -211,3 +239,38 @@ def test_gzip_in_pieces_is_one_gzip_stream(monkeypatch: pytest.MonkeyPatch, size
     stream = b"".join(nifti.gzip_stream(b"head", memoryview(data)))
     assert gzip.decompress(stream) == b"head" + data
     assert zlib.decompressobj(31).decompress(stream) == b"head" + data  # one member
+
+
+def test_a_ct_is_loaded_through_put_frame_and_gives_the_same_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_stack writes each uncompressed CT frame with put_frame (and rescales it on
+    the way: unsigned 12 bits, intercept -1024 into int16); the image is the one the
+    frames written through the mapping give."""
+    write_ct_series(tmp_path / "ct", slices=6, size=32, seed=3)
+    options = ConversionOptions(image_format="nii")
+    put = VolumeBuffer.put_frame
+    calls: list[bool] = []
+
+    def counted(self: VolumeBuffer, index: tuple[int, int], values: Voxels) -> bool:
+        calls.append(put(self, index, values))
+        return calls[-1]
+
+    monkeypatch.setattr(VolumeBuffer, "put_frame", counted)
+    (tmp_path / "sink").mkdir()
+    parse_folder(tmp_path / "ct", tmp_path / "sink", options)
+    assert calls == [True] * 6
+    monkeypatch.setattr(VolumeBuffer, "put_frame", lambda *_: False)
+    (tmp_path / "mapped").mkdir()
+    parse_folder(tmp_path / "ct", tmp_path / "mapped", options)
+    (image,) = (tmp_path / "sink").glob("*.nii")
+    assert image.read_bytes() == (tmp_path / "mapped" / image.name).read_bytes()
+    voxels = np.asarray(nib_like_voxels(image))
+    assert voxels.dtype == np.int16 and voxels.min() < 0  # rescaled to Hounsfield units
+
+
+def nib_like_voxels(path: Path) -> Voxels:
+    """A NIfTI-1 file's int16 voxels (x fastest), read as the header says (vox_offset)."""
+    data = path.read_bytes()
+    offset = int(np.frombuffer(data, dtype="<f4", count=1, offset=108)[0])
+    return np.frombuffer(data, dtype="<i2", offset=offset)
