@@ -232,11 +232,12 @@ def _load_instance(
                 _store(out, index, image, enc, index[0] * out.shape[1] + index[1])
         return
     scratch: Array | None = None
-    through_sink = sink is not None and in_place and not stored_only
+    if not in_place or stored_only:
+        sink = None  # only frames transformed in place are written through the sink
     for index, frame in targets:
         n = index[0] * out.shape[1] + index[1]
         _check_frame(item, frame, layout)
-        if in_place and not through_sink:
+        if in_place and sink is None:
             dst = out[index].view(layout.dtype)
         else:
             if scratch is None:
@@ -254,7 +255,7 @@ def _load_instance(
             continue
         if in_place:
             _transform_in_place(dst, enc, n)
-            if through_sink and sink is not None and not sink.put_frame(index, dst.view(out.dtype)):
+            if sink is not None and not sink.put_frame(index, dst.view(out.dtype)):
                 out[index] = dst.view(out.dtype)
         else:
             _store(out, index, dst, enc, n)
