@@ -11,6 +11,7 @@ could not be decoded (listed in dicom-metadata.json); 143 stopped by SIGTERM.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -414,6 +415,29 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Container objects allocated (net) between two collections of the youngest generation.
+
+Python's default, 700, suits programs whose objects die young. A DICOM header read at rest
+is a few hundred element tuples that live until the series is converted: with the default,
+reading 2,259 files of three studies ran 2,200 young, 200 middle and 11 full collections,
+each full one walking every header read so far (a quarter of the CPU time); with 10,000,
+190, 17 and 1. Garbage cycles are still collected, in batches of at most this many objects.
+"""
+
+
+def tune_garbage_collection() -> None:
+    """Fewer cyclic garbage collections, none of them through what start-up loaded.
+
+    ``gc.freeze()`` moves every object that exists now (modules, classes, settings) into
+    the permanent generation, which collections do not walk; reference counting still
+    frees what is no longer used.
+    """
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+
+
 def main() -> None:
     import pydicom.config
 
@@ -423,4 +447,6 @@ def main() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     # An operator command needs none of the service commands' imports.
-    (_app if command in OPERATOR_COMMANDS else full_app())()
+    app = _app if command in OPERATOR_COMMANDS else full_app()
+    tune_garbage_collection()
+    app()

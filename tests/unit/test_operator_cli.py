@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
-from seriesflow.cli import app
+from seriesflow.cli import YOUNG_COLLECTION_THRESHOLD, app, main
 from shared.dicom.metadata import json_schema
 from shared.samples import write_brain_mr_study, write_ct_series
 
@@ -311,3 +313,26 @@ def test_every_command_is_registered_once_the_app_is_asked_for() -> None:
     names = set(typer.main.get_command(cli.app).commands)  # type: ignore[attr-defined]
     assert {"process", "select", "rules", "receiver", "up", "config", "quarantine"} <= names
     assert names >= cli.OPERATOR_COMMANDS
+
+
+@pytest.fixture
+def restored_garbage_collection() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+@pytest.mark.usefixtures("restored_garbage_collection")
+def test_every_command_runs_with_fewer_garbage_collections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Headers live until their series is converted: with Python's default threshold, a
+    folder's headers were walked by a full collection over and over (a quarter of the time)."""
+    gc.set_threshold(700, 10, 10)
+    monkeypatch.setattr(sys, "argv", ["seriesflow", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
+    assert gc.get_freeze_count() > 10_000  # start-up's objects are never walked again
