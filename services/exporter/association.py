@@ -49,9 +49,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 from pynetdicom.presentation import build_context
 
 from services.exporter.meta import FileMeta
@@ -174,6 +172,43 @@ def p_data_tf_pdus(
             )
             parts.append(chunk)
     return b"".join(parts)
+
+
+_IMPLICIT_ELEMENT = struct.Struct("<HHI")
+_US_ELEMENT = struct.Struct("<HHIH")
+_C_STORE_RQ = 0x0001
+_LOW_PRIORITY = 0x0002  # what pynetdicom's send_c_store sends by default
+_DATA_SET_PRESENT = 0x0001
+
+
+def _uid_element(element: int, uid: str) -> bytes:
+    value = uid.encode("ascii")  # UnicodeEncodeError is a ValueError: "cannot send"
+    if not 0 < len(value) <= 64:
+        raise ValueError(f"UID {uid!r} is not 1 to 64 characters long")
+    if len(value) % 2:
+        value += b"\0"  # UI values are padded to an even length with a NUL (PS3.5 6.2)
+    return _IMPLICIT_ELEMENT.pack(0x0000, element, len(value)) + value
+
+
+def c_store_rq_command(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """The command set of a C-STORE request with a data set (PS3.7 9.3.1.1), encoded as
+    every command set is, implicit VR little endian: the bytes pynetdicom's ``encode``
+    gives for the same request, built directly (pynetdicom's primitive, message and
+    pydicom's writer took about 0.4 ms a file here, a fifth of the send path's CPU)."""
+    if not 0 < message_id <= 0xFFFF:
+        raise ValueError(f"message ID {message_id} is out of range")
+    elements = b"".join(
+        (
+            _uid_element(0x0002, sop_class_uid),  # Affected SOP Class UID
+            _US_ELEMENT.pack(0x0000, 0x0100, 2, _C_STORE_RQ),  # Command Field
+            _US_ELEMENT.pack(0x0000, 0x0110, 2, message_id),  # Message ID
+            _US_ELEMENT.pack(0x0000, 0x0700, 2, _LOW_PRIORITY),  # Priority
+            _US_ELEMENT.pack(0x0000, 0x0800, 2, _DATA_SET_PRESENT),  # Command Data Set Type
+            _uid_element(0x1000, sop_instance_uid),  # Affected SOP Instance UID
+        )
+    )
+    group_length = _IMPLICIT_ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(elements))
+    return group_length + elements
 
 
 class _Parked:
@@ -393,17 +428,8 @@ class StoreAssociation:
         sock = self._socket.socket if self._socket is not None else None
         if sock is None:
             raise RuntimeError("the association was lost")
-        primitive = C_STORE()
-        primitive.MessageID = message_id = self._next_message_id()
-        primitive.AffectedSOPClassUID = meta.sop_class_uid
-        primitive.AffectedSOPInstanceUID = meta.sop_instance_uid
-        primitive.Priority = 0x0002
-        message = C_STORE_RQ()
-        message.primitive_to_message(primitive)
-        message.command_set.CommandDataSetType = 0x0001  # a data set follows
-        command = encode(message.command_set, True, True)
-        if command is None:  # pragma: no cover - a command set pydicom cannot encode
-            raise ValueError("cannot encode the C-STORE command set")
+        message_id = self._next_message_id()
+        command = c_store_rq_command(message_id, meta.sop_class_uid, meta.sop_instance_uid)
         body = memoryview(data)[meta.dataset_offset :]
         pdus = p_data_tf_pdus(context_id, command, body, self._assoc.dimse.maximum_pdu_size)
         try:

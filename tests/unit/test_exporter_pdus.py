@@ -13,7 +13,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 
-from services.exporter.association import LostAssociationError, p_data_tf_pdus, read_command
+from services.exporter.association import (
+    LostAssociationError,
+    c_store_rq_command,
+    p_data_tf_pdus,
+    read_command,
+)
 
 
 def pynetdicom_bytes(message: C_STORE_RQ | C_STORE_RSP, context_id: int, max_pdu: int) -> bytes:
@@ -59,6 +64,56 @@ def test_a_data_set_in_memory_is_cut_the_same_way() -> None:
     command = encode(message.command_set, True, True)
     assert command is not None
     assert p_data_tf_pdus(1, command, data, 16384) == pynetdicom_bytes(message, 1, 16384)
+
+
+def pynetdicom_command(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """The C-STORE request's command set as pynetdicom encodes it (what we sent before)."""
+    primitive = C_STORE()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = sop_class_uid
+    primitive.AffectedSOPInstanceUID = sop_instance_uid
+    primitive.Priority = 2
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    message.command_set.CommandDataSetType = 0x0001
+    command = encode(message.command_set, True, True)
+    assert command is not None
+    return command
+
+
+@pytest.mark.parametrize("message_id", [1, 2, 255, 256, 0x7FFF, 0xFFFF])
+@pytest.mark.parametrize(
+    ("sop_class_uid", "sop_instance_uid"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3"),  # odd and even lengths
+        ("1.2.840.10008.5.1.4.1.1.4", "1.2.34"),
+        ("1.2.840.10008.5.1.4.1.1.88.22", "1" + ".12345678" * 7),  # 64 characters
+        ("1.2.840.10008.5.1.4.1.1.7", "2.25.0"),
+    ],
+)
+def test_the_command_set_is_pynetdicoms(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str
+) -> None:
+    assert c_store_rq_command(message_id, sop_class_uid, sop_instance_uid) == (
+        pynetdicom_command(message_id, sop_class_uid, sop_instance_uid)
+    )
+
+
+@pytest.mark.parametrize(
+    ("message_id", "sop_instance_uid"),
+    [
+        (1, ""),  # pynetdicom refuses these too
+        (1, "1" + ".12345678" * 8),  # 73 characters
+        (1, "1.2.\ufffd"),  # a UID read from a damaged file meta
+        (0, "1.2.3"),
+        (0x10000, "1.2.3"),
+    ],
+)
+def test_a_command_set_that_cannot_be_sent_is_refused(
+    message_id: int, sop_instance_uid: str
+) -> None:
+    with pytest.raises(ValueError):
+        c_store_rq_command(message_id, "1.2.840.10008.5.1.4.1.1.2", sop_instance_uid)
 
 
 def response_pdus(message_id: int, status: int, max_pdu: int) -> bytes:
