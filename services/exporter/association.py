@@ -49,7 +49,6 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.dsutils import decode
 from pynetdicom.presentation import build_context
 
 from services.exporter.meta import FileMeta
@@ -226,6 +225,9 @@ class LostAssociationError(Exception):
 _PDU_HEADER = struct.Struct(">BBI")
 _PDV_HEADER = struct.Struct(">IBB")
 _C_STORE_RSP = 0x8001
+_COMMAND_FIELD = 0x0100  # element numbers in group 0000
+_MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
+_STATUS = 0x0900
 
 
 def _read_exactly(sock: socket.socket, length: int) -> bytes:
@@ -265,6 +267,30 @@ def read_command(sock: socket.socket) -> bytes:
                 if control & 0x02:
                     return bytes(command)
             offset = end
+
+
+_COMMAND_ELEMENT = struct.Struct("<HHI")
+_US_VALUE = struct.Struct("<H")
+
+
+def command_numbers(command: bytes) -> dict[int, int]:
+    """The US values of a command set (implicit VR little endian, group 0000, PS3.7 E.1),
+    by element number: what the sender checks in a C-STORE response (Command Field,
+    Message ID Being Responded To, Status), read without building a pydicom Dataset.
+    Raises ValueError for a command set that does not parse."""
+    numbers: dict[int, int] = {}
+    position, end = 0, len(command)
+    while position < end:
+        if end - position < 8:
+            raise ValueError("the command set ends inside an element header")
+        group, element, length = _COMMAND_ELEMENT.unpack_from(command, position)
+        position += 8
+        if group != 0x0000 or length > end - position:
+            raise ValueError("the command set holds an element it cannot hold")
+        if length == 2:
+            numbers[element] = _US_VALUE.unpack_from(command, position)[0]
+        position += length
+    return numbers
 
 
 def _pause_reactor(assoc: Any) -> None:
@@ -397,34 +423,34 @@ class StoreAssociation:
             return SendResult(StoreOutcome.RESEND, "the association was lost")
         try:
             if context_id is not None:
-                response = self._send_as_stored(context_id, meta, data)
+                code = self._send_as_stored(context_id, meta, data)
             else:
                 self._unpark()
                 response = self._assoc.send_c_store(dataset, msg_id=self._next_message_id())
                 if self.is_open:
                     _pause_reactor(self._assoc)  # send_c_store lets it run again
                     self._park()
+                status = response.get("Status") if isinstance(response, Dataset) else None
+                code = None if status is None else int(status)
         except RuntimeError:
             return SendResult(StoreOutcome.RESEND, "the association was lost")
         except (ValueError, AttributeError) as exc:
             return SendResult(StoreOutcome.REFUSED, f"cannot send: {exc}")
-        status = response.get("Status") if isinstance(response, Dataset) else None
-        outcome = classify_store_status(None if status is None else int(status))
-        if status is None:
+        outcome = classify_store_status(code)
+        if code is None:
             return SendResult(outcome, "no response (timeout or association aborted)")
-        code = int(status)
         return SendResult(outcome, "" if code == 0 else status_text(code), code)
 
     def _next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
 
-    def _send_as_stored(self, context_id: int, meta: FileMeta, data: bytes) -> Dataset:
+    def _send_as_stored(self, context_id: int, meta: FileMeta, data: bytes) -> int | None:
         """Send the data set after the File Meta Information byte for byte, never decoded,
         and wait for the response on this thread: the C-STORE request's P-DATA-TF PDUs in
         one buffer written to the socket, then the response's PDUs read from it. Returns
-        the response's status (an empty Dataset when there is none: the association is
-        then aborted, as pynetdicom does)."""
+        the response's status, None when there is none (the association is then aborted,
+        as pynetdicom does)."""
         sock = self._socket.socket if self._socket is not None else None
         if sock is None:
             raise RuntimeError("the association was lost")
@@ -436,24 +462,23 @@ class StoreAssociation:
             sock.settimeout(self.timeouts.network)
             sock.sendall(pdus)
             sock.settimeout(self.timeouts.dimse)
-            response = decode(BytesIO(read_command(sock)), True, True)
+            response = command_numbers(read_command(sock))
         except (OSError, LostAssociationError, ValueError) as exc:  # TimeoutError is an OSError
             log.info(
                 "no C-STORE response",
                 extra={"destination": self.destination.name, "reason": str(exc) or "timeout"},
             )
             self.abort()
-            return Dataset()
+            return None
+        status = response.get(_STATUS)
         if (
-            response.get("CommandField") != _C_STORE_RSP
-            or response.get("MessageIDBeingRespondedTo") != message_id
-            or "Status" not in response
+            response.get(_COMMAND_FIELD) != _C_STORE_RSP
+            or response.get(_MESSAGE_ID_BEING_RESPONDED_TO) != message_id
+            or status is None
         ):
             log.info("invalid C-STORE response", extra={"destination": self.destination.name})
             self.abort()
-            return Dataset()
-        status = Dataset()
-        status.Status = response.Status
+            return None
         return status
 
     def _park(self) -> None:

@@ -16,6 +16,7 @@ from pynetdicom.pdu import P_DATA_TF
 from services.exporter.association import (
     LostAssociationError,
     c_store_rq_command,
+    command_numbers,
     p_data_tf_pdus,
     read_command,
 )
@@ -159,3 +160,37 @@ def test_anything_but_a_response_ends_the_association(sent: bytes) -> None:
         theirs.close()
         with pytest.raises(LostAssociationError):
             read_command(ours)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xC123, 0xFFFF])
+@pytest.mark.parametrize("comment", [None, "out of resources", "odd"])
+def test_a_response_is_read_as_pydicom_reads_it(status: int, comment: str | None) -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 0xFFFE
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    primitive.AffectedSOPInstanceUID = "1.2.3.4.5"
+    primitive.Status = status
+    if comment is not None:
+        primitive.ErrorComment = comment  # type: ignore[assignment]
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    command = encode(message.command_set, True, True)
+    assert command is not None
+    theirs = decode(BytesIO(command), True, True)
+    numbers = command_numbers(command)
+    assert numbers[0x0100] == theirs.CommandField == 0x8001
+    assert numbers[0x0120] == theirs.MessageIDBeingRespondedTo == 0xFFFE
+    assert numbers[0x0900] == theirs.Status == status
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"\x00\x00\x00\x01\x02",  # cut inside an element header
+        b"\x00\x00\x00\x09\x02\x00\x00\x00\x00",  # a value cut short
+        b"\x08\x00\x00\x09\x02\x00\x00\x00\x00\x00",  # not group 0000
+    ],
+)
+def test_a_response_that_does_not_parse_is_an_error(command: bytes) -> None:
+    with pytest.raises(ValueError):
+        command_numbers(command)
