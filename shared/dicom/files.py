@@ -32,14 +32,9 @@ from pydicom.dataelem import (
     convert_raw_data_element,
     empty_value_for_VR,
 )
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import (
-    _read_command_set_elements,
-    _read_file_meta_info,
-    read_preamble,
-    read_sequence,
-)
+from pydicom.filereader import read_sequence
 from pydicom.misc import size_in_bytes
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
@@ -424,14 +419,13 @@ def _parse_explicit_little(
     always pydicom's.
     """
     fp = io.BytesIO(data)
-    preamble = read_preamble(fp, False)
-    file_meta = _read_file_meta_info(fp)
-    if _read_command_set_elements(fp) or file_meta.get("TransferSyntaxUID") != (
+    preamble = data[:_PREAMBLE]
+    file_meta, pos = _file_meta(data)
+    end = len(data)
+    if data[pos : pos + 2] == b"\0\0" or file_meta.get("TransferSyntaxUID") != (
         ExplicitVRLittleEndian
     ):
-        raise _NotPlainError
-    pos = fp.tell()
-    end = len(data)
+        raise _NotPlainError  # a command set (group 0000) or another transfer syntax
     if end - pos < 8 or not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B):
         raise _NotPlainError  # empty, or implicit VR despite the transfer syntax
     encoding: str | list[str] = default_encoding
@@ -474,6 +468,34 @@ def _parse_explicit_little(
     result = FileDataset(str(path), dataset, preamble, file_meta, False, True)
     result.set_original_encoding(False, True, dataset._character_set)
     return result
+
+
+def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
+    """The File Meta Information (group 0002, explicit VR little endian) after the
+    ``DICM`` prefix, and where the data set starts: what pydicom's ``_read_file_meta_info``
+    reads, cut from the buffer directly (pydicom reads each element through a file
+    object, a twentieth of a folder's parse). An element that is odd (unknown VR,
+    undefined length, cut short) raises :class:`_NotPlainError`."""
+    pos, end = _PREAMBLE + 4, len(data)
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    while end - pos >= 8 and data[pos : pos + 2] == b"\x02\0":
+        header = _explicit_header(data, pos, end)
+        if header is None:
+            raise _NotPlainError
+        _, number, vr, length, value_tell = header
+        pos = value_tell + length
+        if length == _UNDEFINED_LENGTH or pos > end:
+            raise _NotPlainError
+        tag = BaseTag(0x00020000 | number)
+        value = data[value_tell:pos] if length else empty_value_for_VR(vr, raw=True)
+        elements[tag] = _new_tuple(
+            RawDataElement, (tag, vr, length, value, value_tell, False, True, True, False)
+        )
+    file_meta = FileMetaDataset(elements)
+    file_meta.set_original_encoding(False, True, default_encoding)
+    if elements:
+        file_meta[next(iter(elements))]  # decoded, as pydicom decodes it to check it
+    return file_meta, pos
 
 
 def _sequence(
