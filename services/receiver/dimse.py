@@ -21,6 +21,9 @@ on the reactor thread that decoded its last fragment, instead of waiting for pyn
 association thread, which looks for decoded messages only every millisecond or so (see
 :func:`_take_store_request`). Other requests (C-ECHO, and any a peer sends while a request
 is being served) stay with the association thread; one request is served at a time.
+
+A plain C-STORE response (its status and UIDs) is encoded here, not by pynetdicom (see
+:func:`_sending_store_responses_directly`).
 """
 
 # mypy: disallow-untyped-calls=False
