@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID
 
+from shared.dicom.attributes import attribute
 from shared.dicom.files import InstanceFile
 from shared.dicom.json_model import JsonAttributes, tag_key
 from shared.dicom.metadata import AcquiredGeometry, NotConverted, Resampling, Scaling, Volume
@@ -82,7 +83,7 @@ def _sop_class_name(uid: str) -> str:
 
 def _is_localizer(files: Sequence[InstanceFile]) -> bool:
     for item in files:
-        image_type = [str(v).upper() for v in item.dataset.get("ImageType") or []]
+        image_type = [str(v).upper() for v in attribute(item.dataset, "ImageType") or []]
         if "LOCALIZER" in image_type:
             return True
     description = str(files[0].dataset.get("SeriesDescription", ""))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from shared.dicom.attributes import attribute
 from shared.dicom.files import InstanceFile
 from shared.volumes.kinds import (
     PHILIPS_PER_FRAME_PRIVATE,
@@ -107,7 +108,7 @@ def _item(ds: Dataset | None, keyword: str) -> Dataset | None:
     """The first item of a sequence attribute, or None."""
     if ds is None:
         return None
-    seq = ds.get(keyword)
+    seq = attribute(ds, keyword)
     return seq[0] if seq else None
 
 
@@ -127,7 +128,7 @@ def _orientation(value: Any) -> tuple[Vector, Vector] | None:
 
 def _image_kind(ds: Dataset) -> tuple[str, ...]:
     """The part of ImageType that tells magnitude from phase and the like."""
-    image_type = ds.get("ImageType") or []
+    image_type = attribute(ds, "ImageType") or []
     return tuple(str(v).upper() for v in image_type)
 
 
@@ -141,34 +142,36 @@ def frames_of(item: InstanceFile, index: int) -> list[Frame]:
         return _mosaic_frames(ds, index)
     if "VFRAME" in image_type and _UIH_SLICES in ds:
         return _uih_mosaic_frames(ds, index)
-    if "GridFrameOffsetVector" in ds and _int(ds.get("NumberOfFrames"), 1) > 1:
+    if "GridFrameOffsetVector" in ds and _int(attribute(ds, "NumberOfFrames"), 1) > 1:
         return _grid_frames(ds, index)
     return _classic_frames(ds, index)
 
 
 def _common_keys(ds: Dataset) -> tuple[tuple[str, Any], ...]:
     return (
-        ("Rows", _int(ds.get("Rows"))),
-        ("Columns", _int(ds.get("Columns"))),
-        ("SamplesPerPixel", _int(ds.get("SamplesPerPixel"), 1)),
-        ("PhotometricInterpretation", str(ds.get("PhotometricInterpretation", ""))),
-        ("BitsAllocated", _int(ds.get("BitsAllocated"))),
+        ("Rows", _int(attribute(ds, "Rows"))),
+        ("Columns", _int(attribute(ds, "Columns"))),
+        ("SamplesPerPixel", _int(attribute(ds, "SamplesPerPixel"), 1)),
+        ("PhotometricInterpretation", str(attribute(ds, "PhotometricInterpretation", ""))),
+        ("BitsAllocated", _int(attribute(ds, "BitsAllocated"))),
     )
 
 
 def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
-    orientation = _orientation(ds.get("ImageOrientationPatient"))
-    position = _floats(ds.get("ImagePositionPatient"), 3)
-    spacing = _floats(ds.get("PixelSpacing"), 2) or _floats(ds.get("ImagerPixelSpacing"), 2)
-    echo = _float(ds.get("EchoTime"))
-    echo_number = _int(ds.get("EchoNumbers"), 0)
+    orientation = _orientation(attribute(ds, "ImageOrientationPatient"))
+    position = _floats(attribute(ds, "ImagePositionPatient"), 3)
+    spacing = _floats(attribute(ds, "PixelSpacing"), 2) or _floats(
+        attribute(ds, "ImagerPixelSpacing"), 2
+    )
+    echo = _float(attribute(ds, "EchoTime"))
+    echo_number = _int(attribute(ds, "EchoNumbers"), 0)
     image_type = _image_kind(ds)
     maker = vendor(ds)
     kind = image_kind(
         ds,
         image_type,
-        directionality=str(ds.get("DiffusionDirectionality", "")),
-        b_value=_float(ds.get("DiffusionBValue")),
+        directionality=str(attribute(ds, "DiffusionDirectionality", "")),
+        b_value=_float(attribute(ds, "DiffusionBValue")),
         maker=maker,
     )
     stack_attrs = (
@@ -178,34 +181,34 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
         *kind.key,
     )
     scale = display_scale(
-        (_float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))),
+        (_float(attribute(ds, "RescaleSlope")), _float(attribute(ds, "RescaleIntercept"))),
         _item(ds, "RealWorldValueMappingSequence"),
         philips_scale_slope(ds, maker),
     )
     order = (
-        _int(ds.get("TemporalPositionIdentifier"), 0),
+        _int(attribute(ds, "TemporalPositionIdentifier"), 0),
         *philips_diffusion_order(ds, maker),
-        _int(ds.get("InstanceNumber"), 0),
+        _int(attribute(ds, "InstanceNumber"), 0),
         index,
     )
-    count = max(_int(ds.get("NumberOfFrames"), 1), 1)
+    count = max(_int(attribute(ds, "NumberOfFrames"), 1), 1)
     return [
         Frame(
             instance=index,
             frame=f,
             tile=None,
-            rows=_int(ds.get("Rows")),
-            columns=_int(ds.get("Columns")),
+            rows=_int(attribute(ds, "Rows")),
+            columns=_int(attribute(ds, "Columns")),
             **_geometry(orientation, position, spacing),
-            slice_thickness=_float(ds.get("SliceThickness")),
-            spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
+            slice_thickness=_float(attribute(ds, "SliceThickness")),
+            spacing_between_slices=_float(attribute(ds, "SpacingBetweenSlices")),
             slope=scale.slope,
             intercept=scale.intercept,
             stack_key=(*_common_keys(ds), *stack_attrs),
             order_key=(*order, f),
             stack_attributes=stack_attrs,
             kind=kind.label,
-            repetition_time=_float(ds.get("RepetitionTime")),
+            repetition_time=_float(attribute(ds, "RepetitionTime")),
             scale_source=scale.source,
             philips_scale_slope=scale.philips_scale_slope,
         )
@@ -216,7 +219,7 @@ def _classic_frames(ds: Dataset, index: int) -> list[Frame]:
 def _grid_frames(ds: Dataset, index: int) -> list[Frame]:
     """RT Dose style multi-frame: one position plus offsets along the normal."""
     base = _classic_frames(ds, index)
-    offsets = [_float(v) for v in ds.get("GridFrameOffsetVector") or []]
+    offsets = [_float(v) for v in attribute(ds, "GridFrameOffsetVector") or []]
     first = base[0]
     if (
         first.position is None
@@ -227,7 +230,7 @@ def _grid_frames(ds: Dataset, index: int) -> list[Frame]:
     ):
         return base
     normal = np.cross(first.row_cosine, first.column_cosine)
-    slope = _float(ds.get("DoseGridScaling")) or first.slope
+    slope = _float(attribute(ds, "DoseGridScaling")) or first.slope
     frames = []
     for frame, offset in zip(base, offsets, strict=True):
         pos = np.array(first.position) + float(offset or 0.0) * normal
@@ -255,7 +258,7 @@ def _ordering_dimensions(ds: Dataset) -> list[int]:
     gradient indices) after TemporalPositionIndex: see docs/conversion.md.
     """
     keep = []
-    for n, item in enumerate(ds.get("DimensionIndexSequence") or []):
+    for n, item in enumerate(attribute(ds, "DimensionIndexSequence") or []):
         pointer = item.get("DimensionIndexPointer")
         try:
             tag = int(pointer) if pointer is not None else None
@@ -276,8 +279,8 @@ def _dimension_order(content: Dataset | None, keep: list[int]) -> tuple[int, ...
 
 def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
     shared = _item(ds, "SharedFunctionalGroupsSequence")
-    per_frame: Sequence[Dataset] = ds.get("PerFrameFunctionalGroupsSequence") or []
-    count = max(_int(ds.get("NumberOfFrames"), 1), 1)
+    per_frame: Sequence[Dataset] = attribute(ds, "PerFrameFunctionalGroupsSequence") or []
+    count = max(_int(attribute(ds, "NumberOfFrames"), 1), 1)
     maker = vendor(ds)
     dimensions = _ordering_dimensions(ds)
     frames: list[Frame] = []
@@ -303,14 +306,16 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
         orientation = _orientation(
             plane_ori.get("ImageOrientationPatient")
             if plane_ori
-            else ds.get("ImageOrientationPatient")
+            else attribute(ds, "ImageOrientationPatient")
         )
         position = _floats(
-            plane_pos.get("ImagePositionPatient") if plane_pos else ds.get("ImagePositionPatient"),
+            plane_pos.get("ImagePositionPatient")
+            if plane_pos
+            else attribute(ds, "ImagePositionPatient"),
             3,
         )
         spacing = _floats(measures.get("PixelSpacing") if measures else None, 2) or _floats(
-            ds.get("PixelSpacing"), 2
+            attribute(ds, "PixelSpacing"), 2
         )
         frame_type = tuple(
             str(v).upper()
@@ -337,11 +342,11 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
             (
                 _given(
                     _float(transform.get("RescaleSlope")) if transform else None,
-                    _float(ds.get("RescaleSlope")),
+                    _float(attribute(ds, "RescaleSlope")),
                 ),
                 _given(
                     _float(transform.get("RescaleIntercept")) if transform else None,
-                    _float(ds.get("RescaleIntercept")),
+                    _float(attribute(ds, "RescaleIntercept")),
                 ),
             ),
             group("RealWorldValueMappingSequence"),
@@ -352,8 +357,8 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
                 instance=index,
                 frame=f,
                 tile=None,
-                rows=_int(ds.get("Rows")),
-                columns=_int(ds.get("Columns")),
+                rows=_int(attribute(ds, "Rows")),
+                columns=_int(attribute(ds, "Columns")),
                 **_geometry(orientation, position, spacing),
                 slice_thickness=_float(measures.get("SliceThickness")) if measures else None,
                 spacing_between_slices=(
@@ -365,7 +370,7 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
                 order_key=(
                     temporal,
                     _dimension_order(content, dimensions),
-                    _int(ds.get("InstanceNumber"), 0),
+                    _int(attribute(ds, "InstanceNumber"), 0),
                     index,
                     f,
                 ),
@@ -373,7 +378,7 @@ def _enhanced_frames(ds: Dataset, index: int) -> list[Frame]:
                 kind=kind.label,
                 repetition_time=_given(
                     _float(timing.get("RepetitionTime")) if timing else None,
-                    _float(ds.get("RepetitionTime")),
+                    _float(attribute(ds, "RepetitionTime")),
                 ),
                 scale_source=scale.source,
                 philips_scale_slope=scale.philips_scale_slope,
@@ -495,7 +500,7 @@ def _uih_tile_shapes(ds: Dataset) -> list[tuple[int, int]]:
     parts = [p.strip() for p in text.split("*")]
     if len(parts) == 2 and all(p.isdigit() for p in parts):
         shapes += [(int(parts[0]), int(parts[1])), (int(parts[1]), int(parts[0]))]
-    matrix = [_int(v) for v in ds.get("AcquisitionMatrix") or []]
+    matrix = [_int(v) for v in attribute(ds, "AcquisitionMatrix") or []]
     if len(matrix) == 4:
         frequency = matrix[0] or matrix[1]
         phase = matrix[2] or matrix[3]

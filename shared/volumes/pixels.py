@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array  # type: ignore[attr-defined]
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from shared.dicom.attributes import attribute
 from shared.dicom.files import InstanceFile
 from shared.errors import InvalidInputError
 from shared.volumes.frames import Frame
@@ -95,8 +96,8 @@ class _Encoding:
 
 
 def stored_dtype(ds: Dataset) -> np.dtype[Any]:
-    bits = int(ds.get("BitsAllocated", 16))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits = int(attribute(ds, "BitsAllocated", 16))
+    signed = int(attribute(ds, "PixelRepresentation", 0)) == 1
     if bits == 1:
         raise InvalidInputError("1-bit pixel data (a segmentation or overlay) is not a volume")
     if bits not in (8, 16, 32):
@@ -105,16 +106,16 @@ def stored_dtype(ds: Dataset) -> np.dtype[Any]:
 
 
 def _encoding(ds: Dataset, frames: Sequence[Frame]) -> _Encoding:
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = int(attribute(ds, "SamplesPerPixel", 1))
     stored = stored_dtype(ds)
-    bits = int(ds.get("BitsStored", stored.itemsize * 8) or stored.itemsize * 8)
+    bits = int(attribute(ds, "BitsStored", stored.itemsize * 8) or stored.itemsize * 8)
     if samples > 1:  # colour: decoded as is, never rescaled
         return _Encoding(stored, bits, samples, False, np.ones(1), np.zeros(1))
     return _Encoding(
         stored=stored,
         bits_stored=min(bits, stored.itemsize * 8),
         samples=samples,
-        invert=str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1",
+        invert=str(attribute(ds, "PhotometricInterpretation", "")) == "MONOCHROME1",
         slopes=np.array([f.slope for f in frames], dtype=np.float64),
         intercepts=np.array([f.intercept for f in frames], dtype=np.float64),
     )
@@ -356,8 +357,8 @@ def _tile(image: Array, frame: Frame) -> Array:
 
 
 def _has_frame_axis(ds: Dataset, pixels: Array) -> bool:
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1))
+    frames = int(attribute(ds, "NumberOfFrames", 1) or 1)
+    samples = int(attribute(ds, "SamplesPerPixel", 1))
     return frames > 1 and pixels.ndim == (4 if samples > 1 else 3)
 
 
@@ -414,13 +415,16 @@ def _native_layout(item: InstanceFile) -> _NativeLayout | None:
     """How to read ``item``'s frames straight from the file; None when pydicom must
     decode them (compressed, colour, or pixel data of undefined length)."""
     ds = item.dataset
-    if ds.file_meta.TransferSyntaxUID not in _NATIVE or int(ds.get("SamplesPerPixel", 1)) != 1:
+    if (
+        ds.file_meta.TransferSyntaxUID not in _NATIVE
+        or int(attribute(ds, "SamplesPerPixel", 1)) != 1
+    ):
         return None
     elem = ds.get_item(0x7FE00010, keep_deferred=True)
     if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
         return None
     dtype = stored_dtype(ds)
-    allocated = int(ds.get("BitsAllocated", 16))
+    allocated = int(attribute(ds, "BitsAllocated", 16))
     return _NativeLayout(
         offset=elem.value_tell,
         length=elem.length,
@@ -430,8 +434,8 @@ def _native_layout(item: InstanceFile) -> _NativeLayout | None:
         columns=int(ds.Columns),
         big_endian=ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian,
         bits_allocated=allocated,
-        bits_stored=int(ds.get("BitsStored", allocated)),
-        signed=int(ds.get("PixelRepresentation", 0)) == 1,
+        bits_stored=int(attribute(ds, "BitsStored", allocated)),
+        signed=int(attribute(ds, "PixelRepresentation", 0)) == 1,
     )
 
 
