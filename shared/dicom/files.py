@@ -430,22 +430,33 @@ def _parse_explicit_little(
         raise _NotPlainError  # empty, or implicit VR despite the transfer syntax
     encoding: str | list[str] = default_encoding
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    # The loop runs once per element of every file: _explicit_header inlined, and globals
+    # bound to locals (a tenth of the parse's time).
+    unpack_short, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
+    vr_headers, pixel_tags, defer_bytes = _VR_HEADERS, _PIXEL_TAG_SET, _DEFER_BYTES
+    new_tuple, raw_element, base_tag = _new_tuple, RawDataElement, BaseTag
     while end - pos >= 8:
-        header = _explicit_header(data, pos, end)
-        if header is None:
-            raise _NotPlainError
-        group, number, vr, length, value_tell = header
+        group, number, vr_bytes, length = unpack_short(data, pos)
+        known = vr_headers.get(vr_bytes)
+        if known is None:
+            raise _NotPlainError  # an unknown VR
+        vr, size = known
+        if size == 12:
+            if end - pos < 12:
+                raise _NotPlainError
+            length = unpack_long(data, pos + 8)[0]
+        value_tell = pos + size
         number |= group << 16  # the tag, compared as a plain int (BaseTag's == is slow)
         if number == 0xFFFEE00D:
             break
-        tag = BaseTag(number)
+        tag = base_tag(number)
         if length == 0xFFFFFFFF:
             if vr != "SQ":
                 raise _NotPlainError
             elements[tag], pos = _sequence(data, fp, value_tell, number, encoding, sequences)
             continue
         pos = value_tell + length
-        if (length > _DEFER_BYTES or number in _PIXEL_TAG_SET) and number != _CHARSET_TAG:
+        if (length > defer_bytes or number in pixel_tags) and number != _CHARSET_TAG:
             value: bytes | None = None  # read from the file when needed, by its offset
         elif length > 0:
             if pos > end:
@@ -455,8 +466,8 @@ def _parse_explicit_little(
             value = cast(bytes | None, empty_value_for_VR(vr, raw=True))
         if number == _CHARSET_TAG:
             encoding = convert_encodings(convert_string(value or b"", True))
-        elements[tag] = _new_tuple(  # RawDataElement(tag, vr, ..., False, True), made faster
-            RawDataElement, (tag, vr, length, value, value_tell, False, True, True, False)
+        elements[tag] = new_tuple(  # RawDataElement(tag, vr, ..., False, True), made faster
+            raw_element, (tag, vr, length, value, value_tell, False, True, True, False)
         )
     dataset = Dataset(elements, parent_encoding=default_encoding)
     charset_elem = elements.get(BaseTag(_CHARSET_TAG))
