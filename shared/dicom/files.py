@@ -431,7 +431,7 @@ def _parse_explicit_little(
     encoding: str | list[str] = default_encoding
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     # The loop runs once per element of every file: _explicit_header inlined, and globals
-    # bound to locals (a tenth of the parse's time).
+    # bound to locals (4-5 % of the parse's time, measured interleaved with the loop before).
     unpack_short, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
     vr_headers, pixel_tags, defer_bytes = _VR_HEADERS, _PIXEL_TAG_SET, _DEFER_BYTES
     new_tuple, raw_element, base_tag = _new_tuple, RawDataElement, BaseTag
