@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -265,9 +266,10 @@ class HeaderReader:
     def __init__(self) -> None:
         self._references: dict[Hashable, SeriesReference] = {}
         self._sequences: KnownSequences = {}
+        self._templates = _Templates()
 
     def read(self, path: Path, root: Path) -> InstanceFile | SkippedFile:
-        return read_instance(path, root, self._references, self._sequences)
+        return read_instance(path, root, self._references, self._sequences, self._templates)
 
 
 @dataclass
@@ -284,21 +286,187 @@ KnownSequences = dict[int, _KnownSequence]
 """By tag: the last sequence of undefined length read (see :func:`_parse_explicit_little`)."""
 
 
+_TEMPLATES_KEPT = 16
+"""Series a :class:`HeaderReader` keeps a template for: the ones most recently read."""
+_SERIES_UID_HEADER = b"\x20\x00\x0e\x00UI"  # (0020,000E) UI, explicit VR little endian
+
+
+@dataclass
+class _Template:
+    """Where one file of a series encodes the elements its series' reference shares.
+
+    A later file of the series mostly holds the same elements, encoded byte for byte the
+    same and in the same order. Its parse (:func:`_parse_explicit_little`) compares its
+    bytes with runs of the template's elements (shared elements one after another in the
+    template's file) and takes the reference's elements for a run that matches, without
+    parsing any of them: one comparison of bytes instead of an element header, a slice and
+    a tuple per element, and then :func:`_at_rest` finds them shared at once. Identical
+    bytes at an element's start parse to identical elements, so the result is the one the
+    parse gives (with the reference's positions, as the file at rest has anyway).
+    """
+
+    reference: SeriesReference
+    key: bytes  # the series' SeriesInstanceUID as encoded (the reference's key)
+    charset: bytes | None  # the Specific Character Set as encoded (None: absent)
+    data: memoryview  # the template file's bytes, up to its last shared element
+    index: dict[int, int]  # by tag: the element's place in the lists below
+    starts: list[int]  # where each element starts in ``data`` (its header)
+    ends: list[int]  # and ends
+    run_ends: list[int]  # for each element: the place after the last of its run
+    items: list[tuple[BaseTag, RawDataElement | DataElement]]  # the reference's elements
+
+
+class _Templates:
+    """A reader's templates, by series; the last :data:`_TEMPLATES_KEPT` series kept.
+
+    A series gets its template from its second file (one-file series get none).
+    """
+
+    def __init__(self) -> None:
+        self._by_series: OrderedDict[bytes, _Template] = OrderedDict()
+        self._first: OrderedDict[bytes, SeriesReference] = OrderedDict()
+        self._last: _Template | None = None
+
+    def guess(self, data: bytes) -> _Template | None:
+        """The template of the series the file seems to be of (its first (0020,000E)
+        element found by its bytes), else the last one used; the parse checks it."""
+        at = data.find(_SERIES_UID_HEADER, _PREAMBLE + 4)
+        if at >= 0:
+            length = data[at + 6] | data[at + 7] << 8
+            template = self._by_series.get(data[at + 8 : at + 8 + length])
+            if template is not None:
+                self._last = template
+                return template
+        return self._last
+
+    def learn(self, data: bytes, rest: _Rest) -> None:
+        """Make the file just read at rest its series' template, if it has none."""
+        key = _series_key(rest.own)
+        if key is None:
+            return
+        template = self._by_series.get(key)
+        if template is not None and template.reference is rest.reference:
+            self._by_series.move_to_end(key)
+            return
+        if self._first.get(key) is not rest.reference:  # the series' first file
+            _keep(self._first, key, rest.reference)
+            return
+        template = _template_of(data, key, rest)
+        if template is not None:
+            _keep(self._by_series, key, template)
+            self._last = template
+
+
+def _keep(kept: OrderedDict[bytes, Any], key: bytes, value: Any) -> None:
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > _TEMPLATES_KEPT:
+        kept.popitem(last=False)
+
+
+def _series_key(elements: Mapping[BaseTag, Any]) -> bytes | None:
+    """The SeriesInstanceUID as encoded, when it is still raw (as a file's own is)."""
+    uid = elements.get(_SERIES_INSTANCE_UID)
+    return uid.value if type(uid) is RawDataElement and uid.value is not None else None
+
+
+def _template_of(data: bytes, key: bytes, rest: _Rest) -> _Template | None:
+    """The template a file read at rest gives its series: its top-level elements walked
+    again (nothing decoded), those it shares with its reference kept with their places."""
+    shared = rest.reference.shareable
+    own = {int(tag) for tag in rest.own}
+    charset: bytes | None = None  # as encoded, as the parse compares it
+    index: dict[int, int] = {}
+    starts: list[int] = []
+    ends: list[int] = []
+    items: list[tuple[BaseTag, RawDataElement | DataElement]] = []
+    pos = _file_meta(data)[1]
+    end = len(data)
+    while end - pos >= 8:
+        header = _explicit_header(data, pos, end)
+        if header is None:
+            break
+        group, number, vr, length, value_tell = header
+        number |= group << 16
+        if length == _UNDEFINED_LENGTH:
+            after = _sequence_end(data, value_tell) if vr == "SQ" else None
+            if after is None:
+                break
+        else:
+            after = value_tell + length
+        if after > end:
+            break
+        if number == _CHARSET_TAG:
+            charset = data[value_tell:after]
+        elem = shared.get(number)
+        if elem is not None and number not in own and number != _CHARSET_TAG:
+            index[number] = len(starts)
+            starts.append(pos)
+            ends.append(after)
+            items.append((BaseTag(number), elem))
+        pos = after
+    if not starts:
+        return None
+    run_ends = list(range(1, len(starts) + 1))
+    for i in range(len(starts) - 2, -1, -1):
+        if ends[i] == starts[i + 1]:
+            run_ends[i] = run_ends[i + 1]
+    return _Template(
+        reference=rest.reference,
+        key=key,
+        charset=charset,
+        data=memoryview(bytes(data[: ends[-1]])),
+        index=index,
+        starts=starts,
+        ends=ends,
+        run_ends=run_ends,
+        items=items,
+    )
+
+
+def _matching_run(data: bytes, pos: int, template: _Template, first: int) -> int:
+    """The place after the last of the template's elements ``first``, ``first + 1``, ...
+    (one run) that ``data`` holds at ``pos`` byte for byte; ``first`` when none."""
+    start, ends, encoded = template.starts[first], template.ends, template.data
+
+    def holds(after: int) -> bool:
+        return data.startswith(encoded[start : ends[after - 1]], pos)
+
+    if not holds(first + 1):
+        return first
+    last = template.run_ends[first]
+    if holds(last):
+        return last
+    low, high = first + 1, last  # holds(low), not holds(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if holds(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 def read_instance(
     path: Path,
     root: Path,
     references: dict[Hashable, SeriesReference] | None = None,
     sequences: KnownSequences | None = None,
+    templates: _Templates | None = None,
 ) -> InstanceFile | SkippedFile:
     """Read one file's header; a file that is not a usable DICOM instance is skipped.
 
     With ``references`` (see :class:`HeaderReader`) the file is returned at rest. With
     ``sequences``, a sequence whose encoded value is the same as the one last read for its
-    tag is not parsed again: the file gets the one already parsed.
+    tag is not parsed again: the file gets the one already parsed. With ``templates`` too,
+    the elements a file encodes as its series' reference does are recognised by their
+    bytes, runs of them at a time, and not parsed at all (see :class:`_Template`).
     """
     relative = path.relative_to(root).as_posix()
+    if references is None:
+        templates = None
     try:
-        dataset = _read_header(path, sequences)
+        dataset, data = _read_header_data(path, sequences, templates)
         if dataset is None:
             return SkippedFile(
                 path=relative,
@@ -318,6 +486,8 @@ def read_instance(
         rest: _Rest | None = None
     else:
         signatures, rest = _at_rest(dataset, references, sequences or {})
+        if templates is not None and data is not None:
+            templates.learn(data, rest)
     if dataset.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_DIRECTORY:
         return SkippedFile(
             path=relative, code="dicomdir", reason="DICOMDIR: a media directory, not an instance"
@@ -356,20 +526,28 @@ def _read_header(path: Path, sequences: KnownSequences | None = None) -> Dataset
     A small file is read whole and parsed from memory; the dataset is then made to refer
     to the file, as if pydicom had read it by name (deferred values are read from there).
     """
+    return _read_header_data(path, sequences)[0]
+
+
+def _read_header_data(
+    path: Path, sequences: KnownSequences | None = None, templates: _Templates | None = None
+) -> tuple[Dataset | None, bytes | None]:
+    """:func:`_read_header`, and the bytes it parsed itself (None when pydicom read them)."""
     with path.open("rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         if size > _WHOLE_READ_LIMIT:
             fp.seek(_PREAMBLE)
             if fp.read(4) != _MAGIC:
-                return None
+                return None, None
             fp.seek(0)
-            return pydicom.dcmread(fp, defer_size=_DEFER_SIZE)
+            return pydicom.dcmread(fp, defer_size=_DEFER_SIZE), None
         data = fp.read()
     if data[_PREAMBLE : _PREAMBLE + 4] != _MAGIC:
-        return None
+        return None, None
     if not pydicom_config.debugging:
+        template = templates.guess(data) if templates is not None else None
         try:
-            return _parse_explicit_little(data, path, sequences)
+            return _parse_explicit_little(data, path, sequences, template), data
         except (_NotPlainError, EOFError, ValueError, KeyError, TypeError, struct.error):
             pass  # pydicom reads it, and says what is wrong with it
     buffer = io.BytesIO(data)
@@ -378,7 +556,7 @@ def _read_header(path: Path, sequences: KnownSequences | None = None) -> Dataset
     if dataset.buffer is buffer:  # not so when deflated: pydicom keeps what it inflated
         dataset.buffer = None
         dataset.fileobj_type = open
-    return dataset
+    return dataset, None
 
 
 _DEFER_SIZE = "64 KB"
@@ -401,7 +579,10 @@ class _NotPlainError(Exception):
 
 
 def _parse_explicit_little(
-    data: bytes, path: Path, sequences: KnownSequences | None = None
+    data: bytes,
+    path: Path,
+    sequences: KnownSequences | None = None,
+    template: _Template | None = None,
 ) -> FileDataset:
     """The dataset pydicom's ``dcmread(path, defer_size="64 KB")`` gives, parsed faster,
     except that pixel data of any size is deferred (read from the file by its offset when
@@ -417,6 +598,11 @@ def _parse_explicit_little(
     Anything else (or anything odd: a truncated element, an unknown VR) raises
     :class:`_NotPlainError`, and the caller lets pydicom read the file, so the result is
     always pydicom's.
+
+    With a ``template`` of the file's series, a run of elements whose bytes are the ones the
+    template holds is not parsed: the file gets the reference's elements for them (see
+    :class:`_Template`). Should the file turn out to be of another series, it is parsed
+    again without.
     """
     fp = io.BytesIO(data)
     preamble = data[:_PREAMBLE]
@@ -435,8 +621,20 @@ def _parse_explicit_little(
     unpack_short, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
     vr_headers, pixel_tags, defer_bytes = _VR_HEADERS, _PIXEL_TAG_SET, _DEFER_BYTES
     new_tuple, raw_element, base_tag = _new_tuple, RawDataElement, BaseTag
+    charset: bytes | None = None  # the Specific Character Set as encoded, once read
+    runs = 0  # runs of elements taken from the template
+    index = template.index if template is not None else {}
     while end - pos >= 8:
         group, number, vr_bytes, length = unpack_short(data, pos)
+        number |= group << 16  # the tag, compared as a plain int (BaseTag's == is slow)
+        first = index.get(number)
+        if first is not None and template is not None and charset == template.charset:
+            after = _matching_run(data, pos, template, first)
+            if after > first:  # elements first..after-1 encoded as the template's
+                elements.update(template.items[first:after])
+                pos += template.ends[after - 1] - template.starts[first]
+                runs += 1
+                continue
         known = vr_headers.get(vr_bytes)
         if known is None:
             raise _NotPlainError  # an unknown VR
@@ -446,7 +644,6 @@ def _parse_explicit_little(
                 raise _NotPlainError
             length = unpack_long(data, pos + 8)[0]
         value_tell = pos + size
-        number |= group << 16  # the tag, compared as a plain int (BaseTag's == is slow)
         if number == 0xFFFEE00D:
             break
         tag = base_tag(number)
@@ -466,9 +663,12 @@ def _parse_explicit_little(
             value = cast(bytes | None, empty_value_for_VR(vr, raw=True))
         if number == _CHARSET_TAG:
             encoding = convert_encodings(convert_string(value or b"", True))
+            charset = value or b""
         elements[tag] = new_tuple(  # RawDataElement(tag, vr, ..., False, True), made faster
             raw_element, (tag, vr, length, value, value_tell, False, True, True, False)
         )
+    if runs and template is not None and _series_key(elements) != template.key:
+        return _parse_explicit_little(data, path, sequences)  # another series' template
     dataset = Dataset(elements, parent_encoding=default_encoding)
     charset_elem = elements.get(BaseTag(_CHARSET_TAG))
     if isinstance(charset_elem, RawDataElement):
