@@ -15,6 +15,8 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
+from shared.dicom.json_raw import NOT_PLAIN, json_from_raw, pydicom_reads_by_default
+
 JsonAttributes = dict[str, dict[str, Any]]
 """A DICOM JSON Model object: ``{"GGGGEEEE": {"vr": ..., "Value": [...]}}``."""
 JsonCache = dict[Hashable, dict[str, Any] | None]
@@ -70,6 +72,8 @@ def dataset_to_json(
     converted once per distinct tag, VR, byte order, bytes and character set: files of a
     series share many values that differ from the series' common ones (echo times, image
     types, orientations), and their instances then share the converted attribute.
+    A number, UID or binary value still encoded is converted from its bytes
+    (:func:`~shared.dicom.json_raw.json_from_raw`) and left encoded in the dataset.
     """
     out: JsonAttributes = {}
     if tags is None:
@@ -78,10 +82,16 @@ def dataset_to_json(
         return out
     elements = ds._dict
     charset: Hashable = None
+    plain = pydicom_reads_by_default()
     for tag in sorted(tags):
         raw = elements.get(tag)  # type: ignore[call-overload]
         if raw is None:
             continue
+        if plain and type(raw) is RawDataElement and not _is_bulk(tag):
+            direct = json_from_raw(raw, MAX_INLINE_BINARY)
+            if direct is not NOT_PLAIN:
+                _put(out, tag, direct)  # type: ignore[arg-type]
+                continue
         key: Hashable = None
         if cache is not None and type(raw) is RawDataElement and _cacheable(raw):
             if charset is None:
