@@ -165,7 +165,7 @@ def test_every_plain_element_of_the_test_data_converts_as_pydicom_converts_it() 
                 got = json_from_raw(raw, MAX_INLINE_BINARY)
                 if got is NOT_PLAIN:
                     continue
-                plain[raw.VR] += 1
+                plain[str(raw.VR)] += 1
                 charset = ds.original_character_set or ds._character_set
                 expected = element_to_json(convert_raw_data_element(raw, encoding=charset, ds=ds))
                 assert got == expected, (path.name, tag)
