@@ -1,5 +1,5 @@
 """``python -m seriesflow``: the same as the ``seriesflow`` command."""
 
-from seriesflow.cli import main
+from seriesflow.launch import main
 
 main()

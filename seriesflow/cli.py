@@ -431,11 +431,13 @@ def tune_garbage_collection() -> None:
 
     ``gc.freeze()`` moves every object that exists now (modules, classes, settings) into
     the permanent generation, which collections do not walk; reference counting still
-    frees what is no longer used.
+    frees what is no longer used. Then the collector runs (:mod:`seriesflow.launch`
+    pauses it while the command's modules are imported).
     """
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
+    gc.enable()
 
 
 def main() -> None:

@@ -308,7 +308,7 @@ def test_dockerfile_builds_wheels_then_installs_only_them() -> None:
 
 def test_dockerfile_entrypoint_is_seriesflow_and_default_command_is_the_clara_operator() -> None:
     runtime = _runtime_stage()
-    assert PYPROJECT["project"]["scripts"]["seriesflow"] == "seriesflow.cli:main"
+    assert PYPROJECT["project"]["scripts"]["seriesflow"] == "seriesflow.launch:main"
     (entrypoint,) = runtime.all("ENTRYPOINT")
     assert entrypoint.exec_form() == ["seriesflow"]
     (cmd,) = runtime.all("CMD")

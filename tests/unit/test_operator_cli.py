@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,29 @@ def test_every_command_runs_with_fewer_garbage_collections(
     assert exit_info.value.code == 0
     assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
     assert gc.get_freeze_count() > 10_000  # start-up's objects are never walked again
+
+
+_LAUNCH = """
+import gc, sys
+sys.argv = ["seriesflow", "--help"]
+from seriesflow.launch import main
+try:
+    main()
+except SystemExit:
+    pass
+print(gc.get_stats()[2]["collections"], gc.isenabled(), gc.get_threshold()[0])
+"""
+
+
+def test_the_command_loads_its_modules_without_collecting_garbage() -> None:
+    """The entry point pauses the collector while the command's modules are imported (with
+    it running, a full collection walked them all), and the command resumes it."""
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"] == {
+        "seriesflow": "seriesflow.launch:main"
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCH], capture_output=True, text=True, timeout=60, check=True
+    )
+    full_collections, enabled, threshold = done.stdout.splitlines()[-1].split()
+    assert (full_collections, enabled) == ("0", "True")
+    assert int(threshold) == YOUNG_COLLECTION_THRESHOLD
