@@ -22,7 +22,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pydicom
 from pydicom import config as pydicom_config
@@ -466,7 +466,7 @@ def read_instance(
     if references is None:
         templates = None
     try:
-        dataset, data = _read_header_data(path, sequences, templates)
+        dataset, data, parsed = _read_header_data(path, sequences, templates)
         if dataset is None:
             return SkippedFile(
                 path=relative,
@@ -485,7 +485,7 @@ def read_instance(
         signatures: Mapping[int, Hashable] = _signatures(dataset)
         rest: _Rest | None = None
     else:
-        signatures, rest = _at_rest(dataset, references, sequences or {})
+        signatures, rest = _at_rest(dataset, references, sequences or {}, parsed)
         if templates is not None and data is not None:
             templates.learn(data, rest)
     if dataset.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_DIRECTORY:
@@ -526,28 +526,36 @@ def _read_header(path: Path, sequences: KnownSequences | None = None) -> Dataset
     A small file is read whole and parsed from memory; the dataset is then made to refer
     to the file, as if pydicom had read it by name (deferred values are read from there).
     """
-    return _read_header_data(path, sequences)[0]
+    return _read_header_data(path, sequences).dataset
+
+
+class _Header(NamedTuple):
+    dataset: Dataset | None  # None: not a DICOM file
+    data: bytes | None  # the bytes parsed here (None when pydicom read the file)
+    parsed: list[BaseTag] | None  # with a template: the tags not taken from it
 
 
 def _read_header_data(
     path: Path, sequences: KnownSequences | None = None, templates: _Templates | None = None
-) -> tuple[Dataset | None, bytes | None]:
-    """:func:`_read_header`, and the bytes it parsed itself (None when pydicom read them)."""
+) -> _Header:
+    """:func:`_read_header`, and what its parse tells :func:`_at_rest`."""
     with path.open("rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         if size > _WHOLE_READ_LIMIT:
             fp.seek(_PREAMBLE)
             if fp.read(4) != _MAGIC:
-                return None, None
+                return _Header(None, None, None)
             fp.seek(0)
-            return pydicom.dcmread(fp, defer_size=_DEFER_SIZE), None
+            return _Header(pydicom.dcmread(fp, defer_size=_DEFER_SIZE), None, None)
         data = fp.read()
     if data[_PREAMBLE : _PREAMBLE + 4] != _MAGIC:
-        return None, None
+        return _Header(None, None, None)
     if not pydicom_config.debugging:
         template = templates.guess(data) if templates is not None else None
+        parsed: list[BaseTag] | None = [] if template is not None else None
         try:
-            return _parse_explicit_little(data, path, sequences, template), data
+            dataset = _parse_explicit_little(data, path, sequences, template, parsed)
+            return _Header(dataset, data, parsed)
         except (_NotPlainError, EOFError, ValueError, KeyError, TypeError, struct.error):
             pass  # pydicom reads it, and says what is wrong with it
     buffer = io.BytesIO(data)
@@ -556,7 +564,7 @@ def _read_header_data(
     if dataset.buffer is buffer:  # not so when deflated: pydicom keeps what it inflated
         dataset.buffer = None
         dataset.fileobj_type = open
-    return dataset, None
+    return _Header(dataset, None, None)
 
 
 _DEFER_SIZE = "64 KB"
@@ -583,6 +591,7 @@ def _parse_explicit_little(
     path: Path,
     sequences: KnownSequences | None = None,
     template: _Template | None = None,
+    parsed: list[BaseTag] | None = None,
 ) -> FileDataset:
     """The dataset pydicom's ``dcmread(path, defer_size="64 KB")`` gives, parsed faster,
     except that pixel data of any size is deferred (read from the file by its offset when
@@ -602,7 +611,7 @@ def _parse_explicit_little(
     With a ``template`` of the file's series, a run of elements whose bytes are the ones the
     template holds is not parsed: the file gets the reference's elements for them (see
     :class:`_Template`). Should the file turn out to be of another series, it is parsed
-    again without.
+    again without. ``parsed`` gets the tags of the elements parsed (not taken).
     """
     fp = io.BytesIO(data)
     preamble = data[:_PREAMBLE]
@@ -651,6 +660,8 @@ def _parse_explicit_little(
             if vr != "SQ":
                 raise _NotPlainError
             elements[tag], pos = _sequence(data, fp, value_tell, number, encoding, sequences)
+            if parsed is not None:
+                parsed.append(tag)
             continue
         pos = value_tell + length
         if (length > defer_bytes or number in pixel_tags) and number != _CHARSET_TAG:
@@ -667,8 +678,12 @@ def _parse_explicit_little(
         elements[tag] = new_tuple(  # RawDataElement(tag, vr, ..., False, True), made faster
             raw_element, (tag, vr, length, value, value_tell, False, True, True, False)
         )
+        if parsed is not None:
+            parsed.append(tag)
     if runs and template is not None and _series_key(elements) != template.key:
-        return _parse_explicit_little(data, path, sequences)  # another series' template
+        if parsed is not None:
+            parsed.clear()
+        return _parse_explicit_little(data, path, sequences, None, parsed)  # wrong template
     dataset = Dataset(elements, parent_encoding=default_encoding)
     charset_elem = elements.get(BaseTag(_CHARSET_TAG))
     if isinstance(charset_elem, RawDataElement):
@@ -852,12 +867,17 @@ def _shareable(elem: Any, ref: RawDataElement | DataElement) -> bool:
 
 
 def _at_rest(
-    dataset: Dataset, references: dict[Hashable, SeriesReference], sequences: KnownSequences
+    dataset: Dataset,
+    references: dict[Hashable, SeriesReference],
+    sequences: KnownSequences,
+    parsed: list[BaseTag] | None = None,
 ) -> tuple[SparseSignatures, _Rest]:
     """Signatures and the at-rest form of a freshly read dataset (nothing decoded yet).
 
     Tags are looked up as plain ints: a BaseTag key compared with another BaseTag object
-    calls pydicom's ``__eq__`` in Python, once per element.
+    calls pydicom's ``__eq__`` in Python, once per element. With ``parsed`` (the parse
+    used the series' template), only the elements parsed are looked at: the others are the
+    reference's own.
     """
     elements = dataset._dict
     uid = elements.get(_SERIES_INSTANCE_UID)
@@ -888,10 +908,13 @@ def _at_rest(
     shared, ref_signatures = reference.shareable, reference.signatures
     own: Elements = {}
     own_signatures: dict[int, Hashable] = {}
-    present: set[int] = set()
-    for tag, elem in elements.items():
+    # the reference's tags the file has: those taken from the template, and those parsed
+    in_reference = len(elements) - len(parsed) if parsed is not None else 0
+    for tag in parsed if parsed is not None else elements:
+        elem = elements[tag]
         number = int(tag)
-        present.add(number)
+        if number in ref_signatures:
+            in_reference += 1
         ref = shared.get(number)
         if ref is not None and (elem is ref or _shareable(elem, ref)):
             continue  # same encoded value: same signature, kept by the reference
@@ -901,7 +924,11 @@ def _at_rest(
         signature = _signature_of(elem, number, sequences)
         if ref_signatures.get(number, _MISSING) != signature:
             own_signatures[number] = signature
-    missing = frozenset(t for t in ref_signatures if t not in present)
+    if in_reference == len(ref_signatures):
+        missing: frozenset[int] = frozenset()
+    else:
+        present = {int(tag) for tag in elements}
+        missing = frozenset(t for t in ref_signatures if t not in present)
     same_charset = _CHARSET_TAG not in own_signatures and _CHARSET_TAG not in missing
     return SparseSignatures(ref_signatures, own_signatures, missing), _Rest(
         reference, own, missing, same_charset
