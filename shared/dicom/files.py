@@ -839,16 +839,12 @@ def _signature(elem: Any) -> Hashable:
 def _decodes_alone(raw: RawDataElement | None) -> bool:
     """Whether pydicom decodes the element from its bytes and character set alone.
 
-    Not so for implicit VR (the VR may depend on other elements), UN, private elements
-    (which pydicom gives their file's private creator) or sequences (whose items link to
-    their dataset).
+    Not so for implicit VR (the VR may depend on other elements), UN or sequences (whose
+    items link to their dataset). A private element with its VR given decodes alone too:
+    decoded once for a series, it lacks only ``private_creator``, which pydicom sets from
+    the file that reads it and which nothing here reads (vendor fields are read by tag).
     """
-    return (
-        raw is not None
-        and raw.VR is not None
-        and raw.VR not in ("UN", "SQ")
-        and not (raw.tag >> 16) & 1
-    )
+    return raw is not None and raw.VR is not None and raw.VR not in ("UN", "SQ")
 
 
 def _shareable(elem: Any, ref: RawDataElement | DataElement) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -23,6 +24,7 @@ from shared.dicom.files import (
     read_instance,
 )
 from shared.dicom.json_model import dataset_to_json
+from shared.volumes.kinds import private_value
 from tests.conformance.cases import locate_testdata
 
 _COMMENTS = BaseTag(0x00204000)  # ImageComments: between shared elements
@@ -211,3 +213,20 @@ def test_real_series_read_at_rest_equal_whole_headers(
         with awake([at_rest]):
             assert dataset_to_json(at_rest.dataset) == dataset_to_json(whole.dataset), path.name
     assert sum(taken) > 10 * len(paths), "templates were hardly used"
+
+
+def test_shared_private_elements_are_decoded_once_for_the_series(tmp_path: Path) -> None:
+    """A vendor field the series' files share is decoded once (vendor fields are read for
+    every file while frames are built), and reads as pydicom reads it."""
+    series, study = generate_uid(), generate_uid()
+    for n in range(1, 4):
+        _write(tmp_path / f"{n}.dcm", series, study, n)
+    _, files = _read_all(tmp_path)
+    private = BaseTag(0x00291001)
+    with awake(files):
+        elements = [item.dataset._dict[private] for item in files]
+        assert all(type(e) is DataElement for e in elements)  # decoded before anyone reads it
+        assert elements[1] is elements[0] and elements[2] is elements[0]
+        for item in files:
+            assert private_value(item.dataset, (0x0029, 0x1001)) == "private, shared"
+    _assert_whole_headers(files)
