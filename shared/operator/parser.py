@@ -63,6 +63,21 @@ def _check_folders(input_dir: Path, output_dir: Path) -> None:
         raise InvalidInputError(f"output folder {output_dir} is not writable")
 
 
+def _input_files(input_dir: Path, output_dir: Path) -> list[Path]:
+    """Every file below the input, but those of the output folder when it lies inside.
+
+    The walk follows no links, so the place of a file below the input is its real place:
+    it is compared with the output folder's, not resolved (resolving every file took a
+    twentieth of a folder's time).
+    """
+    try:
+        inside = output_dir.resolve().relative_to(input_dir.resolve()).parts
+    except ValueError:
+        return list(iter_files(input_dir))  # the output folder is elsewhere
+    depth = len(inside)
+    return [p for p in iter_files(input_dir) if p.relative_to(input_dir).parts[:depth] != inside]
+
+
 def parse_folder(
     input_dir: Path,
     output_dir: Path,
@@ -74,12 +89,7 @@ def parse_folder(
     Writes the image files and returns the metadata document (not yet written).
     """
     _check_folders(input_dir, output_dir)
-    output_resolved = output_dir.resolve()
-    paths = [
-        p
-        for p in iter_files(input_dir)
-        if output_resolved not in p.resolve().parents  # never read our own outputs
-    ]
+    paths = _input_files(input_dir, output_dir)
     skipped: list[SkippedFile] = []
     instances: list[InstanceFile] = []
     reader = HeaderReader()  # headers at rest: a series' common elements are held once

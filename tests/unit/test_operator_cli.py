@@ -237,6 +237,33 @@ def test_output_inside_input_is_not_read_back(tmp_path: Path) -> None:
     assert code == 0  # the second run did not pick up the first run's outputs
 
 
+@pytest.mark.parametrize("through_link", [False, True])
+def test_no_file_of_the_output_folder_is_read(tmp_path: Path, through_link: bool) -> None:
+    """Not even a DICOM file there, whichever path names the folders."""
+    write_ct_series(tmp_path / "ct", slices=3, size=16)
+    intruder = tmp_path / "intruder"
+    write_brain_mr_study(intruder)
+    (tmp_path / "ct" / "out").mkdir()
+    shutil.copytree(intruder, tmp_path / "ct" / "out" / "mr")
+    (tmp_path / "ct" / "outer").mkdir()  # a name the output folder's is a prefix of
+    shutil.copy(
+        next(p for p in (tmp_path / "ct").iterdir() if p.is_file()), tmp_path / "ct" / "outer"
+    )
+    output = tmp_path / "ct" / "out"
+    if through_link:
+        (tmp_path / "link").symlink_to(tmp_path / "ct")
+        output = tmp_path / "link" / "out"
+    code, text = process(tmp_path / "ct", output, "--format", "nii")
+    assert code == 0, text
+    metadata = read(tmp_path / "ct" / "out" / "dicom-metadata.json")
+    paths = [
+        i["path"] for s in metadata["studies"] for r in s["series"] for i in r["instances"]
+    ] + [f["path"] for f in metadata["skippedFiles"]]
+    assert len(paths) == 4  # the three slices and the copy in outer/ (a duplicate)
+    assert sum(p.startswith("outer/") for p in paths) == 1
+    assert not [p for p in paths if p.startswith("out/")]
+
+
 def test_an_invalid_series_uid_never_reaches_a_file_name(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path / "ct", slices=3, size=16)
     for path in paths:
