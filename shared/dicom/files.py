@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_sequence
 from pydicom.misc import size_in_bytes
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
@@ -743,15 +744,113 @@ def _sequence(
             and known.encoded == data[start:end]
         ):
             return known.element, end
-    fp.seek(start)
     tag = BaseTag(number)
-    sequence = read_sequence(fp, False, True, 0xFFFFFFFF, encoding)
+    try:
+        sequence, after = _read_items(data, start, encoding)
+    except (_NotPlainError, struct.error):
+        fp.seek(start)
+        sequence = read_sequence(fp, False, True, 0xFFFFFFFF, encoding)
+        after = fp.tell()
     element = DataElement(tag, "SQ", sequence, start, is_undefined_length=True)
-    if end is not None and end == fp.tell() and sequences is not None:
-        # pydicom read exactly the bytes walked: the same bytes read the same
+    if end is not None and end == after and sequences is not None:
+        # the bytes walked were read: the same bytes read the same
         encoded_encoding = encoding if isinstance(encoding, str) else list(encoding)
         sequences[number] = _KnownSequence(data[start:end], encoded_encoding, element)
-    return element, fp.tell()
+    return element, after
+
+
+def _read_items(
+    data: bytes, pos: int, encoding: str | list[str], depth: int = 0
+) -> tuple[Sequence, int]:
+    """What pydicom's ``read_sequence`` reads from an undefined-length sequence whose value
+    starts at ``pos`` (items, their elements raw, and nested sequences of undefined length),
+    cut from the buffer; and where it ends.
+
+    Items of explicit VR little endian elements only, neither empty (pydicom may take an
+    empty item for implicit VR) nor odd (unknown VR, a value of undefined length that is not
+    a sequence, an item that does not end where its length says): anything else raises
+    :class:`_NotPlainError`, and pydicom reads the sequence.
+    """
+    if depth > 16:
+        raise _NotPlainError
+    end = len(data)
+    items: list[Dataset] = []
+    while True:
+        if end - pos < 8:
+            raise _NotPlainError
+        group, number, length = _ITEM.unpack_from(data, pos)
+        if group != 0xFFFE or number not in (0xE000, 0xE0DD):
+            raise _NotPlainError
+        if number == 0xE0DD:  # Sequence Delimitation Item
+            if length:
+                raise _NotPlainError
+            pos += 8
+            break
+        item_start, pos = pos, pos + 8
+        stop = None if length == _UNDEFINED_LENGTH else pos + length
+        item, pos = _read_item(data, pos, stop, encoding, depth)
+        item.is_undefined_length_sequence_item = stop is None
+        item.seq_item_tell = item_start
+        item.file_tell = item_start
+        items.append(item)
+    sequence = Sequence(items)
+    sequence.is_undefined_length = True
+    return sequence, pos
+
+
+def _read_item(
+    data: bytes, pos: int, stop: int | None, encoding: str | list[str], depth: int
+) -> tuple[Dataset, int]:
+    """One item's data set (see :func:`_read_items`), from ``pos`` up to ``stop`` (its
+    length given) or its Item Delimitation Item; and where it ends."""
+    end = len(data)
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    current = encoding  # as pydicom reads on: changed by a Specific Character Set
+    while stop is None or pos < stop:
+        if end - pos < 8:
+            raise _NotPlainError
+        if stop is None and data[pos : pos + 4] == _ITEM_DELIMITER[:4]:
+            if not elements:
+                raise _NotPlainError
+            return _item_dataset(elements, encoding), pos + 8
+        header = _explicit_header(data, pos, end)
+        if header is None:
+            raise _NotPlainError
+        group, number, vr, length, value_tell = header
+        number |= group << 16
+        tag = BaseTag(number)
+        if length == _UNDEFINED_LENGTH:
+            if vr != "SQ":
+                raise _NotPlainError
+            nested, pos = _read_items(data, value_tell, current, depth + 1)
+            elements[tag] = DataElement(tag, vr, nested, value_tell, is_undefined_length=True)
+            continue
+        pos = value_tell + length
+        if pos > end:
+            raise _NotPlainError
+        value = data[value_tell:pos] if length else empty_value_for_VR(vr, raw=True)
+        if number == _CHARSET_TAG:
+            current = convert_encodings(convert_string(cast(bytes, value) or b"", True))
+        elements[tag] = _new_tuple(
+            RawDataElement, (tag, vr, length, value, value_tell, False, True, True, False)
+        )
+    if pos != stop or not elements:
+        raise _NotPlainError
+    return _item_dataset(elements, encoding), pos
+
+
+def _item_dataset(
+    elements: dict[BaseTag, RawDataElement | DataElement], encoding: str | list[str]
+) -> Dataset:
+    """The item's Dataset as pydicom's ``read_dataset`` makes it."""
+    item = Dataset(elements, parent_encoding=encoding)
+    charset = elements.get(BaseTag(_CHARSET_TAG))
+    if isinstance(charset, RawDataElement):
+        own: str | list[str] = convert_encodings(convert_raw_data_element(charset).value)
+    else:
+        own = encoding
+    item.set_original_encoding(False, True, own)
+    return item
 
 
 _ITEM = struct.Struct("<HHL")

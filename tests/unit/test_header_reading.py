@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any, cast
 
 import pydicom
 import pytest
+from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_sequence
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -20,10 +24,12 @@ from shared.dicom.files import (
     _NotPlainError,
     _parse_explicit_little,
     _read_header,
+    _read_items,
     awake,
     iter_files,
 )
 from shared.dicom.json_model import dataset_to_json
+from tests.conformance.cases import locate_testdata
 from tests.unit.test_pixels import shipped
 
 _NAMES = [
@@ -152,3 +158,137 @@ def test_known_sequences_need_the_same_bytes_and_character_set(tmp_path: Path) -
     known[0x00081032].encoding = "iso_ir_192"  # as if read with another character set
     c = _read_header(second, known)
     assert c is not None and c._dict[tag] is not b._dict[tag]
+
+
+_ITEM_ATTRIBUTES = (
+    "is_undefined_length_sequence_item",
+    "seq_item_tell",
+    "file_tell",
+    "_read_implicit",
+    "_read_little",
+    "_read_charset",
+    "_parent_encoding",
+)
+
+
+def _same_sequence(got: Sequence, expected: Sequence, where: str) -> None:
+    """Item for item, attribute for attribute, element for element (raw as raw)."""
+    assert got.is_undefined_length == expected.is_undefined_length, where
+    assert len(got) == len(expected), where
+    for n, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
+        here = f"{where}[{n}]"
+        for attribute in _ITEM_ATTRIBUTES:
+            assert getattr(mine, attribute, None) == getattr(theirs, attribute, None), (
+                here,
+                attribute,
+            )
+        assert list(mine._dict) == list(theirs._dict), here
+        for tag, elem in theirs._dict.items():
+            other = mine._dict[tag]
+            assert type(other) is type(elem), (here, tag)
+            if isinstance(elem, RawDataElement):
+                assert isinstance(other, RawDataElement)
+                assert tuple(other) == tuple(elem), (here, tag)
+            else:
+                assert isinstance(other, DataElement)
+                assert (other.VR, other.file_tell, other.is_undefined_length) == (
+                    elem.VR,
+                    elem.file_tell,
+                    elem.is_undefined_length,
+                ), (here, tag)
+                _same_sequence(other.value, elem.value, f"{here}{tag}")
+
+
+def _pydicom_sequence(data: bytes, start: int, encoding: Any) -> tuple[Sequence, int]:
+    fp = io.BytesIO(data)
+    fp.seek(start)
+    sequence = read_sequence(fp, False, True, 0xFFFFFFFF, encoding)
+    return sequence, fp.tell()
+
+
+def _empty_item(undefined_length: bool) -> Dataset:
+    item = Dataset()
+    item.is_undefined_length_sequence_item = undefined_length
+    return item
+
+
+def _sequences_file(path: Path, empty_item: bool | None = None) -> None:
+    """``empty_item``: a third item, empty, of undefined length (True) or length 0."""
+    inner = Dataset()
+    inner.CodeValue = "C1"
+    inner.CodeMeaning = "nested"
+    first = Dataset()
+    first.SpecificCharacterSet = "ISO_IR 192"  # an item's own character set
+    first.CodeMeaning = "Größe"
+    first.ConceptCodeSequence = Sequence([inner])
+    first["ConceptCodeSequence"].is_undefined_length = True
+    first.is_undefined_length_sequence_item = True
+    second = Dataset()
+    second.CodeValue = "C2"
+    second.add_new(0x00091001, "LO", "private in an item")
+    second.is_undefined_length_sequence_item = False  # its length given
+    items = [first, second, *([] if empty_item is None else [_empty_item(empty_item)])]
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.ProcedureCodeSequence = Sequence(items)
+    ds["ProcedureCodeSequence"].is_undefined_length = True
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_sequences_are_read_as_pydicom_reads_them(tmp_path: Path) -> None:
+    path = tmp_path / "seq.dcm"
+    _sequences_file(path)
+    data = path.read_bytes()
+    start = cast(int, pydicom.dcmread(path)["ProcedureCodeSequence"].file_tell)
+    got, end = _read_items(data, start, default_encoding)
+    expected, expected_end = _pydicom_sequence(data, start, default_encoding)
+    assert end == expected_end
+    _same_sequence(got, expected, "ProcedureCodeSequence")
+    assert got[0].CodeMeaning == "Größe" and got[0].ConceptCodeSequence[0].CodeValue == "C1"
+    header = _read_header(path)
+    assert header is not None
+    assert dataset_to_json(header) == dataset_to_json(pydicom.dcmread(path))
+
+
+@pytest.mark.parametrize("undefined_length", [True, False])
+def test_an_empty_item_is_left_to_pydicom(tmp_path: Path, undefined_length: bool) -> None:
+    """pydicom may take an empty item for implicit VR: it reads such a sequence itself."""
+    path = tmp_path / "seq.dcm"
+    _sequences_file(path, empty_item=undefined_length)
+    data = path.read_bytes()
+    start = cast(int, pydicom.dcmread(path)["ProcedureCodeSequence"].file_tell)
+    with pytest.raises(_NotPlainError):
+        _read_items(data, start, default_encoding)
+    header = _read_header(path)
+    assert header is not None
+    _same_elements(header, pydicom.dcmread(path, defer_size="64 KB"))
+
+
+def test_real_sequences_are_read_as_pydicom_reads_them() -> None:
+    """Philips' per-file private sequences, nested sequences of the other vendors."""
+    root = locate_testdata()
+    compared = 0
+    for folder in ("fidelity/dcm_qa_philips_vanderbilt/In", "dcm_qa_nih/In", "dcm_qa_enh/In"):
+        for path in list(iter_files(root / folder))[:40]:
+            dataset = _read_header(path)
+            if dataset is None or dataset.is_implicit_VR or not dataset.is_little_endian:
+                continue
+            data = path.read_bytes()
+            charset = dataset.original_character_set or dataset._character_set
+            encoding = charset if isinstance(charset, str) else list(charset)
+            for tag, elem in dataset._dict.items():
+                if isinstance(elem, DataElement) and elem.VR == "SQ" and elem.is_undefined_length:
+                    start = cast(int, elem.file_tell)
+                    got, end = _read_items(data, start, encoding)
+                    expected, expected_end = _pydicom_sequence(data, start, encoding)
+                    assert end == expected_end, (path.name, tag)
+                    _same_sequence(got, expected, f"{path.name}{tag}")
+                    compared += 1
+    assert compared > 100
