@@ -18,7 +18,7 @@ import io
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +233,34 @@ class InstanceFile:
                 return False
             return elem.value_tell + elem.length <= size
         return True
+
+
+def tags_outside(files: Iterable[InstanceFile], excluded: Set[int]) -> Iterator[list[int]]:
+    """For each file, its tags (plain ints) that are not in ``excluded``, pixel data never.
+
+    A file at rest has its own elements and its reference's shared ones, less those it
+    lacks: the reference's are looked at once for all the files that share it, not once a
+    file (a Philips header has about 460 elements, 30 of them its own).
+    """
+    shared_outside: dict[int, list[int]] = {}
+    for item in files:
+        rest = item.rest
+        if rest is None:
+            yield [
+                t
+                for t in map(int, item.dataset.keys())
+                if t not in excluded and t not in _PIXEL_TAG_SET
+            ]
+            continue
+        shared = shared_outside.get(id(rest.reference))
+        if shared is None:
+            shared = [t for t in rest.reference.shareable if t not in excluded]
+            shared_outside[id(rest.reference)] = shared
+        own = set(map(int, rest.own))
+        missing = rest.missing
+        yield [t for t in own if t not in excluded and t not in _PIXEL_TAG_SET] + [
+            t for t in shared if t not in own and t not in missing
+        ]
 
 
 def iter_files(root: Path) -> Iterator[Path]:
@@ -733,30 +761,28 @@ def _sequence(
     encoding: str | list[str],
     sequences: KnownSequences | None,
 ) -> tuple[DataElement, int]:
-    """The sequence of undefined length whose value starts at ``start``, and its end."""
-    end = _sequence_end(data, start) if sequences is not None else None
-    if end is not None and sequences is not None:
-        known = sequences.get(number)
-        if (
-            known is not None
-            and len(known.encoded) == end - start
-            and known.encoding == encoding
-            and known.encoded == data[start:end]
-        ):
-            return known.element, end
+    """The sequence of undefined length whose value starts at ``start``, and its end.
+
+    The one last read for its tag, when the bytes there are its bytes (one comparison:
+    the same bytes, through its delimiter, read the same); else read, and remembered.
+    """
+    known = sequences.get(number) if sequences is not None else None
+    if known is not None and known.encoding == encoding and data.startswith(known.encoded, start):
+        return known.element, start + len(known.encoded)
     tag = BaseTag(number)
     try:
-        sequence, after = _read_items(data, start, encoding)
+        sequence, end = _read_items(data, start, encoding)
+        exact = True  # read from exactly data[start:end]
     except (_NotPlainError, struct.error):
         fp.seek(start)
         sequence = read_sequence(fp, False, True, 0xFFFFFFFF, encoding)
-        after = fp.tell()
+        end = fp.tell()
+        exact = sequences is not None and _sequence_end(data, start) == end
     element = DataElement(tag, "SQ", sequence, start, is_undefined_length=True)
-    if end is not None and end == after and sequences is not None:
-        # the bytes walked were read: the same bytes read the same
+    if exact and sequences is not None:
         encoded_encoding = encoding if isinstance(encoding, str) else list(encoding)
         sequences[number] = _KnownSequence(data[start:end], encoded_encoding, element)
-    return element, after
+    return element, end
 
 
 def _read_items(

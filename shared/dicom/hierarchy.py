@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pydicom.datadict import tag_for_keyword
 
-from shared.dicom.files import InstanceFile, SparseSignatures, awake
+from shared.dicom.files import InstanceFile, SparseSignatures, awake, tags_outside
 from shared.dicom.json_model import JsonAttributes, JsonCache, dataset_to_json
 from shared.dicom.metadata import Instance, SkippedFile
 
@@ -66,7 +66,6 @@ _STUDY_KEYWORDS = [
     "PatientSexNeutered",
 ]
 STUDY_TAGS = frozenset(t for k in _STUDY_KEYWORDS if (t := tag_for_keyword(k)) is not None)
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _MISSING = object()
 
 
@@ -215,9 +214,7 @@ def place_series_attributes(series: SeriesInstances, study_tags: frozenset[int])
     series.instances = []
     cache: JsonCache = {}  # values shared by some of the series' instances, converted once
     common = series.common_tags
-    for item in series.files:
-        # plain ints: a BaseTag looked up in a set of ints calls pydicom's __eq__ in Python
-        own = [t for t in map(int, item.dataset.keys()) if t not in common and t not in _PIXEL_TAGS]
+    for item, own in zip(series.files, tags_outside(series.files, common), strict=True):
         series.instances.append(
             Instance(
                 SOPInstanceUID=item.sop_instance_uid,

@@ -25,6 +25,7 @@ from shared.dicom.files import (
     _parse_explicit_little,
     _read_header,
     _read_items,
+    _sequence,
     awake,
     iter_files,
 )
@@ -228,6 +229,11 @@ def _sequences_file(path: Path, empty_item: bool | None = None) -> None:
     second.add_new(0x00091001, "LO", "private in an item")
     second.is_undefined_length_sequence_item = False  # its length given
     items = [first, second, *([] if empty_item is None else [_empty_item(empty_item)])]
+    _save_with_procedure_codes(path, items)
+
+
+def _save_with_procedure_codes(path: Path, items: list[Dataset]) -> None:
+    """An instance whose ProcedureCodeSequence (undefined length) holds ``items``."""
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
     ds.SOPInstanceUID = generate_uid()
@@ -292,3 +298,25 @@ def test_real_sequences_are_read_as_pydicom_reads_them() -> None:
                     _same_sequence(got, expected, f"{path.name}{tag}")
                     compared += 1
     assert compared > 100
+
+
+def test_a_known_sequence_is_taken_only_through_its_delimiter(tmp_path: Path) -> None:
+    """A later file whose sequence starts with the known one's items and has one more."""
+    paths = []
+    for count in (1, 2):
+        items = []
+        for n in range(count):
+            item = Dataset()
+            item.CodeValue = f"C{n}"
+            items.append(item)
+        paths.append(tmp_path / f"{count}.dcm")
+        _save_with_procedure_codes(paths[-1], items)
+    known: KnownSequences = {}
+    first = _read_header(paths[0], known)
+    assert first is not None and 0x00081032 in known
+    data = paths[1].read_bytes()
+    start = cast(int, pydicom.dcmread(paths[1])["ProcedureCodeSequence"].file_tell)
+    element, end = _sequence(data, io.BytesIO(data), start, 0x00081032, default_encoding, known)
+    assert element is not first._dict[BaseTag(0x00081032)]
+    assert [i.CodeValue for i in element.value] == ["C0", "C1"]
+    assert end == _pydicom_sequence(data, start, default_encoding)[1]

@@ -22,7 +22,9 @@ from shared.dicom.files import (
     awake,
     iter_files,
     read_instance,
+    tags_outside,
 )
+from shared.dicom.hierarchy import _common_tags, group_instances
 from shared.dicom.json_model import dataset_to_json
 from shared.volumes.kinds import private_value
 from tests.conformance.cases import locate_testdata
@@ -230,3 +232,44 @@ def test_shared_private_elements_are_decoded_once_for_the_series(tmp_path: Path)
         for item in files:
             assert private_value(item.dataset, (0x0029, 0x1001)) == "private, shared"
     _assert_whole_headers(files)
+
+
+@pytest.mark.parametrize("folder", ["fidelity/dcm_qa_philips_vanderbilt/In", "dcm_qa_nih/In"])
+def test_tags_outside_a_set_are_the_woken_headers_tags(folder: str) -> None:
+    """What instance attributes are placed from: each file's tags outside its series'
+    common ones, found from its own elements and its reference's."""
+    root = locate_testdata() / folder
+    reader = HeaderReader()
+    items = [reader.read(p, root) for p in list(iter_files(root))[:120]]
+    files = [i for i in items if isinstance(i, InstanceFile)]
+    grouped, _ = group_instances(files, place=False)
+    compared = 0
+    for study in grouped:
+        for series in study.series:
+            common = _common_tags(series.files)
+            for excluded in (common, frozenset()):
+                with awake(series.files):
+                    expected = [
+                        {t for t in map(int, f.dataset.keys()) if t not in excluded}
+                        - {0x7FE00010, 0x7FE00008, 0x7FE00009}
+                        for f in series.files
+                    ]
+                got = list(tags_outside(series.files, excluded))
+                assert [set(g) for g in got] == expected
+                assert all(len(g) == len(set(g)) for g in got)
+                compared += len(got)
+    assert compared > 100
+
+
+def test_tags_outside_leave_out_what_a_file_lacks(tmp_path: Path) -> None:
+    series, study = generate_uid(), generate_uid()
+    for n in range(1, 4):
+        _write(tmp_path / f"{n}.dcm", series, study, n, StationName=None if n == 3 else "MR1")
+    _, files = _read_all(tmp_path)
+    station = 0x00081010
+    got = list(tags_outside(files, frozenset()))
+    assert [station in tags for tags in got] == [True, True, False]
+    with awake(files):
+        assert [set(tags) for tags in got] == [
+            {t for t in map(int, f.dataset.keys()) if t != 0x7FE00010} for f in files
+        ]
