@@ -713,13 +713,7 @@ def _parse_explicit_little(
         if parsed is not None:
             parsed.clear()
         return _parse_explicit_little(data, path, sequences, None, parsed)  # wrong template
-    dataset = Dataset(elements, parent_encoding=default_encoding)
-    charset_elem = elements.get(BaseTag(_CHARSET_TAG))
-    if isinstance(charset_elem, RawDataElement):
-        encoding = convert_encodings(convert_raw_data_element(charset_elem).value)
-    else:
-        encoding = default_encoding
-    dataset.set_original_encoding(False, True, encoding)
+    dataset = _dataset_of(elements, default_encoding)
     result = FileDataset(str(path), dataset, preamble, file_meta, False, True)
     result.set_original_encoding(False, True, dataset._character_set)
     return result
@@ -838,7 +832,7 @@ def _read_item(
         if stop is None and data[pos : pos + 4] == _ITEM_DELIMITER[:4]:
             if not elements:
                 raise _NotPlainError
-            return _item_dataset(elements, encoding), pos + 8
+            return _dataset_of(elements, encoding), pos + 8
         header = _explicit_header(data, pos, end)
         if header is None:
             raise _NotPlainError
@@ -862,13 +856,14 @@ def _read_item(
         )
     if pos != stop or not elements:
         raise _NotPlainError
-    return _item_dataset(elements, encoding), pos
+    return _dataset_of(elements, encoding), pos
 
 
-def _item_dataset(
+def _dataset_of(
     elements: dict[BaseTag, RawDataElement | DataElement], encoding: str | list[str]
 ) -> Dataset:
-    """The item's Dataset as pydicom's ``read_dataset`` makes it."""
+    """The Dataset pydicom's ``read_dataset`` makes of raw elements read explicit VR
+    little endian (a file's, or an item's in a sequence of ``encoding``)."""
     item = Dataset(elements, parent_encoding=encoding)
     charset = elements.get(BaseTag(_CHARSET_TAG))
     if isinstance(charset, RawDataElement):
