@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Set
+from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +40,25 @@ from pydicom.filereader import read_sequence
 from pydicom.misc import size_in_bytes
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
+from shared.dicom.json_raw import pydicom_reads_by_default
 from shared.dicom.metadata import SkippedFile
 
 _PREAMBLE = 128
 _MAGIC = b"DICM"
-_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_REQUIRED_UIDS = {
+    "SOPClassUID": BaseTag(0x00080016),
+    "SOPInstanceUID": BaseTag(0x00080018),
+    "SeriesInstanceUID": BaseTag(0x0020000E),
+    "StudyInstanceUID": BaseTag(0x0020000D),
+}
+_META_UIDS = (BaseTag(0x00020002), BaseTag(0x00020010))
+"""MediaStorageSOPClassUID and TransferSyntaxUID, which every read looks at."""
+_PLAIN_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+"""A UID pydicom's validation accepts (PS3.5 9.1), up to 64 characters (checked apart)."""
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -527,6 +538,8 @@ def read_instance(
             code="damaged",
             reason="file meta information has no TransferSyntaxUID",
         )
+    if pydicom_reads_by_default():
+        _decode_plain_uids(dataset._dict, _REQUIRED_UIDS.values())
     for keyword in _REQUIRED_UIDS:
         try:
             value = dataset.get(keyword)
@@ -740,11 +753,38 @@ def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
         elements[tag] = _new_tuple(
             RawDataElement, (tag, vr, length, value, value_tell, False, True, True, False)
         )
+    if pydicom_reads_by_default():
+        _decode_plain_uids(elements, _META_UIDS)
     file_meta = FileMetaDataset(elements)
     file_meta.set_original_encoding(False, True, default_encoding)
     if elements:
         file_meta[next(iter(elements))]  # decoded, as pydicom decodes it to check it
     return file_meta, pos
+
+
+def _decode_plain_uids(
+    elements: MutableMapping[BaseTag, DataElement | RawDataElement], tags: Iterable[BaseTag]
+) -> None:
+    """Decode the UIDs at ``tags`` among ``elements`` (a dataset's ``_dict``) into the
+    :class:`DataElement` pydicom makes of them, without its machinery: for each, the raw
+    element hooks, the value converter, the UID class's validation and the element's took
+    about 14 µs, and every file has six (four in its data set, two in its meta information).
+
+    Only a value pydicom's validation accepts silently (digits and dots, no leading zero,
+    at most 64 characters, null or space padding) is decoded here, so the element is
+    pydicom's, warnings included (there are none); anything else is left raw for pydicom,
+    as is an element that is not an explicit ``UI``. Callers check
+    :func:`~shared.dicom.json_raw.pydicom_reads_by_default` first.
+    """
+    for tag in tags:
+        raw = elements.get(tag)
+        if type(raw) is not RawDataElement or raw.VR != "UI" or not raw.value:
+            continue
+        text = raw.value.rstrip(b"\0 ")
+        if len(text) > 64 or not _PLAIN_UID.fullmatch(text):
+            continue
+        uid = UID(text.decode("ascii"), pydicom_config.IGNORE)  # validated just above
+        elements[tag] = DataElement(tag, "UI", uid, raw.value_tell, False, already_converted=True)
 
 
 def _sequence(

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pydicom
 import pytest
 from pydicom.charset import default_encoding
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_sequence
 from pydicom.sequence import Sequence
@@ -21,6 +21,7 @@ from shared.dicom.files import (
     HeaderReader,
     InstanceFile,
     KnownSequences,
+    _decode_plain_uids,
     _NotPlainError,
     _parse_explicit_little,
     _read_header,
@@ -320,3 +321,101 @@ def test_a_known_sequence_is_taken_only_through_its_delimiter(tmp_path: Path) ->
     assert element is not first._dict[BaseTag(0x00081032)]
     assert [i.CodeValue for i in element.value] == ["C0", "C1"]
     assert end == _pydicom_sequence(data, start, default_encoding)[1]
+
+
+def _raw_uid(value: bytes, vr: str | None = "UI", tag: int = 0x00080018) -> RawDataElement:
+    return RawDataElement(BaseTag(tag), vr, len(value), value, 1234, vr is None, True)
+
+
+def _element_state(elem: DataElement) -> dict[str, Any]:
+    state = dict(vars(elem))
+    state["value_type"] = type(elem.value)
+    return state
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1.2.840.10008.5.1.4.1.1.2",
+        b"1.2.3\0",  # padded to an even length with a null, as the standard says
+        b"1.2.3 ",  # or with a space, as some writers do
+        b"0.10.200",
+        b"1." + b"2" * 62,  # 64 characters, the most allowed
+    ],
+)
+def test_a_plain_uid_is_decoded_as_pydicom_decodes_it(value: bytes) -> None:
+    raw = _raw_uid(value)
+    elements: dict[BaseTag, Any] = {raw.tag: raw}
+    _decode_plain_uids(elements, [raw.tag])
+    got = elements[raw.tag]
+    assert type(got) is DataElement
+    assert _element_state(got) == _element_state(convert_raw_data_element(raw))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"1.02.3",  # a leading zero: pydicom warns, so pydicom decodes it
+        b"1..2",
+        b".1.2",
+        b"1.2.",
+        b"1.2.a",
+        b"1.2\\1.3",  # two values
+        b"1." + b"2" * 63,  # 65 characters
+        b"",
+    ],
+)
+def test_a_uid_pydicom_warns_about_is_left_to_it(value: bytes) -> None:
+    raw = _raw_uid(value)
+    elements: dict[BaseTag, Any] = {raw.tag: raw}
+    _decode_plain_uids(elements, [raw.tag])
+    assert elements[raw.tag] is raw
+
+
+def test_only_explicit_ui_elements_are_decoded() -> None:
+    implicit = _raw_uid(b"1.2.3", vr=None)
+    other_vr = _raw_uid(b"1.2.3", vr="LO", tag=0x00081030)
+    elements: dict[BaseTag, Any] = {implicit.tag: implicit, other_vr.tag: other_vr}
+    _decode_plain_uids(elements, list(elements))
+    assert elements[implicit.tag] is implicit and elements[other_vr.tag] is other_vr
+
+
+def test_read_uids_are_pydicoms_on_real_files() -> None:
+    """The UIDs a read decodes (four in the data set, two in the meta information) are
+    the elements pydicom makes of them, on files of three vendors."""
+    root = locate_testdata()
+    if root is None:
+        pytest.skip("../shared/testdata is not there")
+    folders = ["dcm_qa_nih/In", "fidelity/dcm_qa_polar/In", "fidelity/dcm_qa_philips_vanderbilt/In"]
+    reader, compared = HeaderReader(), 0
+    for folder in folders:
+        for path in [p for p in iter_files(root / folder) if p.suffix != ".txt"][:40]:
+            item = reader.read(path, root)
+            assert isinstance(item, InstanceFile), path
+            expected = pydicom.dcmread(path, stop_before_pixels=True)
+            for got_ds, expected_ds in (
+                (item.dataset, expected),
+                (item.dataset.file_meta, expected.file_meta),
+            ):
+                for tag, elem in got_ds._dict.items():
+                    if type(elem) is DataElement and elem.VR == "UI":
+                        assert _element_state(elem) == _element_state(expected_ds[tag]), path
+                        compared += 1
+    assert compared >= 120 * 6
+
+
+def test_uids_are_left_to_pydicom_when_its_hooks_are_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydicom.hooks import hooks, raw_element_value
+
+    seen: list[int] = []
+
+    def counting(raw: RawDataElement, data: dict[str, Any], **kwargs: Any) -> None:
+        seen.append(int(raw.tag))
+        raw_element_value(raw, data, **kwargs)
+
+    monkeypatch.setattr(hooks, "raw_element_value", counting)
+    item = HeaderReader().read(shipped("CT_small.dcm"), shipped("CT_small.dcm").parent)
+    assert isinstance(item, InstanceFile)
+    assert {0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00020010} <= set(seen)
