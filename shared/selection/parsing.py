@@ -13,10 +13,12 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from difflib import get_close_matches
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:  # imported when YAML is read (see _yaml_loader), not by every command
+    import yaml
 
 from shared.errors import RulesError
 from shared.selection.attributes import is_scalar, resolve_attribute, suggest_attribute
@@ -99,11 +101,25 @@ def _object_from_pairs(pairs: list[tuple[Any, Any]]) -> _Object:
     return obj
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML loading: duplicate keys stay visible to validation, keys stay text."""
+@cache
+def _yaml_loader() -> type[yaml.SafeLoader]:
+    """Safe YAML loading: duplicate keys stay visible to validation, keys stay text.
+
+    PyYAML is imported here, when YAML is first read: rules are JSON more often than not,
+    and importing it took a fiftieth of a second of every command's start.
+    """
+    import yaml
+
+    class YamlLoader(yaml.SafeLoader):
+        pass
+
+    YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    return YamlLoader
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Object:
+    import yaml
+
     loader.flatten_mapping(node)
     # Keys are always names, so a scalar key keeps its text: 00100020 stays a tag, not the
     # octal number YAML 1.1 would make of it.
@@ -115,9 +131,6 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Obje
             )
         pairs.append((key.value, loader.construct_object(value, deep=True)))
     return _object_from_pairs(pairs)
-
-
-_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _kind(value: Any) -> str:
@@ -471,8 +484,10 @@ def _decode(text: str, source: str, fail: Callable[[str, str], RulesError]) -> A
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno}"
             raise fail(f"not valid JSON: {exc.msg}", where) from exc
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

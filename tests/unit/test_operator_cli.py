@@ -317,12 +317,13 @@ def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_process_imports_only_what_it_uses() -> None:
     """Operator mode's start: no service commands, no SimpleITK, no rich when quiet, no
-    HTTP client; and `import requests` still works for code that does use it."""
+    HTTP client, no YAML parser until YAML rules are read; and `import requests` still
+    works for code that does use it."""
     probe = (
         "import sys\n"
         "import seriesflow.cli as cli\n"
         "heavy = ['SimpleITK', 'rich', 'requests', 'shared.settings', 'pika', 'minio',\n"
-        "         'fastapi', 'httpx', 'seriesflow.service_commands']\n"
+        "         'fastapi', 'httpx', 'seriesflow.service_commands', 'yaml']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "import requests\n"
         "print(callable(requests.get))\n"
