@@ -21,7 +21,7 @@ from shared.dicom.files import (
     HeaderReader,
     InstanceFile,
     KnownSequences,
-    _decode_plain_uids,
+    _decode_plain,
     _NotPlainError,
     _parse_explicit_little,
     _read_header,
@@ -346,7 +346,7 @@ def _element_state(elem: DataElement) -> dict[str, Any]:
 def test_a_plain_uid_is_decoded_as_pydicom_decodes_it(value: bytes) -> None:
     raw = _raw_uid(value)
     elements: dict[BaseTag, Any] = {raw.tag: raw}
-    _decode_plain_uids(elements, [raw.tag])
+    _decode_plain(elements, [raw.tag])
     got = elements[raw.tag]
     assert type(got) is DataElement
     assert _element_state(got) == _element_state(convert_raw_data_element(raw))
@@ -368,15 +368,33 @@ def test_a_plain_uid_is_decoded_as_pydicom_decodes_it(value: bytes) -> None:
 def test_a_uid_pydicom_warns_about_is_left_to_it(value: bytes) -> None:
     raw = _raw_uid(value)
     elements: dict[BaseTag, Any] = {raw.tag: raw}
-    _decode_plain_uids(elements, [raw.tag])
+    _decode_plain(elements, [raw.tag])
     assert elements[raw.tag] is raw
+
+
+def test_a_group_length_is_decoded_as_pydicom_decodes_it() -> None:
+    length = RawDataElement(BaseTag(0x00020000), "UL", 4, b"\xc4\x00\x00\x00", 140, False, True)
+    elements: dict[BaseTag, Any] = {length.tag: length}
+    _decode_plain(elements, [length.tag])
+    got = elements[length.tag]
+    assert type(got) is DataElement and got.value == 196
+    assert _element_state(got) == _element_state(convert_raw_data_element(length))
+
+
+def test_other_ul_values_are_left_to_pydicom() -> None:
+    two = RawDataElement(BaseTag(0x00020000), "UL", 8, bytes(8), 140, False, True)
+    big = RawDataElement(BaseTag(0x00020000), "UL", 4, bytes(4), 140, False, False)
+    for raw in (two, big):
+        elements: dict[BaseTag, Any] = {raw.tag: raw}
+        _decode_plain(elements, [raw.tag])
+        assert elements[raw.tag] is raw
 
 
 def test_only_explicit_ui_elements_are_decoded() -> None:
     implicit = _raw_uid(b"1.2.3", vr=None)
     other_vr = _raw_uid(b"1.2.3", vr="LO", tag=0x00081030)
     elements: dict[BaseTag, Any] = {implicit.tag: implicit, other_vr.tag: other_vr}
-    _decode_plain_uids(elements, list(elements))
+    _decode_plain(elements, list(elements))
     assert elements[implicit.tag] is implicit and elements[other_vr.tag] is other_vr
 
 
@@ -398,7 +416,7 @@ def test_read_uids_are_pydicoms_on_real_files() -> None:
                 (item.dataset.file_meta, expected.file_meta),
             ):
                 for tag, elem in got_ds._dict.items():
-                    if type(elem) is DataElement and elem.VR == "UI":
+                    if type(elem) is DataElement and elem.VR in ("UI", "UL"):
                         assert _element_state(elem) == _element_state(expected_ds[tag]), path
                         compared += 1
     assert compared >= 120 * 6
