@@ -96,7 +96,12 @@ def _settings() -> OperatorSettings:
     try:
         return OperatorSettings()
     except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         _fail(f"invalid environment: {problems}")
 
 
@@ -178,6 +183,14 @@ def process(
             "SERIESFLOW_PREVIEWS).",
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Processes converting series at once: 1, or 2 to use a second CPU for more "
+            "memory. Default: SERIESFLOW_PROCESSES, else 1.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
     logs: LogsOption = None,
 ) -> None:
@@ -204,7 +217,14 @@ def process(
     try:
         selection_rules = _rules(rules, settings)
         with _progress(quiet) as progress, job_context(uuid.uuid4().hex):
-            summary = run_parser_operator(input_dir, output_dir, options, selection_rules, progress)
+            summary = run_parser_operator(
+                input_dir,
+                output_dir,
+                options,
+                selection_rules,
+                progress,
+                processes if processes is not None else settings.processes,
+            )
     except SeriesflowError as exc:
         _fail(exc.reason)
     except OSError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from shared import __version__
 from shared.dicom.files import HeaderReader, InstanceFile, awake, iter_files
 from shared.dicom.hierarchy import (
+    SeriesInstances,
     group_instances,
     place_series_attributes,
     place_study_attributes,
@@ -27,6 +28,7 @@ from shared.dicom.metadata import (
 from shared.errors import InvalidInputError
 from shared.logs import get_logger, phi_allowed
 from shared.operator.outputs import write_json_atomic, write_text_atomic
+from shared.operator.processes import map_in_processes
 from shared.selection import SelectionRules, select
 from shared.volumes.convert import ConversionOptions, convert_series
 
@@ -83,10 +85,13 @@ def parse_folder(
     output_dir: Path,
     options: ConversionOptions,
     progress: ProgressCallback | None = None,
+    processes: int = 1,
 ) -> DicomMetadata:
     """Read every file below ``input_dir``, convert its series into ``output_dir``.
 
-    Writes the image files and returns the metadata document (not yet written).
+    Writes the image files and returns the metadata document (not yet written). With
+    ``processes`` 2 or more, the series are converted by two processes at once (operator
+    mode only: see :mod:`shared.operator.processes`).
     """
     _check_folders(input_dir, output_dir)
     paths = _input_files(input_dir, output_dir)
@@ -105,48 +110,70 @@ def parse_folder(
             progress("reading", done, len(paths))
     grouped, duplicates = group_instances(instances, place=False)
     skipped.extend(duplicates)
-    studies: list[Study] = []
-    total_series = sum(len(s.series) for s in grouped)
-    done_series = 0
+    work: list[tuple[SeriesInstances, frozenset[int]]] = []
     for study in grouped:
-        series_models: list[Series] = []
         study_tags = place_study_attributes(study)
-        for series in study.series:
-            with awake(series.files):  # one series' whole headers at a time
-                place_series_attributes(series, study_tags)
-                volumes, not_converted = convert_series(
-                    series.series_instance_uid, series.files, output_dir, options
-                )
-            series_models.append(
-                Series(
-                    SeriesInstanceUID=series.series_instance_uid,
-                    attributes=series.attributes,
-                    volumes=volumes,
-                    notConverted=not_converted,
-                    instances=series.instances,
-                )
-            )
-            log.info(
-                "series parsed",
-                extra={
-                    "series_instance_uid": series.series_instance_uid,
-                    "instances": len(series.files),
-                    "volumes": len(volumes),
-                    "not_converted": [n.code for n in not_converted],
-                },
-            )
-            done_series += 1
-            if progress:
-                progress("converting", done_series, total_series)
-        studies.append(
-            Study(
-                StudyInstanceUID=study.study_instance_uid,
-                attributes=study.attributes,
-                series=series_models,
-            )
+        work.extend((series, study_tags) for series in study.series)
+    converted = 0
+
+    def convert(job: tuple[SeriesInstances, frozenset[int]]) -> Series:
+        return _convert_series(job[0], job[1], output_dir, options)
+
+    def series_done() -> None:
+        nonlocal converted
+        converted += 1
+        if progress:
+            progress("converting", converted, len(work))
+
+    models = iter(
+        map_in_processes(
+            work,
+            convert,
+            weights=[len(series.files) for series, _ in work],
+            processes=processes,
+            done=series_done,
         )
+    )
+    studies = [
+        Study(
+            StudyInstanceUID=study.study_instance_uid,
+            attributes=study.attributes,
+            series=[next(models) for _ in study.series],
+        )
+        for study in grouped
+    ]
     return DicomMetadata(
         generator=f"seriesflow {__version__}", studies=studies, skippedFiles=skipped
+    )
+
+
+def _convert_series(
+    series: SeriesInstances,
+    study_tags: frozenset[int],
+    output_dir: Path,
+    options: ConversionOptions,
+) -> Series:
+    """One series' attributes placed and its volumes written; its document."""
+    with awake(series.files):  # one series' whole headers at a time
+        place_series_attributes(series, study_tags)
+        volumes, not_converted = convert_series(
+            series.series_instance_uid, series.files, output_dir, options
+        )
+    log.info(
+        "series parsed",
+        extra={
+            "series_instance_uid": series.series_instance_uid,
+            "instances": len(series.files),
+            "volumes": len(volumes),
+            "not_converted": [n.code for n in not_converted],
+        },
+    )
+    return Series(
+        SeriesInstanceUID=series.series_instance_uid,
+        attributes=series.attributes,
+        volumes=volumes,
+        notConverted=not_converted,
+        instances=series.instances,
     )
 
 
@@ -164,9 +191,10 @@ def run_parser_operator(
     options: ConversionOptions,
     rules: SelectionRules,
     progress: ProgressCallback | None = None,
+    processes: int = 1,
 ) -> ParseSummary:
     """The whole DICOM Parser operator: parse, convert, write, select."""
-    metadata = parse_folder(input_dir, output_dir, options, progress)
+    metadata = parse_folder(input_dir, output_dir, options, progress, processes)
     series_images = write_parser_outputs(metadata, output_dir)
     selections = select(rules, metadata, series_images)
     write_json_atomic(output_dir / SELECTED_IMAGES_FILE, selections)

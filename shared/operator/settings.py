@@ -29,6 +29,9 @@ class OperatorSettings(BaseSettings):
     scaling: ScalingMode = Field(default="display", alias="SERIESFLOW_SCALING")
     previews: bool = Field(default=True, alias="SERIESFLOW_PREVIEWS")
     """A PNG of each volume's three middle slices beside it (shared.volumes.preview)."""
+    processes: int = Field(default=1, ge=1, alias="SERIESFLOW_PROCESSES")
+    """Processes converting a folder's series at once: 1 (the default), or 2 to use a second
+    CPU where there is one, for more memory (shared.operator.processes)."""
     log_dir: str | None = Field(default=None, alias="SERIESFLOW_LOG_DIR")
     log_level: str = Field(default="INFO", alias="SERIESFLOW_LOG_LEVEL")
     log_phi: bool = Field(default=False, alias="SERIESFLOW_LOG_PHI")

@@ -391,3 +391,28 @@ def test_the_command_loads_its_modules_without_collecting_garbage() -> None:
     full_collections, enabled, threshold = done.stdout.splitlines()[-1].split()
     assert (full_collections, enabled) == ("0", "True")
     assert int(threshold) == YOUNG_COLLECTION_THRESHOLD
+
+
+def test_processes_below_one_are_refused(
+    brain_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, output = process(brain_study, tmp_path / "a", "--processes", "0")
+    assert code == 2 and "--processes" in output and "Traceback" not in output
+    monkeypatch.setenv("SERIESFLOW_PROCESSES", "0")
+    code, output = process(brain_study, tmp_path / "b")
+    assert code != 0 and "SERIESFLOW_PROCESSES" in output and "Traceback" not in output
+
+
+def test_two_processes_give_the_same_outputs(brain_study: Path, tmp_path: Path) -> None:
+    for count in ("1", "2"):
+        code, output = process(brain_study, tmp_path / count, "--processes", count)
+        assert code == 0, output
+    one, two = tmp_path / "1", tmp_path / "2"
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir())
+    for name in names:
+        if name != "dicom-metadata.json":
+            assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    first, second = read(one / "dicom-metadata.json"), read(two / "dicom-metadata.json")
+    assert len(first["studies"][0]["series"]) >= 2
+    assert first == second
