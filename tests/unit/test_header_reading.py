@@ -184,6 +184,8 @@ def _same_sequence(got: Sequence, expected: Sequence, where: str) -> None:
                 here,
                 attribute,
             )
+        state = {k: v for k, v in vars(mine).items() if k != "_dict"}
+        assert state == {k: v for k, v in vars(theirs).items() if k != "_dict"}, here
         assert list(mine._dict) == list(theirs._dict), here
         for tag, elem in theirs._dict.items():
             other = mine._dict[tag]
@@ -437,3 +439,27 @@ def test_uids_are_left_to_pydicom_when_its_hooks_are_replaced(
     item = HeaderReader().read(shipped("CT_small.dcm"), shipped("CT_small.dcm").parent)
     assert isinstance(item, InstanceFile)
     assert {0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00020010} <= set(seen)
+
+
+def test_datasets_are_made_as_pydicom_makes_them() -> None:
+    """Items are made from a template of a Dataset's attributes (no __init__): the same
+    attributes and values as pydicom's, none of their dictionaries shared."""
+    from shared.dicom.files import _dataset_of, _dataset_template
+
+    assert _dataset_template() is not None  # this pydicom: the template is used
+    name = BaseTag(0x00100010)
+    charset = BaseTag(0x00080005)
+    for elements in (
+        {name: RawDataElement(name, "PN", 4, b"A^B ", 8, False, True)},
+        {charset: RawDataElement(charset, "CS", 10, b"ISO_IR 192", 8, False, True)},
+    ):
+        made = _dataset_of(dict(elements), ["iso8859", "iso_ir_126"])
+        expected = Dataset(dict(elements), parent_encoding=["iso8859", "iso_ir_126"])
+        expected.set_original_encoding(False, True, expected._character_set)
+        mine = {k: v for k, v in vars(made).items() if k != "_dict"}
+        assert mine == {k: v for k, v in vars(expected).items() if k != "_dict"}
+        assert list(made._dict) == list(elements)
+    first, second = _dataset_of({}, "iso8859"), _dataset_of({}, "iso8859")
+    for key, value in vars(first).items():
+        if isinstance(value, dict | list):
+            assert value is not vars(second)[key], key
