@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import pydicom
 from pydicom import config as pydicom_config
@@ -758,8 +758,7 @@ def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
     if pydicom_reads_by_default():  # its group length, and the UIDs every read looks at
         first = next(iter(elements), None)
         _decode_plain(elements, _META_UIDS if first is None else (first, *_META_UIDS))
-    file_meta = FileMetaDataset(elements)
-    file_meta.set_original_encoding(False, True, default_encoding)
+    file_meta = _new_dataset(FileMetaDataset, elements, default_encoding, default_encoding)
     if elements:
         file_meta[next(iter(elements))]  # decoded, as pydicom decodes it to check it
     return file_meta, pos
@@ -921,18 +920,33 @@ def _dataset_of(
         own: str | list[str] = convert_encodings(convert_raw_data_element(charset).value)
     else:
         own = encoding
-    template = _dataset_template()
-    if template is None:
-        return _pydicom_dataset(elements, encoding, own)
-    return _from_template(template, elements, encoding, own)
+    return _new_dataset(Dataset, elements, encoding, own)
 
 
-def _pydicom_dataset(
+_D = TypeVar("_D", bound=Dataset)
+
+
+def _new_dataset(
+    kind: type[_D],
     elements: dict[BaseTag, RawDataElement | DataElement],
     encoding: str | list[str],
     own: str | list[str],
-) -> Dataset:
-    item = Dataset(elements, parent_encoding=encoding)
+) -> _D:
+    """What ``kind(elements, parent_encoding=encoding)`` and then
+    ``set_original_encoding(False, True, own)`` make (read explicit VR little endian)."""
+    template = _dataset_template(kind)  # type: ignore[arg-type]  # a class is hashable
+    if template is None:
+        return _pydicom_dataset(kind, elements, encoding, own)
+    return _from_template(kind, template, elements, encoding, own)
+
+
+def _pydicom_dataset(
+    kind: type[_D],
+    elements: dict[BaseTag, RawDataElement | DataElement],
+    encoding: str | list[str],
+    own: str | list[str],
+) -> _D:
+    item = kind(elements, parent_encoding=encoding)
     item.set_original_encoding(False, True, own)
     return item
 
@@ -941,19 +955,21 @@ _DatasetState = tuple[tuple[str, Any], ...]
 
 
 @cache
-def _dataset_template() -> _DatasetState | None:
-    """The attributes :func:`_pydicom_dataset` gives a Dataset, to make one without going
-    through ``Dataset.__init__`` and pydicom's ``__setattr__`` (about twenty attribute
-    sets, 12 µs; a Philips file's private sequences make four Datasets each). None when a
-    Dataset made from them is not the one pydicom makes (another pydicom version): then
-    every Dataset is made by pydicom."""
-    template = tuple(vars(_pydicom_dataset({}, default_encoding, default_encoding)).items())
+def _dataset_template(kind: type[Dataset]) -> _DatasetState | None:
+    """The attributes :func:`_pydicom_dataset` gives a ``kind``, to make one without going
+    through its ``__init__`` and pydicom's ``__setattr__`` (about twenty attribute sets,
+    10 µs: every file has its meta information, and a Philips file's private sequences
+    make four items). None when one made from them is not the one pydicom makes (another
+    pydicom version): then every one of that kind is made by pydicom. (A meta information
+    made here is not validated: it holds group 0002 only, as :func:`_file_meta` reads.)"""
+    template = tuple(vars(_pydicom_dataset(kind, {}, default_encoding, default_encoding)).items())
+    tag = BaseTag(0x00020013 if kind is FileMetaDataset else 0x00100010)
     elements: dict[BaseTag, RawDataElement | DataElement] = {
-        BaseTag(0x00100010): RawDataElement(BaseTag(0x00100010), "PN", 4, b"A^B ", 8, False, True)
+        tag: RawDataElement(tag, "SH", 4, b"A^B ", 8, False, True)
     }
     for parent, own in ((default_encoding, default_encoding), (["iso8859", "iso_ir_126"], "utf_8")):
-        expected = vars(_pydicom_dataset(dict(elements), parent, own))
-        made = vars(_from_template(template, dict(elements), parent, own))
+        expected = vars(_pydicom_dataset(kind, dict(elements), parent, own))
+        made = vars(_from_template(kind, template, dict(elements), parent, own))
         if made != expected or any(
             made[key] is expected[key] for key, value in template if type(value) in (dict, list)
         ):
@@ -962,12 +978,13 @@ def _dataset_template() -> _DatasetState | None:
 
 
 def _from_template(
+    kind: type[_D],
     template: _DatasetState,
     elements: dict[BaseTag, RawDataElement | DataElement],
     encoding: str | list[str],
     own: str | list[str],
-) -> Dataset:
-    item: Dataset = object.__new__(Dataset)
+) -> _D:
+    item: _D = object.__new__(kind)
     state = {key: value.copy() if type(value) in (dict, list) else value for key, value in template}
     state["_dict"] = elements
     state["_parent_encoding"] = encoding

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_sequence
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -80,6 +80,9 @@ def test_read_header_equals_dcmread(name: str) -> None:
     assert got.original_character_set == expected.original_character_set
     assert got.file_meta == expected.file_meta
     _same_elements(got.file_meta, expected.file_meta)  # raw as pydicom leaves them raw
+    state = {k: v for k, v in vars(got.file_meta).items() if k != "_dict"}
+    assert state == {k: v for k, v in vars(expected.file_meta).items() if k != "_dict"}
+    assert type(got.file_meta) is FileMetaDataset
     assert dataset_to_json(got) == dataset_to_json(expected)
 
 
@@ -446,7 +449,8 @@ def test_datasets_are_made_as_pydicom_makes_them() -> None:
     attributes and values as pydicom's, none of their dictionaries shared."""
     from shared.dicom.files import _dataset_of, _dataset_template
 
-    assert _dataset_template() is not None  # this pydicom: the template is used
+    assert _dataset_template(Dataset) is not None  # this pydicom: the template is used
+    assert _dataset_template(FileMetaDataset) is not None
     name = BaseTag(0x00100010)
     charset = BaseTag(0x00080005)
     for elements in (
