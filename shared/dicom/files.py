@@ -924,31 +924,21 @@ def _dataset_of(
 
 
 _D = TypeVar("_D", bound=Dataset)
+_Encoding = str | list[str]
 
 
 def _new_dataset(
-    kind: type[_D],
-    elements: dict[BaseTag, RawDataElement | DataElement],
-    encoding: str | list[str],
-    own: str | list[str],
+    kind: type[_D], elements: Elements, encoding: _Encoding, own: _Encoding, pydicom: bool = False
 ) -> _D:
     """What ``kind(elements, parent_encoding=encoding)`` and then
-    ``set_original_encoding(False, True, own)`` make (read explicit VR little endian)."""
-    template = _dataset_template(kind)  # type: ignore[arg-type]  # a class is hashable
+    ``set_original_encoding(False, True, own)`` make (read explicit VR little endian): made
+    so by pydicom with ``pydicom``, else from :func:`_dataset_template` where it can be."""
+    template = None if pydicom else _dataset_template(kind)  # type: ignore[arg-type]
     if template is None:
-        return _pydicom_dataset(kind, elements, encoding, own)
+        item = kind(elements, parent_encoding=encoding)
+        item.set_original_encoding(False, True, own)
+        return item
     return _from_template(kind, template, elements, encoding, own)
-
-
-def _pydicom_dataset(
-    kind: type[_D],
-    elements: dict[BaseTag, RawDataElement | DataElement],
-    encoding: str | list[str],
-    own: str | list[str],
-) -> _D:
-    item = kind(elements, parent_encoding=encoding)
-    item.set_original_encoding(False, True, own)
-    return item
 
 
 _DatasetState = tuple[tuple[str, Any], ...]
@@ -956,19 +946,20 @@ _DatasetState = tuple[tuple[str, Any], ...]
 
 @cache
 def _dataset_template(kind: type[Dataset]) -> _DatasetState | None:
-    """The attributes :func:`_pydicom_dataset` gives a ``kind``, to make one without going
+    """The attributes pydicom gives a ``kind`` (:func:`_new_dataset`), to make one without going
     through its ``__init__`` and pydicom's ``__setattr__`` (about twenty attribute sets,
     10 µs: every file has its meta information, and a Philips file's private sequences
     make four items). None when one made from them is not the one pydicom makes (another
     pydicom version): then every one of that kind is made by pydicom. (A meta information
     made here is not validated: it holds group 0002 only, as :func:`_file_meta` reads.)"""
-    template = tuple(vars(_pydicom_dataset(kind, {}, default_encoding, default_encoding)).items())
+    blank = _new_dataset(kind, {}, default_encoding, default_encoding, pydicom=True)
+    template = tuple(vars(blank).items())
     tag = BaseTag(0x00020013 if kind is FileMetaDataset else 0x00100010)
     elements: dict[BaseTag, RawDataElement | DataElement] = {
         tag: RawDataElement(tag, "SH", 4, b"A^B ", 8, False, True)
     }
     for parent, own in ((default_encoding, default_encoding), (["iso8859", "iso_ir_126"], "utf_8")):
-        expected = vars(_pydicom_dataset(kind, dict(elements), parent, own))
+        expected = vars(_new_dataset(kind, dict(elements), parent, own, pydicom=True))
         made = vars(_from_template(kind, template, dict(elements), parent, own))
         if made != expected or any(
             made[key] is expected[key] for key, value in template if type(value) in (dict, list)
@@ -978,11 +969,7 @@ def _dataset_template(kind: type[Dataset]) -> _DatasetState | None:
 
 
 def _from_template(
-    kind: type[_D],
-    template: _DatasetState,
-    elements: dict[BaseTag, RawDataElement | DataElement],
-    encoding: str | list[str],
-    own: str | list[str],
+    kind: type[_D], template: _DatasetState, elements: Elements, encoding: _Encoding, own: _Encoding
 ) -> _D:
     item: _D = object.__new__(kind)
     state = {key: value.copy() if type(value) in (dict, list) else value for key, value in template}
