@@ -246,7 +246,7 @@ class _NoProgress:
 
 
 def _progress(quiet: bool) -> _ProgressContext:
-    return _ProgressContext(enabled=not quiet and err().is_terminal)
+    return _ProgressContext(enabled=not quiet and sys.stderr.isatty())
 
 
 class _ProgressContext:
@@ -291,24 +291,36 @@ class _ProgressContext:
 
 
 def _print_summary(summary: ParseSummary, output_dir: Path) -> None:
+    """The run in a few lines on stderr: a table on a terminal, plain lines otherwise (a
+    pipeline's log; rich is not imported for them, a twentieth of a CT's run)."""
+    names = list(summary.selections)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    rows = [
+        ("instances", str(summary.instances)),
+        ("series", str(summary.series)),
+        ("volumes written", str(summary.volumes)),
+        ("series not (fully) converted", str(summary.not_converted)),
+        ("files skipped", str(len(summary.skipped))),
+        ("damaged DICOM data", str(summary.damaged)),
+        ("selections", shown or "none"),
+        ("output", str(output_dir)),
+    ]
+    notes = [f"  skipped {item.path}: {item.reason}" for item in summary.skipped[:20]]
+    if len(summary.skipped) > 20:
+        notes.append(f"  ... and {len(summary.skipped) - 20} more (see {METADATA_FILE})")
+    if not sys.stderr.isatty():
+        width = max(len(label) for label, _ in rows) + 2
+        lines = ["seriesflow process", *(f"  {label:<{width}}{value}" for label, value in rows)]
+        print("\n".join([*lines, *notes]), file=sys.stderr)
+        return
     from rich.table import Table
 
     table = Table(title="seriesflow process", show_header=False, box=None)
-    table.add_row("instances", str(summary.instances))
-    table.add_row("series", str(summary.series))
-    table.add_row("volumes written", str(summary.volumes))
-    table.add_row("series not (fully) converted", str(summary.not_converted))
-    table.add_row("files skipped", str(len(summary.skipped)))
-    table.add_row("damaged DICOM data", str(summary.damaged))
-    names = list(summary.selections)
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    table.add_row("selections", shown or "none")
-    table.add_row("output", str(output_dir))
+    for label, value in rows:
+        table.add_row(label, value)
     err().print(table)
-    for item in summary.skipped[:20]:
-        err().print(f"  skipped {item.path}: {item.reason}", highlight=False)
-    if len(summary.skipped) > 20:
-        err().print(f"  ... and {len(summary.skipped) - 20} more (see {METADATA_FILE})")
+    for note in notes:
+        err().print(note, highlight=False)
 
 
 @_app.command("select")

@@ -416,3 +416,28 @@ def test_two_processes_give_the_same_outputs(brain_study: Path, tmp_path: Path) 
     first, second = read(one / "dicom-metadata.json"), read(two / "dicom-metadata.json")
     assert len(first["studies"][0]["series"]) >= 2
     assert first == second
+
+
+def test_the_summary_off_a_terminal_is_plain_lines_without_rich(tmp_path: Path) -> None:
+    """In a pipeline's log (stderr not a terminal), the run's summary is plain text, and
+    printing it imports no rich (a twentieth of a CT's run)."""
+    write_ct_series(tmp_path / "in", slices=3, size=16)
+    probe = (
+        "import sys\n"
+        "from seriesflow.cli import main\n"
+        f"sys.argv = ['seriesflow', 'process', '-i', {str(tmp_path / 'in')!r},"
+        f" '-o', {str(tmp_path / 'out')!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('rich' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "seriesflow process", done.stderr
+    assert any(line.split() == ["instances", "3"] for line in lines), done.stderr
+    assert any(line.split() == ["volumes", "written", "1"] for line in lines), done.stderr
