@@ -315,6 +315,13 @@ def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 1 and "Traceback" not in output and "out" in output
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter in the repository (stdout and stderr pipes)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+
+
 def test_process_imports_only_what_it_uses() -> None:
     """Operator mode's start: no service commands, no SimpleITK, no rich when quiet, no
     HTTP client, no YAML parser until YAML rules are read; and `import requests` still
@@ -328,9 +335,7 @@ def test_process_imports_only_what_it_uses() -> None:
         "import requests\n"
         "print(callable(requests.get))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    done = _python(probe)
     assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout + done.stderr
 
 
@@ -433,9 +438,7 @@ def test_the_summary_off_a_terminal_is_plain_lines_without_rich(tmp_path: Path) 
         "    assert not exc.code, exc.code\n"
         "print('rich' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    done = _python(probe)
     assert done.stdout.strip() == "False", done.stdout + done.stderr
     lines = done.stderr.splitlines()
     assert lines[0] == "seriesflow process", done.stderr
