@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gc
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -444,3 +445,53 @@ def test_the_summary_off_a_terminal_is_plain_lines_without_rich(tmp_path: Path) 
     assert lines[0] == "seriesflow process", done.stderr
     assert any(line.split() == ["instances", "3"] for line in lines), done.stderr
     assert any(line.split() == ["volumes", "written", "1"] for line in lines), done.stderr
+
+
+def test_an_operator_command_ends_at_once_with_everything_written(tmp_path: Path) -> None:
+    """An operator command ends without the interpreter's teardown (no atexit handler
+    runs), its exit status kept, its summary and logs flushed, its outputs complete."""
+    write_ct_series(tmp_path / "in", slices=3, size=16)
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(print, 'teardown ran')\n"
+        "from seriesflow.launch import main\n"
+        "sys.argv = ['seriesflow'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+    def launch(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", probe, *args]
+        return subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=120, env=buffered
+        )
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    done = launch("process", "-i", str(tmp_path / "in"), "-o", str(out), "--logs", str(logs))
+    assert done.returncode == 0, done.stderr
+    assert "teardown ran" not in done.stdout
+    assert done.stderr.splitlines()[0] == "seriesflow process", done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].split()[0] == "output", done.stderr
+    assert '"series parsed"' in (logs / "seriesflow.log").read_text()
+    assert read(out / "selected-images.json")
+    selected = launch("select", "-i", str(out), "-o", str(tmp_path / "selected"))
+    assert selected.returncode == 0 and json.loads(selected.stdout) == read(
+        tmp_path / "selected" / "selected-images.json"
+    )  # stdout, a pipe, was flushed
+    schema = launch("schema")  # printed with print(): held in stdout's buffer until flushed
+    assert schema.returncode == 0 and json.loads(schema.stdout)["title"]
+    assert schema.stdout.endswith("}\n")  # print's last newline, the one left in the buffer
+    failed = launch("process", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o2"))
+    assert failed.returncode == 1 and "does not exist" in failed.stderr
+    assert "teardown ran" not in failed.stdout
+    other = launch("--help")  # not an operator command: Python ends it as usual
+    assert other.returncode == 0 and "teardown ran" in other.stdout
+
+
+def test_a_message_exit_is_status_one_with_the_message() -> None:
+    code = "from seriesflow.launch import _exit_at_once\n_exit_at_once('boom')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr.strip()) == (1, "boom")
