@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,21 @@ def _two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(processes, "usable_cpus", lambda: 2)
 
 
-def _no_children_left() -> bool:
-    """No child process, running or exited and not reaped."""
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
+def _children() -> set[int]:
+    """This process's children, running or exited and not reaped (other tests' servers
+    among them)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        found.update(int(pid) for pid in (task / "children").read_text().split())
+    return found
+
+
+@pytest.fixture
+def no_child_left() -> Iterator[None]:
+    """The test leaves no child process of its own behind, not even an unreaped one."""
+    before = _children()
+    yield
+    assert _children() <= before
 
 
 def test_shares_are_balanced_heaviest_first() -> None:
@@ -38,6 +47,7 @@ def test_shares_are_balanced_heaviest_first() -> None:
     assert shares([]) == ([], [])
 
 
+@pytest.mark.usefixtures("no_child_left")
 def test_results_come_back_in_order_from_two_processes() -> None:
     parent = os.getpid()
     calls: list[int] = []
@@ -50,7 +60,7 @@ def test_results_come_back_in_order_from_two_processes() -> None:
     assert [square for square, _ in results] == [n * n for n in range(8)]
     workers = {pid for _, pid in results}
     assert parent in workers and len(workers) == 2  # a share was done elsewhere
-    assert len(calls) == 8 and _no_children_left()
+    assert len(calls) == 8
 
 
 @pytest.mark.parametrize("count", [1, 2])
@@ -62,6 +72,7 @@ def test_one_process_or_one_item_forks_nothing(count: int) -> None:
     assert results == [parent]
 
 
+@pytest.mark.usefixtures("no_child_left")
 def test_a_failed_child_share_is_done_here(caplog: pytest.LogCaptureFixture) -> None:
     parent = os.getpid()
 
@@ -74,9 +85,9 @@ def test_a_failed_child_share_is_done_here(caplog: pytest.LogCaptureFixture) -> 
         results = map_in_processes(list(range(6)), work, [1] * 6)
     assert results == [(n + 1, parent) for n in range(6)]
     assert "the second conversion process failed" in caplog.text
-    assert _no_children_left()
 
 
+@pytest.mark.usefixtures("no_child_left")
 def test_an_error_here_ends_the_child_and_is_raised() -> None:
     parent = os.getpid()
 
@@ -87,9 +98,9 @@ def test_an_error_here_ends_the_child_and_is_raised() -> None:
 
     with pytest.raises(ValueError, match="bad series"):
         map_in_processes(list(range(4)), work, [1] * 4)
-    assert _no_children_left()
 
 
+@pytest.mark.usefixtures("no_child_left")
 def test_a_folder_converts_the_same_in_two_processes(tmp_path: Path) -> None:
     root = locate_testdata()
     if root is None:
@@ -106,7 +117,6 @@ def test_a_folder_converts_the_same_in_two_processes(tmp_path: Path) -> None:
     assert names == sorted(p.name for p in (tmp_path / "out2").iterdir()) and names
     for name in names:
         assert (tmp_path / "out1" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes()
-    assert _no_children_left()
 
 
 def test_one_process_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
