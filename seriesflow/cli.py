@@ -73,6 +73,11 @@ OPERATOR_COMMANDS = frozenset({"process", "select", "rules", "schema", "sample"}
 (and their imports: settings, object store, HTTP clients) are added by :func:`full_app`."""
 
 
+def operator_command() -> bool:
+    """Whether the command line asks for one of :data:`OPERATOR_COMMANDS`."""
+    return (sys.argv[1] if len(sys.argv) > 1 else "") in OPERATOR_COMMANDS
+
+
 @cache
 def err() -> Console:
     from rich.console import Console
@@ -96,13 +101,12 @@ def _settings() -> OperatorSettings:
     try:
         return OperatorSettings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
-            if e["loc"]
-            else str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        _fail(f"invalid environment: {problems}")
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            where = ".".join(map(str, error["loc"]))  # the variable, e.g. SERIESFLOW_PROCESSES
+            problems.append(f"{where}: {message}" if where else message)
+        _fail(f"invalid environment: {'; '.join(problems)}")
 
 
 def _rules(explicit: Path | None, settings: OperatorSettings) -> SelectionRules:
@@ -479,8 +483,7 @@ def main() -> None:
     # Tolerant reading: invalid values are kept as read and reported in the metadata,
     # not printed as warnings for every element of every file.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
     # An operator command needs none of the service commands' imports.
-    app = _app if command in OPERATOR_COMMANDS else full_app()
+    app = _app if operator_command() else full_app()
     tune_garbage_collection()
     app()

@@ -29,12 +29,12 @@ from typing import NoReturn
 def main() -> None:
     gc.disable()  # resumed by tune_garbage_collection(), after start-up's objects are frozen
     try:
-        from seriesflow.cli import OPERATOR_COMMANDS
         from seriesflow.cli import main as cli_main
+        from seriesflow.cli import operator_command
     except BaseException:
         gc.enable()
         raise
-    if (sys.argv[1] if len(sys.argv) > 1 else "") not in OPERATOR_COMMANDS:
+    if not operator_command():
         cli_main()
         return
     try:

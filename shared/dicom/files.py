@@ -539,8 +539,7 @@ def read_instance(
             code="damaged",
             reason="file meta information has no TransferSyntaxUID",
         )
-    if pydicom_reads_by_default():
-        _decode_plain(dataset._dict, _REQUIRED_UIDS.values())
+    _decode_plain(dataset._dict, _REQUIRED_UIDS.values())
     for keyword in _REQUIRED_UIDS:
         try:
             value = dataset.get(keyword)
@@ -755,9 +754,8 @@ def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
         elements[tag] = _new_tuple(
             RawDataElement, (tag, vr, length, value, value_tell, False, True, True, False)
         )
-    if pydicom_reads_by_default():  # its group length, and the UIDs every read looks at
-        first = next(iter(elements), None)
-        _decode_plain(elements, _META_UIDS if first is None else (first, *_META_UIDS))
+    first = next(iter(elements), None)  # the group length, and the UIDs every read looks at
+    _decode_plain(elements, _META_UIDS if first is None else (first, *_META_UIDS))
     file_meta = _new_dataset(FileMetaDataset, elements, default_encoding, default_encoding)
     if elements:
         file_meta[next(iter(elements))]  # decoded, as pydicom decodes it to check it
@@ -777,8 +775,11 @@ def _decode_plain(
     most 64 characters, null or space padding) is decoded here, so the element is
     pydicom's, warnings included (there are none); anything else is left raw for pydicom,
     as is an element that is neither an explicit ``UI`` nor a little endian ``UL`` of one
-    value. Callers check :func:`~shared.dicom.json_raw.pydicom_reads_by_default` first.
+    value, and everything when pydicom is configured otherwise than by default
+    (:func:`~shared.dicom.json_raw.pydicom_reads_by_default`).
     """
+    if not pydicom_reads_by_default():
+        return
     for tag in tags:
         raw = elements.get(tag)
         if type(raw) is not RawDataElement or not raw.value:
@@ -876,14 +877,14 @@ def _read_item(
     length given) or its Item Delimitation Item; and where it ends."""
     end = len(data)
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
-    current = encoding  # as pydicom reads on: changed by a Specific Character Set
+    current = encoding  # as pydicom reads on, and the item's own: its Specific Character Set
     while stop is None or pos < stop:
         if end - pos < 8:
             raise _NotPlainError
         if stop is None and data[pos : pos + 4] == _ITEM_DELIMITER[:4]:
             if not elements:
                 raise _NotPlainError
-            return _dataset_of(elements, encoding), pos + 8
+            return _new_dataset(Dataset, elements, encoding, current), pos + 8
         header = _explicit_header(data, pos, end)
         if header is None:
             raise _NotPlainError
@@ -907,20 +908,7 @@ def _read_item(
         )
     if pos != stop or not elements:
         raise _NotPlainError
-    return _dataset_of(elements, encoding), pos
-
-
-def _dataset_of(
-    elements: dict[BaseTag, RawDataElement | DataElement], encoding: str | list[str]
-) -> Dataset:
-    """The Dataset pydicom's ``read_dataset`` makes of raw elements read explicit VR
-    little endian (an item's in a sequence of ``encoding``)."""
-    charset = elements.get(BaseTag(_CHARSET_TAG))
-    if isinstance(charset, RawDataElement):
-        own: str | list[str] = convert_encodings(convert_raw_data_element(charset).value)
-    else:
-        own = encoding
-    return _new_dataset(Dataset, elements, encoding, own)
+    return _new_dataset(Dataset, elements, encoding, current), pos
 
 
 _D = TypeVar("_D", bound=Dataset)
@@ -954,7 +942,7 @@ def _dataset_template(kind: type[Dataset]) -> _DatasetState | None:
     made here is not validated: it holds group 0002 only, as :func:`_file_meta` reads.)"""
     blank = _new_dataset(kind, {}, default_encoding, default_encoding, pydicom=True)
     template = tuple(vars(blank).items())
-    tag = BaseTag(0x00020013 if kind is FileMetaDataset else 0x00100010)
+    tag = BaseTag(0x00020013 if kind is FileMetaDataset else 0x00080050)  # both SH
     elements: dict[BaseTag, RawDataElement | DataElement] = {
         tag: RawDataElement(tag, "SH", 4, b"A^B ", 8, False, True)
     }

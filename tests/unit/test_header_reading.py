@@ -444,26 +444,34 @@ def test_uids_are_left_to_pydicom_when_its_hooks_are_replaced(
     assert {0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00020010} <= set(seen)
 
 
-def test_datasets_are_made_as_pydicom_makes_them() -> None:
+def test_datasets_are_made_as_pydicom_makes_them(tmp_path: Path) -> None:
     """Items are made from a template of a Dataset's attributes (no __init__): the same
-    attributes and values as pydicom's, none of their dictionaries shared."""
-    from shared.dicom.files import _dataset_of, _dataset_template
+    attributes and values as pydicom's (their own character set too), none of their
+    dictionaries shared."""
+    from shared.dicom.files import _dataset_template
 
     assert _dataset_template(Dataset) is not None  # this pydicom: the template is used
     assert _dataset_template(FileMetaDataset) is not None
-    name = BaseTag(0x00100010)
-    charset = BaseTag(0x00080005)
-    for elements in (
-        {name: RawDataElement(name, "PN", 4, b"A^B ", 8, False, True)},
-        {charset: RawDataElement(charset, "CS", 10, b"ISO_IR 192", 8, False, True)},
-    ):
-        made = _dataset_of(dict(elements), ["iso8859", "iso_ir_126"])
-        expected = Dataset(dict(elements), parent_encoding=["iso8859", "iso_ir_126"])
-        expected.set_original_encoding(False, True, expected._character_set)
-        mine = {k: v for k, v in vars(made).items() if k != "_dict"}
-        assert mine == {k: v for k, v in vars(expected).items() if k != "_dict"}
-        assert list(made._dict) == list(elements)
-    first, second = _dataset_of({}, "iso8859"), _dataset_of({}, "iso8859")
-    for key, value in vars(first).items():
-        if isinstance(value, dict | list):
-            assert value is not vars(second)[key], key
+    items = []
+    for charset in ("ISO_IR 192", None, "ISO_IR 100"):
+        item = Dataset()
+        if charset is not None:
+            item.SpecificCharacterSet = charset
+        item.CodeValue = "C"
+        item.is_undefined_length_sequence_item = charset is None or "192" in charset
+        items.append(item)
+    path = tmp_path / "charsets.dcm"
+    _save_with_procedure_codes(path, items)
+    data = path.read_bytes()
+    start = cast(int, pydicom.dcmread(path)["ProcedureCodeSequence"].file_tell)
+    got, _ = _read_items(data, start, ["iso8859", "iso_ir_126"])
+    expected, _ = _pydicom_sequence(data, start, ["iso8859", "iso_ir_126"])
+    _same_sequence(got, expected, "ProcedureCodeSequence")  # every attribute of each item
+    assert [item._read_charset for item in got] == [
+        ["UTF8"],
+        ["iso8859", "iso_ir_126"],
+        ["latin_1"],
+    ]
+    for key, value in vars(got[0]).items():
+        if isinstance(value, dict | list) and key not in ("_read_charset", "_parent_encoding"):
+            assert value is not vars(got[1])[key], key
