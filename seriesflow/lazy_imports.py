@@ -1,20 +1,33 @@
-"""pydicom, imported without the HTTP client it only needs to download example files.
+"""pydicom, imported without the HTTP client and the imaging library seriesflow does not use.
 
-pydicom imports ``requests`` (and with it urllib3, charset_normalizer, idna, ...) when it is
-imported, only to download its example data files (``pydicom.data``), which seriesflow
-never does: about 0.1 s of CPU time at every ``seriesflow process`` start. Importing this
-module first (``seriesflow.cli`` does) imports pydicom with ``requests`` hidden, so pydicom
-records that it is absent (a download would use ``urllib`` instead) and ``requests`` is not
-loaded. Afterwards ``import requests`` works as usual for any code that uses it.
+pydicom imports, when it is imported:
+
+- ``requests`` (and with it urllib3, charset_normalizer, idna, ...), only to download its
+  example data files (``pydicom.data``), which seriesflow never does: about 0.1 s of CPU
+  time at every ``seriesflow process`` start;
+- Pillow, when it is installed, to offer it as a fallback JPEG and JPEG 2000 decoder and to
+  apply ICC profiles: 8 ms. Pillow is not a seriesflow dependency (the pylibjpeg plugins
+  decode every compressed transfer syntax, first); only a test tool, dicomweb-client, brings
+  it into development installs, and the images the project ships do not have it.
+
+Importing this module first (``seriesflow.cli`` does) imports pydicom with both hidden, so
+pydicom records that they are absent, and a development install decodes pixel data as
+an installed seriesflow does. Afterwards ``import requests`` and ``import PIL`` work as
+usual for any code that uses them.
 """
 
 from __future__ import annotations
 
 import sys
 
-if "pydicom" not in sys.modules and "requests" not in sys.modules:
-    sys.modules["requests"] = None  # type: ignore[assignment]  # makes `import requests` fail
+HIDDEN_FROM_PYDICOM = ("requests", "PIL")
+
+if "pydicom" not in sys.modules:
+    _hidden = [name for name in HIDDEN_FROM_PYDICOM if name not in sys.modules]
+    for _name in _hidden:
+        sys.modules[_name] = None  # type: ignore[assignment]  # makes `import name` fail
     try:
         import pydicom  # noqa: F401
     finally:
-        del sys.modules["requests"]
+        for _name in _hidden:
+            del sys.modules[_name]

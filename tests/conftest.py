@@ -15,6 +15,9 @@ that cannot be built or formatted fails the test.
 
 from __future__ import annotations
 
+import seriesflow.lazy_imports  # noqa: F401  (first: pydicom as the command imports it)
+
+# isort: split
 import logging
 import os
 import shutil

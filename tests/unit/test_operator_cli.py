@@ -325,19 +325,35 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_process_imports_only_what_it_uses() -> None:
     """Operator mode's start: no service commands, no SimpleITK, no rich when quiet, no
-    HTTP client, no YAML parser until YAML rules are read; and `import requests` still
-    works for code that does use it."""
+    HTTP client, no imaging library, no YAML parser until YAML rules are read; and
+    `import requests` and `import PIL` still work for code that does use them."""
     probe = (
         "import sys\n"
         "import seriesflow.cli as cli\n"
         "heavy = ['SimpleITK', 'rich', 'requests', 'shared.settings', 'pika', 'minio',\n"
-        "         'fastapi', 'httpx', 'seriesflow.service_commands', 'yaml']\n"
+        "         'fastapi', 'httpx', 'seriesflow.service_commands', 'yaml', 'PIL']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "import requests\n"
-        "print(callable(requests.get))\n"
+        "import PIL.Image\n"
+        "print(callable(requests.get), callable(PIL.Image.open))\n"
     )
     done = _python(probe)
-    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout + done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "True True"], done.stdout + done.stderr
+
+
+def test_pydicom_decodes_with_the_pylibjpeg_plugins_only() -> None:
+    """Pillow, which only a test tool brings into a development install, is not one of
+    pydicom's decoders here either: compressed pixel data decodes as where it is absent."""
+    probe = (
+        "import seriesflow.cli\n"
+        "import PIL.Image\n"
+        "from pydicom.pixels.decoders.base import get_decoder\n"
+        "from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit\n"
+        "print(sorted({n for u in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000)\n"
+        "              for n in get_decoder(u)._available}))\n"
+    )
+    done = _python(probe)
+    assert done.stdout.strip() == "['pylibjpeg']", done.stdout + done.stderr
 
 
 def test_every_command_is_registered_once_the_app_is_asked_for() -> None:
