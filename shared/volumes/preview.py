@@ -27,6 +27,10 @@ from shared.errors import OutputError
 
 PANEL_PIXELS = 192
 GAP_PIXELS = 4
+PNG_COMPRESSION = 1
+"""zlib's level for the PNG: its fastest. A preview is written for every volume and is
+about 110 KiB raw; level 6 took 0.7-1.6 ms a preview here, level 1 0.3-1.1 ms, for
+PNGs 5-8 % larger (10-50 KiB)."""
 Window = tuple[float, float]
 """(center, width) in the volume's values."""
 
@@ -143,7 +147,7 @@ def png_bytes(grey: np.ndarray[Any, Any]) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION))
         + chunk(b"IEND", b"")
     )
 
