@@ -208,23 +208,28 @@ def _load_into(
     )
     loads: list[Callable[[], None]] = []
     direct = True  # every file's frames read at their offset: no pydicom, no lock held
+    unreadable: tuple[InstanceFile, Exception] | None = None  # a file whose layout is not
     for instance, targets in _by_instance(frames).items():
         item = files[instance]
         try:
             layout = _native_layout(item)
-        except InvalidInputError:
-            raise
         except Exception as exc:
-            raise _undecodable(item, exc) from exc
+            unreadable = (item, exc)  # raised after the files before it are loaded
+            break
         loads.append(
             partial(_load_instance, out, item, layout, targets, enc, stored_only, in_place, sink)
         )
         direct = direct and layout is not None and all(f.tile is None for _, f in targets)
-    if direct and len(loads) >= 2 and out.nbytes >= TWO_THREADS_FROM:
+    if unreadable is None and direct and len(loads) >= 2 and out.nbytes >= TWO_THREADS_FROM:
         _in_two_threads(loads)
         return
     for load in loads:
         load()
+    if unreadable is not None:
+        item, error = unreadable
+        if isinstance(error, InvalidInputError):
+            raise error
+        raise _undecodable(item, error) from error
 
 
 TWO_THREADS_FROM = 8 * 1024 * 1024

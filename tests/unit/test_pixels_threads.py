@@ -136,3 +136,28 @@ def test_the_voxels_equal_pydicoms(tmp_path: Path) -> None:
     for z, ds in enumerate(datasets):
         expected = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
         assert np.array_equal(voxels[z].astype(np.int32), expected), z
+
+
+@pytest.mark.parametrize("size", [16, 512])  # one thread, and a volume two would load
+def test_a_file_whose_layout_fails_is_reported_after_the_files_before_it(
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files are loaded in order up to the one whose pixel layout cannot be read: a
+    failure of an earlier file's pixels is the one reported, else that file's."""
+    paths = write_ct_series(tmp_path / "ct", slices=40, size=size, seed=3)
+    ordered = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    odd = ordered[30].name
+    layout = pixels._native_layout
+
+    def failing(item: pixels.InstanceFile) -> object:
+        if item.path.name == odd:
+            raise ValueError("an odd layout")
+        return layout(item)
+
+    monkeypatch.setattr(pixels, "_native_layout", failing)
+    _, reasons = _convert(tmp_path / "ct", tmp_path / "first", "nii")
+    assert reasons == [f"pixel data of {odd} cannot be decoded: ValueError: an odd layout"]
+    cut = ordered[12]
+    cut.write_bytes(cut.read_bytes()[:-100])
+    _, reasons = _convert(tmp_path / "ct", tmp_path / "second", "nii")
+    assert reasons == [f"{cut.name}: pixel data is truncated"]
