@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from shared.dicom.files import InstanceFile
 from shared.operator.parser import parse_folder
 from shared.samples import write_ct_series
 from shared.volumes import pixels
@@ -149,7 +150,7 @@ def test_a_file_whose_layout_fails_is_reported_after_the_files_before_it(
     odd = ordered[30].name
     layout = pixels._native_layout
 
-    def failing(item: pixels.InstanceFile) -> object:
+    def failing(item: InstanceFile) -> object:
         if item.path.name == odd:
             raise ValueError("an odd layout")
         return layout(item)
