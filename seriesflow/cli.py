@@ -461,9 +461,23 @@ each full one walking every header read so far (a quarter of the CPU time); with
 190, 17 and 1. Garbage cycles are still collected, in batches of at most this many objects.
 """
 
+ONE_SHOT_MIDDLE_THRESHOLD = 1_000
+"""Young collections between two collections of the middle generation, in an operator
+command (Python's default, 10, in the services).
 
-def tune_garbage_collection() -> None:
-    """Fewer cyclic garbage collections, none of them through what start-up loaded.
+An operator command ends once its folder is converted, and what it allocates mostly lives
+until then: its headers at rest survive every young collection into the middle generation,
+and each middle collection walked all of them again. With 10, a Philips folder of 681
+files ran 28 young and 2 middle collections (40 ms, no object collected); with 1,000, 30
+young and none (``process`` on it, 6 runs: 0.72 -> 0.705 s, polar 0.70 -> 0.68 s; peak
+memory the same). A service, long-lived, keeps the default: garbage cycles its jobs leave
+are collected as they were."""
+
+
+def tune_garbage_collection(one_shot: bool = False) -> None:
+    """Fewer cyclic garbage collections, none of them through what start-up loaded; for a
+    ``one_shot`` (operator) command, middle-generation ones only every
+    :data:`ONE_SHOT_MIDDLE_THRESHOLD` young ones.
 
     ``gc.freeze()`` moves every object that exists now (modules, classes, settings) into
     the permanent generation, which collections do not walk; reference counting still
@@ -472,6 +486,8 @@ def tune_garbage_collection() -> None:
     """
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
+    if one_shot:
+        middle = ONE_SHOT_MIDDLE_THRESHOLD
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
     gc.enable()
 
@@ -484,6 +500,7 @@ def main() -> None:
     # not printed as warnings for every element of every file.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     # An operator command needs none of the service commands' imports.
-    app = _app if operator_command() else full_app()
-    tune_garbage_collection()
+    one_shot = operator_command()
+    app = _app if one_shot else full_app()
+    tune_garbage_collection(one_shot)
     app()

@@ -20,7 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
-from seriesflow.cli import YOUNG_COLLECTION_THRESHOLD, app, main
+from seriesflow.cli import ONE_SHOT_MIDDLE_THRESHOLD, YOUNG_COLLECTION_THRESHOLD, app, main
 from shared.dicom.metadata import json_schema
 from shared.samples import write_brain_mr_study, write_ct_series
 
@@ -387,6 +387,20 @@ def test_every_command_runs_with_fewer_garbage_collections(
     assert exit_info.value.code == 0
     assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
     assert gc.get_freeze_count() > 10_000  # start-up's objects are never walked again
+
+
+@pytest.mark.usefixtures("restored_garbage_collection")
+def test_an_operator_command_collects_its_middle_generation_rarely(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One-shot: what it reads lives until it ends, so middle collections only walked it
+    again; a service keeps Python's middle threshold (the test above)."""
+    gc.set_threshold(700, 10, 10)
+    monkeypatch.setattr(sys, "argv", ["seriesflow", "rules", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, ONE_SHOT_MIDDLE_THRESHOLD, 10)
 
 
 _LAUNCH = """
