@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
@@ -243,9 +244,11 @@ def _in_two_threads(loads: Sequence[Callable[[], None]]) -> None:
     """Run the first half of ``loads`` here and the second on a thread of its own, each
     half in order, and raise what running them all in order would raise: the failure of
     the first load that fails. A half stops at its first failure, and the second half also
-    at the first half's (every load of the first half comes before its own)."""
+    at the first half's (every load of the first half comes before its own). Interrupted
+    (a signal's exception), it returns only once the second half has stopped."""
     failures: list[BaseException | None] = [None, None]
     first_failed = threading.Event()
+    second_done = threading.Event()
 
     def run(part: Sequence[Callable[[], None]], slot: int) -> None:
         try:
@@ -257,14 +260,27 @@ def _in_two_threads(loads: Sequence[Callable[[], None]]) -> None:
             failures[slot] = exc
             if slot == 0:
                 first_failed.set()
+        finally:
+            if slot == 1:
+                second_done.set()
 
     half = len(loads) // 2
     second = threading.Thread(target=run, args=(loads[half:], 1), name="pixels", daemon=True)
     second.start()
     try:
         run(loads[:half], 0)
-    finally:
-        second.join()
+        second_done.wait()
+    except BaseException:  # a signal's exception (Ctrl-C, SIGTERM) while waiting for it
+        # The second half must end before the caller closes the file it writes to (its
+        # descriptor could be reused by the next file opened): it stops at its next load.
+        # Waited for with an event of its own: after an interrupted join, Python 3.11's
+        # Thread.is_alive() answers False while the thread still runs.
+        first_failed.set()
+        while not second_done.is_set():
+            with suppress(BaseException):
+                second_done.wait()
+        raise
+    second.join()
     for failure in failures:
         if failure is not None:
             raise failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -162,3 +163,35 @@ def test_a_file_whose_layout_fails_is_reported_after_the_files_before_it(
     cut.write_bytes(cut.read_bytes()[:-100])
     _, reasons = _convert(tmp_path / "ct", tmp_path / "second", "nii")
     assert reasons == [f"{cut.name}: pixel data is truncated"]
+
+
+def test_an_interruption_while_waiting_ends_the_other_half_first() -> None:
+    """Ctrl-C or SIGTERM (an exception raised by a signal handler) while the first half
+    waits for the second: the second stops at its next load and has ended when the
+    exception reaches the caller, who may then close the file it writes to."""
+    log: list[int] = []
+    quick = [_load(log, n) for n in range(10)]  # the first half, done at once
+    loads = [*quick, *(_load(log, n, delay=0.05) for n in range(10, 20))]
+
+    class SignalledError(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise SignalledError
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.12)  # the first half waits by then
+        with pytest.raises(SignalledError):
+            pixels._in_two_threads(loads)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    ran = len(log)
+    assert 10 < ran < 20  # the second half stopped early
+    time.sleep(0.15)
+    assert len(log) == ran  # and ran no load after the exception was raised
+    for thread in threading.enumerate():
+        if thread.name == "pixels":
+            thread.join(1)
+            assert not thread.is_alive()
