@@ -143,20 +143,8 @@ http_ok() { "$VENV/python" -m shared.healthcheck http "$1"; }
 
 # SeaweedFS's inner servers (master, volume, filer and their gRPC ports) on free ports below
 # the kernel's ephemeral range: a port the kernel picks could be taken by an outgoing
-# connection (a service's, to RabbitMQ) before SeaweedFS listens on it.
-read -r -a inner < <("$VENV/python" -c '
-import random, socket
-high = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0]) - 1
-socks = []
-while len(socks) < 7:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randint(max(1024, high - 12000), high)))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-print(*(s.getsockname()[1] for s in socks))')
+# connection (a service's, to RabbitMQ) before SeaweedFS listens on it (shared/ports.py).
+read -r -a inner < <("$VENV/python" -m shared.ports 7)
 log "starting SeaweedFS (S3 on 127.0.0.1:$MINIO_PORT)"
 (cd "$STATE/s3" && exec "$VENV/weed" server -dir="$STATE/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port="${inner[0]}" -master.port.grpc="${inner[1]}" \

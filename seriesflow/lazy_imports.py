@@ -22,12 +22,18 @@ import sys
 
 HIDDEN_FROM_PYDICOM = ("requests", "PIL")
 
-if "pydicom" not in sys.modules:
-    _hidden = [name for name in HIDDEN_FROM_PYDICOM if name not in sys.modules]
-    for _name in _hidden:
-        sys.modules[_name] = None  # type: ignore[assignment]  # makes `import name` fail
+
+def _import_pydicom_without(names: tuple[str, ...]) -> None:
+    """Import pydicom with ``names`` hidden (those not imported already), then unhide them."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
     try:
         import pydicom  # noqa: F401
     finally:
-        for _name in _hidden:
-            del sys.modules[_name]
+        for name in hidden:
+            del sys.modules[name]
+
+
+if "pydicom" not in sys.modules:
+    _import_pydicom_without(HIDDEN_FROM_PYDICOM)

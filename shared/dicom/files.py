@@ -624,17 +624,17 @@ def _parse_plain(
     path: Path,
     sequences: KnownSequences | None,
     templates: _Templates | None,
-    size: int | None = None,
+    file_size: int | None = None,
 ) -> _Header | None:
     """The header :func:`_parse_explicit_little` parses (``data`` the file's first bytes
-    when ``size`` is given); None when pydicom must read the file (or, with ``size``, the
-    whole file must be parsed)."""
+    when ``file_size`` is given); None when pydicom must read the file (or, with
+    ``file_size``, the whole file must be parsed)."""
     if pydicom_config.debugging:
         return None  # pydicom reads it, and logs what it reads
     template = templates.guess(data) if templates is not None else None
     parsed: list[BaseTag] | None = [] if template is not None else None
     try:
-        dataset = _parse_explicit_little(data, path, sequences, template, parsed, size)
+        dataset = _parse_explicit_little(data, path, sequences, template, parsed, file_size)
     except (_NotPlainError, EOFError, ValueError, KeyError, TypeError, struct.error):
         return None  # pydicom reads it, and says what is wrong with it
     return _Header(dataset, data, parsed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -25,18 +24,12 @@ from pathlib import Path
 import pika
 import pika.exceptions
 
+from shared import ports
+
 ACCESS_KEY = "seriesflow"
 SECRET_KEY = "seriesflow-test-secret"
 AMQP_HOST = "127.0.0.1"
 AMQP_PORT = 5672
-
-
-def _ephemeral_low() -> int:
-    """The lowest port the kernel gives outgoing connections (ip_local_port_range)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
 
 
 _GIVEN: set[int] = set()
@@ -44,27 +37,9 @@ _GIVEN: set[int] = set()
 
 
 def free_port() -> int:
-    """A port free now and below the kernel's ephemeral range.
-
-    A port the kernel picks (bind to 0) is an ephemeral one: between the pick and the
-    server's bind, any outgoing connection of this machine may take it as its local port
-    (a stack's parser connecting to RabbitMQ took its receiver's port once, and the
-    receiver could not listen for two minutes). Ports below the range are never taken so.
-    """
-    high = _ephemeral_low() - 1
-    low = max(1024, high - 12000)
-    for _ in range(500):
-        port = random.randint(low, high)
-        if port in _GIVEN:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _GIVEN.add(port)
-        return port
-    raise RuntimeError(f"no free port between {low} and {high}")
+    """A port free now and below the kernel's ephemeral range (:mod:`shared.ports` says
+    why)."""
+    return ports.free_port(_GIVEN)
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:

@@ -17,6 +17,7 @@ from shared.operator.parser import parse_folder
 from shared.samples import write_ct_series
 from shared.volumes import pixels
 from shared.volumes.convert import ConversionOptions
+from shared.volumes.nifti import VOX_OFFSET
 
 
 def _convert(src: Path, out: Path, fmt: str) -> tuple[Path, list[str]]:
@@ -25,6 +26,11 @@ def _convert(src: Path, out: Path, fmt: str) -> tuple[Path, list[str]]:
     images = metadata.series_images()
     reasons = [n.reason for n in series.notConverted]
     return (out / next(iter(images.values()))) if images else out, reasons
+
+
+def _by_position(paths: list[Path]) -> list[Path]:
+    """The CT's files from the lowest slice up: the volume's order."""
+    return sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
 
 
 @pytest.fixture
@@ -65,7 +71,7 @@ def test_small_volumes_are_read_by_one_thread(tmp_path: Path, threads_seen: list
 
 def test_the_first_truncated_file_is_reported_as_with_one_thread(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path / "ct", slices=40, size=512, seed=3)
-    ordered = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    ordered = _by_position(paths)
     for cut in (ordered[35], ordered[12]):  # one in each half; the earlier is reported
         cut.write_bytes(cut.read_bytes()[:-100])
     out, reasons = _convert(tmp_path / "ct", tmp_path / "out", "nii")
@@ -131,10 +137,8 @@ def test_every_load_runs_once_in_its_half_order() -> None:
 def test_the_voxels_equal_pydicoms(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path / "ct", slices=40, size=512, seed=4)
     image, _ = _convert(tmp_path / "ct", tmp_path / "out", "nii")
-    voxels = np.frombuffer(image.read_bytes()[352:], dtype=np.int16).reshape(40, 512, 512)
-    datasets = sorted(
-        (pydicom.dcmread(p) for p in paths), key=lambda d: float(d.ImagePositionPatient[2])
-    )
+    voxels = np.frombuffer(image.read_bytes()[VOX_OFFSET:], dtype=np.int16).reshape(40, 512, 512)
+    datasets = [pydicom.dcmread(p) for p in _by_position(paths)]
     for z, ds in enumerate(datasets):
         expected = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
         assert np.array_equal(voxels[z].astype(np.int32), expected), z
@@ -147,7 +151,7 @@ def test_a_file_whose_layout_fails_is_reported_after_the_files_before_it(
     """Files are loaded in order up to the one whose pixel layout cannot be read: a
     failure of an earlier file's pixels is the one reported, else that file's."""
     paths = write_ct_series(tmp_path / "ct", slices=40, size=size, seed=3)
-    ordered = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    ordered = _by_position(paths)
     odd = ordered[30].name
     layout = pixels._native_layout
 
