@@ -191,3 +191,41 @@ def test_a_series_of_large_files_read_at_rest_wakes_as_read_whole(tmp_path: Path
             expected = pydicom.dcmread(path, defer_size="64 KB")
             assert dataset_to_json(item.dataset) == dataset_to_json(expected), path.name
             assert (0xFFFC, 0xFFFC) in item.dataset or path.name != "2.dcm"
+
+
+_PIXEL_DATA_HEADER = b"\xe0\x7f\x10\x00OW"  # (7FE0,0010), OW: a 12-byte element header
+
+
+def _pixel_data_at(tmp_path: Path, at: int) -> Path:
+    """A file whose Pixel Data element header starts ``at`` bytes into the file, after
+    private values of under 64 KB (never deferred, so they must lie in the bytes parsed)."""
+    ds = _with_pixels(_instance())
+    ds.add_new(0x00090010, "LO", "ACME")
+    for n in range(2):
+        ds.add_new(0x00091010 + n, "OB", bytes([n + 1]) * 60_000)
+    path = tmp_path / f"at-{at}.dcm"
+    filler = 10_000
+    for _ in range(2):  # measure where the header lands, then move it
+        ds.add_new(0x00091012, "OB", b"\3" * filler)
+        _save(ds, path)
+        found = path.read_bytes().find(_PIXEL_DATA_HEADER)
+        filler += at - found
+    assert path.read_bytes().find(_PIXEL_DATA_HEADER) == at
+    return path
+
+
+@pytest.mark.parametrize("offset", range(-14, 16, 2))
+def test_pixel_data_around_the_end_of_the_start(
+    tmp_path: Path, parses: list[tuple[int, int | None]], offset: int
+) -> None:
+    """Element boundaries swept across the end of the bytes read first: the start is
+    enough only when it holds the whole Pixel Data element header (the value before it
+    is then whole too); otherwise the whole file is parsed. Every case reads as pydicom."""
+    at = _HEAD_BYTES + offset
+    path = _pixel_data_at(tmp_path, at)
+    _same_as_pydicom(path)
+    size = path.stat().st_size
+    if at + 12 <= _HEAD_BYTES:
+        assert parses == [(_HEAD_BYTES, size)]
+    else:
+        assert parses == [(_HEAD_BYTES, size), (size, None)]
