@@ -112,6 +112,65 @@ def machine(load_before: float) -> dict[str, Any]:
     }
 
 
+PROBE_FILES = 300
+PROBE_FILE_BYTES = 8192
+PROBE_MEMORY_MIB = 64
+
+
+def machine_probes(folder: Path | None = None) -> dict[str, float]:
+    """Two costs of this machine that move the service and peer figures from day to day.
+
+    * ``create_ms``: creating, writing and closing one file of 8 KiB in ``folder`` (the
+      system temporary folder, where the services' work and spool folders and the peers'
+      output folders are), right after as many files were deleted there, as the next job
+      does. Every instance received, spooled, downloaded or stored by storescp is one.
+    * ``fresh_memory_ms_per_mib``: the first write to memory just mapped (page faults;
+      dear in some virtual machines), and ``touched_memory_ms_per_mib`` the same write
+      again. Every new file's page cache and every new buffer pays the first.
+    """
+    import mmap
+    import shutil
+    import tempfile
+
+    data = b"\x01" * PROBE_FILE_BYTES
+    with tempfile.TemporaryDirectory(prefix="seriesflow-probe-", dir=folder) as root:
+        seconds = 0.0
+        for batch in range(2):  # the first batch is deleted; the second is timed
+            path = Path(root) / str(batch)
+            path.mkdir()
+            started = time.perf_counter()
+            for n in range(PROBE_FILES):
+                (path / f"{n}.dcm").write_bytes(data)
+            seconds = time.perf_counter() - started
+            if batch == 0:
+                shutil.rmtree(path)
+    size = PROBE_MEMORY_MIB * MIB
+    block = b"\x01" * size
+    memory = mmap.mmap(-1, size)
+    try:
+        touches = []
+        for _ in range(2):
+            started = time.perf_counter()
+            memory[:] = block
+            touches.append(time.perf_counter() - started)
+    finally:
+        memory.close()
+    return {
+        "create_ms": round(seconds / PROBE_FILES * 1000, 3),
+        "fresh_memory_ms_per_mib": round(touches[0] / PROBE_MEMORY_MIB * 1000, 3),
+        "touched_memory_ms_per_mib": round(touches[1] / PROBE_MEMORY_MIB * 1000, 3),
+    }
+
+
+def probes_line(probes: dict[str, float]) -> str:
+    """The probes of :func:`machine_probes` in words."""
+    return (
+        f"creating an 8 KiB file in the temporary folder {probes['create_ms']:.2f} ms; "
+        f"writing fresh memory {probes['fresh_memory_ms_per_mib']:.2f} ms/MiB "
+        f"(again: {probes['touched_memory_ms_per_mib']:.2f})"
+    )
+
+
 def load_line(environment: dict[str, Any]) -> str:
     """``load average before/after: A / B on N CPUs`` from :func:`machine`'s record."""
     before, after = environment["load_average_before_after"]

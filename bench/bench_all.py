@@ -41,6 +41,8 @@ from _common import (
     duration,
     load_line,
     machine,
+    machine_probes,
+    probes_line,
     ratio,
     table,
     tail,
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 5 and not args.quick:
         print("note: fewer than 5 runs a row: issue 10 asks for medians of at least 5")
     load_before = warn_if_busy()
+    probes = machine_probes()  # before the runs, on the machine as they find it
+    print(f"probes: {probes_line(probes)}", flush=True)
     started = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_rows(reports, args.only)
     scale_lines = scale_section(reports.get("service-scale"))
     host = machine(load_before)
+    host["probes"] = probes
     combined: dict[str, Any] = {
         "benchmark": "all",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -535,6 +540,11 @@ def markdown(
         f"- Load average (1 min) before / after: {host['load_average_before_after'][0]} / "
         f"{host['load_average_before_after'][1]}"
         + (" (a busy machine: the figures are noisy)" if busy else ""),
+        *(
+            [f"- Probes before the runs: {probes_line(host['probes'])} (bench/README.md)"]
+            if "probes" in host
+            else []
+        ),
         f"- Medians of {combined['options']['runs']} counted run(s) a row, after a warm-up"
         + (quick_note if combined["options"]["quick"] else "")
         + f"; whole run {duration(combined['seconds'])}",

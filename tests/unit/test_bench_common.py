@@ -151,3 +151,13 @@ def test_bench_all_expected_duration_scales_the_last_measured_one() -> None:
     assert bench_all.expected_seconds(process, args, measured) == pytest.approx(
         3 * process.estimate(args)
     )
+
+
+def test_machine_probes_measure_and_leave_nothing_behind(tmp_path: Path) -> None:
+    probes = _common.machine_probes(tmp_path)
+    assert set(probes) == {"create_ms", "fresh_memory_ms_per_mib", "touched_memory_ms_per_mib"}
+    assert all(value > 0 for value in probes.values())
+    assert list(tmp_path.iterdir()) == []  # its files and folders removed
+    line = _common.probes_line(probes)
+    assert f"{probes['create_ms']:.2f} ms" in line
+    assert f"{probes['fresh_memory_ms_per_mib']:.2f} ms/MiB" in line
