@@ -29,7 +29,7 @@ C-STORE statuses (:mod:`services.receiver.statuses`):
 * ``DUPLICATE_SOP_INSTANCE`` (0x0111): different content for an instance the job has, and
   the policy is ``reject``;
 * ``OUT_OF_RESOURCES`` (0xA700): the spool takes nothing now: the last upload to the
-  object store failed, the oldest pending upload is older than
+  object store failed, files wait and the store has taken none for longer than
   ``SERIESFLOW_STORE_TIMEOUT_SECONDS``, the spool is full, or the local disk failed;
 * ``PROCESSING_FAILURE`` (0x0110): anything unexpected. Never success unless stored.
 """

@@ -46,8 +46,9 @@ class ReceiverSettings(ServiceSettings):
     store_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
-        description="Longest a spooled instance may wait for the object store to take it; "
-        "while the oldest pending upload is older, C-STORE answers Refused (0xA700)",
+        description="Longest the object store may take no spooled file while some wait "
+        "(counted from the oldest one's spooling if later); past it, C-STORE answers "
+        "Refused (0xA700) until the store takes one",
     )
     spool_dir: Path | None = Field(
         default=None,

@@ -23,11 +23,12 @@ are deleted.
 
 The spool is a latency buffer, not an outage buffer (:meth:`Spool.check`): new instances
 are refused (the handler answers 0xA700, Out of Resources) while the last upload attempt
-failed, while the oldest pending upload has waited longer than
-``SERIESFLOW_STORE_TIMEOUT_SECONDS``, or when the spool would grow past
-``SERIESFLOW_SPOOL_MAX_BYTES``. Uploads are retried forever (an acknowledged instance is
-never given up) with the services' backoff (``SERIESFLOW_RETRY_BACKOFF_SECONDS`` doubling
-up to ``..._MAX_SECONDS``).
+failed, while files wait and the store has taken none for longer than
+``SERIESFLOW_STORE_TIMEOUT_SECONDS`` (counted from the oldest file's spooling when that
+came later: a store slower than the senders but taking files is no reason to refuse), or
+when the spool would grow past ``SERIESFLOW_SPOOL_MAX_BYTES``. Uploads are retried
+forever (an acknowledged instance is never given up) with the services' backoff
+(``SERIESFLOW_RETRY_BACKOFF_SECONDS`` doubling up to ``..._MAX_SECONDS``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import threading
 import time
@@ -160,6 +162,7 @@ class Spool:
         self._removing = 0  # uploaded files renamed, not unlinked yet (see _done)
         self._failing: str | None = None
         self._last_ok = -_FRESH_SECONDS  # monotonic time of the last upload or check
+        self._last_taken = -math.inf  # monotonic time of the last upload the store took
         self._delay = self.backoff
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -346,7 +349,13 @@ class Spool:
             if self._failing is not None:
                 raise SpoolRefusedError(f"the object store is failing: {self._failing}")
             oldest = next(iter(self._entries.values()), None)
-            if oldest is not None and time.monotonic() - oldest.since > self.timeout:
+            # Waiting since the oldest file was spooled or the store last took one, if later:
+            # a store slower than the senders but taking files is not refused (the size
+            # limit bounds what waits), one that takes nothing is.
+            if (
+                oldest is not None
+                and time.monotonic() - max(oldest.since, self._last_taken) > self.timeout
+            ):
                 raise SpoolRefusedError(
                     f"the object store has not taken a spooled file for more than "
                     f"{self.timeout:g} s"
@@ -586,7 +595,7 @@ class Spool:
             self._inflight.discard(entry.key)
             self._failing = None
             self._delay = self.backoff
-            self._last_ok = time.monotonic()
+            self._last_ok = self._last_taken = time.monotonic()
             if entry.generation != generation:  # rewritten meanwhile: upload the new copy
                 self._queue.append(entry.key)
                 self._lock.notify()

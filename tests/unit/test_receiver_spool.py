@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ class MemoryStore:
         self.checks = 0
         self.gate = threading.Event()
         self.gate.set()
+        self.delay = 0.0  # seconds each put takes (a slow store)
         self.lock = threading.Lock()
 
     def _check(self) -> None:
@@ -42,6 +44,7 @@ class MemoryStore:
 
     def put_instance(self, key: str, data: bytes) -> None:
         self.gate.wait(10)
+        time.sleep(self.delay)
         self._check()
         with self.lock:
             self.objects[key] = data
@@ -78,15 +81,23 @@ def make(root: Path, store: MemoryStore, **options: Any) -> Spool:
     return Spool(root, "bucket", cast(JobStore, store), **values)
 
 
-@pytest.fixture
-def spool(tmp_path: Path, memory: MemoryStore) -> Iterator[Spool]:
-    spool = make(tmp_path, memory)
+@contextmanager
+def started(root: Path, store: MemoryStore, **options: Any) -> Iterator[Spool]:
+    """A spool open and uploading; closed (its store's gate open) at the end."""
+    spool = make(root, store, **options)
     spool.open()
     spool.start()
     try:
         yield spool
     finally:
+        store.gate.set()
         spool.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path, memory: MemoryStore) -> Iterator[Spool]:
+    with started(tmp_path, memory) as spool:
+        yield spool
 
 
 def files(folder: Path) -> list[str]:
@@ -167,10 +178,7 @@ def test_asking_the_store_marks_it_failing_until_it_answers(
 def test_an_upload_older_than_the_timeout_refuses_new_instances(
     tmp_path: Path, memory: MemoryStore
 ) -> None:
-    spool = make(tmp_path, memory, timeout=0.2)
-    spool.open()
-    spool.start()
-    try:
+    with started(tmp_path, memory, timeout=0.2) as spool:
         memory.gate.clear()
         spool.store(key(A, 1), A, b"slow")
         time.sleep(0.3)
@@ -181,9 +189,41 @@ def test_an_upload_older_than_the_timeout_refuses_new_instances(
         spool.store(key(A, 3), A, b"fine")
         assert spool.drain(5)
         assert sorted(memory.objects) == [key(A, 1), key(A, 3)]
-    finally:
+
+
+def test_a_store_slower_than_the_senders_but_taking_files_is_not_refused(
+    tmp_path: Path, memory: MemoryStore
+) -> None:
+    """Files wait longer than the timeout, but the store takes one every 0.1 s: a burst
+    waits in the spool (up to its size limit) instead of being refused."""
+    memory.delay = 0.1
+    with started(tmp_path, memory, timeout=0.5, workers=1) as spool:
+        for n in range(15):
+            spool.store(key(A, n), A, b"burst")
+        time.sleep(0.8)  # some taken; the oldest file waiting was spooled 0.8 s ago
+        assert (spool.state().oldest_seconds or 0) > 0.5
+        spool.store(key(A, 15), A, b"accepted")  # the store took one within 0.1 s
+        assert spool.drain(5)
+        assert len(memory.objects) == 16
+
+
+def test_the_wait_counts_from_the_oldest_file_after_an_idle_store(
+    tmp_path: Path, memory: MemoryStore
+) -> None:
+    """The store took its last file long ago: a file spooled now has not waited yet."""
+    with started(tmp_path, memory, timeout=0.2) as spool:
+        spool.store(key(A, 1), A, b"first")
+        assert spool.drain(5)
+        time.sleep(0.3)  # idle for longer than the timeout
+        memory.gate.clear()
+        spool.store(key(A, 2), A, b"held")
+        spool.store(key(A, 3), A, b"accepted")  # nothing has waited 0.2 s yet
+        time.sleep(0.3)
+        with pytest.raises(SpoolRefusedError, match="has not taken"):
+            spool.store(key(A, 4), A, b"refused")
         memory.gate.set()
-        spool.close()
+        assert spool.drain(5)
+        assert sorted(memory.objects) == [key(A, 1), key(A, 2), key(A, 3)]
 
 
 def test_a_full_spool_refuses(tmp_path: Path, memory: MemoryStore) -> None:
