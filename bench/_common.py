@@ -115,6 +115,7 @@ def machine(load_before: float) -> dict[str, Any]:
 PROBE_FILES = 300
 PROBE_FILE_BYTES = 8192
 PROBE_MEMORY_MIB = 64
+DELETED_AGO_SECONDS = 1.1  # ext4 counts a deletion as recent from the next second
 
 
 def machine_probes(folder: Path | None = None) -> dict[str, float]:
@@ -122,8 +123,11 @@ def machine_probes(folder: Path | None = None) -> dict[str, float]:
 
     * ``create_ms``: creating, writing and closing one file of 8 KiB in ``folder`` (the
       system temporary folder, where the services' work and spool folders and the peers'
-      output folders are), right after as many files were deleted there, as the next job
-      does. Every instance received, spooled, downloaded or stored by storescp is one.
+      output folders are), a second after as many files were deleted there, as the next
+      job does. Every instance received, spooled, downloaded or stored by storescp is one.
+      On ext4 without a journal a new inode skips those deleted in the last minutes
+      (``recently_deleted``, from the second after), so this grows with the files the
+      runs delete: it is measured before and after them.
     * ``fresh_memory_ms_per_mib``: the first write to memory just mapped (page faults;
       dear in some virtual machines), and ``touched_memory_ms_per_mib`` the same write
       again. Every new file's page cache and every new buffer pays the first.
@@ -144,6 +148,7 @@ def machine_probes(folder: Path | None = None) -> dict[str, float]:
             seconds = time.perf_counter() - started
             if batch == 0:
                 shutil.rmtree(path)
+                time.sleep(DELETED_AGO_SECONDS)
     size = PROBE_MEMORY_MIB * MIB
     block = b"\x01" * size
     memory = mmap.mmap(-1, size)

@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 5 and not args.quick:
         print("note: fewer than 5 runs a row: issue 10 asks for medians of at least 5")
     load_before = warn_if_busy()
-    probes = machine_probes()  # before the runs, on the machine as they find it
-    print(f"probes: {probes_line(probes)}", flush=True)
+    probes = {"before": machine_probes()}  # on the machine as the runs find it
+    print(f"probes before the runs: {probes_line(probes['before'])}", flush=True)
     started = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             reports[job.name] = report
         print(f"  done in {duration(durations[job.name])}", flush=True)
     elapsed = time.perf_counter() - started
+    probes["after"] = machine_probes()  # as the runs leave it
+    print(f"probes after the runs: {probes_line(probes['after'])}", flush=True)
 
     rows = build_rows(reports, args.only)
     scale_lines = scale_section(reports.get("service-scale"))
@@ -541,9 +543,9 @@ def markdown(
         f"{host['load_average_before_after'][1]}"
         + (" (a busy machine: the figures are noisy)" if busy else ""),
         *(
-            [f"- Probes before the runs: {probes_line(host['probes'])} (bench/README.md)"]
-            if "probes" in host
-            else []
+            f"- Probes {when} the runs: {probes_line(host['probes'][when])} (bench/README.md)"
+            for when in ("before", "after")
+            if when in host.get("probes", {})
         ),
         f"- Medians of {combined['options']['runs']} counted run(s) a row, after a warm-up"
         + (quick_note if combined["options"]["quick"] else "")
