@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from pydicom.dataset import FileMetaDataset
 
-from services.receiver import dimse, statuses
+from services.receiver import dimse, statuses, wakeup
 from services.receiver.association import (
     AssociationPolicy,
     OpenAssociation,
@@ -96,8 +96,10 @@ def _titles(event: Any) -> tuple[str, str]:
 
 
 def handle_connection_open(event: Any, context: ReceiverContext) -> None:
-    """Every accepted DICOM socket sends small PDUs (responses) without Nagle's delay, and
-    answers a malformed Affected SOP Instance UID with 0x0117 instead of aborting."""
+    """Every accepted DICOM socket sends small PDUs (responses) without Nagle's delay,
+    answers a malformed Affected SOP Instance UID with 0x0117 instead of aborting, and has
+    an association thread that wakes when something is queued for it instead of every
+    millisecond (:func:`services.receiver.wakeup.wake_on_messages`)."""
     try:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError) as exc:
@@ -117,6 +119,7 @@ def handle_connection_open(event: Any, context: ReceiverContext) -> None:
         )
 
     dimse.guard(assoc, refused)
+    wakeup.wake_on_messages(assoc)
 
 
 def handle_requested(event: Any, context: ReceiverContext) -> None:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -155,3 +156,63 @@ def test_a_response_is_never_taken_for_a_request() -> None:
     messages: queue.Queue[Any] = queue.Queue()
     messages.put((1, response))
     assert dimse._take_store_request(messages, threading.Lock()) is None
+
+
+@pytest.fixture
+def reactor(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    """(an association prepared by wake_on_messages, a function sleeping as its reactor
+    loop does), with this thread standing for the association's."""
+    assoc = SimpleNamespace(
+        dimse=SimpleNamespace(msg_queue=queue.Queue()),
+        dul=SimpleNamespace(to_user_queue=queue.Queue()),
+    )
+    wakeup.wake_on_messages(assoc)
+    clock = wakeup.AssociationClock(time)
+
+    def reactor_sleep() -> None:
+        clock.sleep(0.001)  # as Association._run_reactor does
+
+    monkeypatch.setattr(wakeup, "_REACTOR", reactor_sleep.__code__)
+    thread = threading.current_thread()
+    monkeypatch.setattr(thread, wakeup._WAKEUP, getattr(assoc, wakeup._WAKEUP), raising=False)
+    yield assoc, reactor_sleep
+
+
+@pytest.mark.parametrize("queued", ["message", "indication"])
+def test_an_association_reactor_wakes_when_something_is_queued_for_it(
+    monkeypatch: pytest.MonkeyPatch, reactor: tuple[Any, Any], queued: str
+) -> None:
+    assoc, reactor_sleep = reactor
+    monkeypatch.setattr(wakeup, "ASSOCIATION_IDLE_SECONDS", 5.0)
+    target = assoc.dimse.msg_queue if queued == "message" else assoc.dul.to_user_queue
+    threading.Timer(0.05, target.put, args=(queued,)).start()
+    started = time.monotonic()
+    reactor_sleep()
+    assert time.monotonic() - started < 2.0
+    assert target.get_nowait() == queued  # queued as before
+
+
+def test_an_idle_association_reactor_sleeps_longer_than_a_millisecond(
+    monkeypatch: pytest.MonkeyPatch, reactor: tuple[Any, Any]
+) -> None:
+    _, reactor_sleep = reactor
+    monkeypatch.setattr(wakeup, "ASSOCIATION_IDLE_SECONDS", 0.1)
+    started = time.monotonic()
+    reactor_sleep()
+    assert 0.09 <= time.monotonic() - started < 2.0
+
+
+def test_other_sleeps_of_an_association_are_real(reactor: tuple[Any, Any]) -> None:
+    assoc, _ = reactor
+    assoc.dimse.msg_queue.put("message")  # the event is set: a reactor sleep would not wait
+    started = time.monotonic()
+    wakeup.AssociationClock(time).sleep(0.05)  # not from the reactor loop
+    assert time.monotonic() - started >= 0.045
+
+
+def test_install_puts_the_association_clock_in_pynetdicom() -> None:
+    from pynetdicom import association
+
+    wakeup.install()
+    assert isinstance(vars(association)["time"], wakeup.AssociationClock)
+    assert isinstance(vars(dul)["time"], wakeup.WakingClock)
