@@ -40,10 +40,20 @@ def _fail(message: str, status: int = 1) -> None:
 
 
 def _stop_event() -> threading.Event:
-    """Set on SIGTERM or SIGINT, so a service finishes its current message and stops."""
+    """Set on SIGTERM or SIGINT, so a service finishes its current message and stops.
+
+    Only the first signal sets it. A second one (Ctrl-C reaches every process of the
+    terminal's group, and ``seriesflow up`` forwards a SIGTERM as well) may arrive while the
+    first handler is inside ``Event.set``, holding the event's lock: setting it again there
+    would wait for that lock forever, in the main thread (seen: a selector and an exporter
+    of ``scripts/stack.sh`` still running after Ctrl-C)."""
     stop = threading.Event()
+    signalled: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
+        if signalled:
+            return
+        signalled.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
