@@ -10,12 +10,15 @@ from the repository root as ``.venv/bin/python bench/NAME.py``; their own folder
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -132,10 +135,6 @@ def machine_probes(folder: Path | None = None) -> dict[str, float]:
       dear in some virtual machines), and ``touched_memory_ms_per_mib`` the same write
       again. Every new file's page cache and every new buffer pays the first.
     """
-    import mmap
-    import shutil
-    import tempfile
-
     data = b"\x01" * PROBE_FILE_BYTES
     with tempfile.TemporaryDirectory(prefix="seriesflow-probe-", dir=folder) as root:
         seconds = 0.0

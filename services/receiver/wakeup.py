@@ -53,16 +53,23 @@ _WAKEUP = "_seriesflow_wakeup"  # the event of an association prepared by wake_o
 _REACTOR = association.Association._run_reactor.__code__
 
 
-class WakingClock:
+class _Clock:
+    """The real ``time`` module, but for ``sleep``, which a subclass defines."""
+
+    def __init__(self, real: ModuleType) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class WakingClock(_Clock):
     """Stands in for the ``time`` module inside ``pynetdicom.dul`` (see the module
     docstring)."""
 
     def __init__(self, real: ModuleType) -> None:
-        self._real = real
+        super().__init__(real)
         self._local = threading.local()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
     def sleep(self, seconds: float) -> None:
         sock = _reactor_socket(threading.current_thread())
@@ -94,15 +101,9 @@ def _reactor_socket(thread: threading.Thread) -> Any | None:
     return sock
 
 
-class AssociationClock:
+class AssociationClock(_Clock):
     """Stands in for the ``time`` module inside ``pynetdicom.association`` (see the module
     docstring)."""
-
-    def __init__(self, real: ModuleType) -> None:
-        self._real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
     def sleep(self, seconds: float) -> None:
         wakeup = getattr(threading.current_thread(), _WAKEUP, None)
